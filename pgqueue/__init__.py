@@ -1,0 +1,1 @@
+"""pgqueue: a Postgres-only job queue and transactional outbox."""

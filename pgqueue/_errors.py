@@ -1,0 +1,51 @@
+"""The exception tree of pgqueue.
+
+::
+
+    PgQueueError                 every error pgqueue raises on purpose; the CLI prints its
+    |                            message as one line and exits 1
+    +-- ConfigurationError       a bad setting: schema name, DSN, option value
+    +-- RegistryError            a handler registry that cannot be loaded or is inconsistent
+    +-- DatabaseUnavailableError the database cannot be reached or refused the login
+    +-- SchemaError              the database schema is missing, behind or ahead of the code
+    +-- PayloadError             a payload that cannot be stored (not a JSON object, too big)
+
+Handler signals (raised by handlers, not errors of pgqueue itself):
+
+    Discard                      give up on this event for this handler now: dead, no retry
+
+A message always says what is wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class PgQueueError(Exception):
+    """Base class of every error pgqueue raises on purpose."""
+
+
+class ConfigurationError(PgQueueError):
+    """A setting is invalid (schema name, DSN, numeric option)."""
+
+
+class RegistryError(PgQueueError):
+    """A handler registry cannot be loaded, or registers the same handler name twice."""
+
+
+class DatabaseUnavailableError(PgQueueError):
+    """The database cannot be reached, or refused the connection."""
+
+
+class SchemaError(PgQueueError):
+    """The pgqueue schema is missing, older or newer than this version of the code."""
+
+
+class PayloadError(PgQueueError):
+    """An event payload cannot be stored: not JSON-serialisable, not an object, too large."""
+
+
+class Discard(Exception):  # noqa: N818 - a signal, not an error condition
+    """Raise from a handler to mark this (event, handler) dead at once, without retries.
+
+    The message is stored as the handler's last error.
+    """

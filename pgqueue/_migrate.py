@@ -1,0 +1,129 @@
+"""Schema migrations: numbered, forward-only SQL files applied in order.
+
+Files are ``sql/NNNN_name.sql`` (shipped inside the wheel as the ``pgqueue.sql`` package).
+Each runs in its own transaction with ``search_path`` set to the target schema and records
+its own version, so the same files also work when applied with psql alone. A session-level
+advisory lock makes two concurrent ``pgqueue migrate`` runs safe: the second waits, then
+finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import asyncpg
+
+from ._errors import SchemaError
+from ._settings import quote_ident, validate_schema
+
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def _sql_files() -> list[tuple[str, str]]:
+    try:
+        folder = resources.files("pgqueue.sql")
+        found = [(f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")]
+        if found:
+            return found
+    except (ModuleNotFoundError, FileNotFoundError):
+        pass
+    # Running from a source tree without an install: sql/ sits beside the package.
+    source = Path(__file__).resolve().parent.parent / "sql"
+    return [(p.name, p.read_text("utf-8")) for p in source.glob("*.sql")]
+
+
+def load_migrations() -> list[Migration]:
+    """Return every migration shipped with this version, in order."""
+    migrations = []
+    for filename, text in _sql_files():
+        match = _FILE_RE.match(filename)
+        if match:
+            migrations.append(Migration(int(match.group(1)), match.group(2), text))
+    migrations.sort(key=lambda m: m.version)
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise SchemaError(f"migration files are not numbered 1..n without gaps: {versions}")
+    return migrations
+
+
+def latest_version() -> int:
+    """The schema version this code expects."""
+    return load_migrations()[-1].version
+
+
+async def applied_version(conn: asyncpg.Connection, schema: str) -> int | None:
+    """The newest version applied in ``schema``, or None when it was never migrated."""
+    validate_schema(schema)
+    exists = await conn.fetchval(
+        "SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL", schema
+    )
+    if not exists:
+        return None
+    version: int | None = await conn.fetchval(
+        f"SELECT max(version) FROM {quote_ident(schema)}.migrations"
+    )
+    return version
+
+
+def _lock_key(schema: str) -> str:
+    return f"pgqueue.migrate:{schema}"
+
+
+async def migrate(conn: asyncpg.Connection, schema: str = "pgqueue") -> list[int]:
+    """Apply the missing migrations to ``schema``; return the versions applied (maybe none).
+
+    Raises SchemaError when the database is ahead of this code.
+    """
+    validate_schema(schema)
+    migrations = load_migrations()
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", _lock_key(schema))
+    try:
+        current = await applied_version(conn, schema) or 0
+        if current > migrations[-1].version:
+            raise SchemaError(
+                f"schema {schema!r} is at version {current}, newer than this pgqueue "
+                f"(knows up to {migrations[-1].version}): upgrade pgqueue"
+            )
+        applied = []
+        for migration in migrations:
+            if migration.version <= current:
+                continue
+            async with conn.transaction():
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+                await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+                await conn.execute(migration.sql)
+            applied.append(migration.version)
+        return applied
+    finally:
+        await conn.execute("RESET search_path")
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(schema))
+
+
+async def check_schema(conn: asyncpg.Connection, schema: str, dsn_hint: str = "") -> None:
+    """Raise SchemaError unless ``schema`` is at exactly the version this code expects."""
+    current = await applied_version(conn, schema)
+    expected = latest_version()
+    fix = f"run: pgqueue migrate --schema {schema}" + (f" --dsn {dsn_hint}" if dsn_hint else "")
+    if current is None:
+        raise SchemaError(f"schema {schema!r} has no pgqueue tables in this database; {fix}")
+    if current < expected:
+        raise SchemaError(
+            f"schema {schema!r} is at version {current}, this pgqueue needs {expected}; {fix}"
+        )
+    if current > expected:
+        raise SchemaError(
+            f"schema {schema!r} is at version {current}, newer than this pgqueue "
+            f"(knows up to {expected}): upgrade pgqueue"
+        )

@@ -1,0 +1,97 @@
+"""Settings: one frozen model per concern, validated once at the edge (CLI or constructor).
+
+Nothing here reads the environment; the CLI maps environment variables to options.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ._errors import ConfigurationError
+
+DEFAULT_SCHEMA = "pgqueue"
+DEFAULT_QUEUE = "default"
+
+# A schema name is a plain lower-case identifier: it is interpolated (quoted) into SQL text, so
+# it gets the strictest check we can give it rather than trusting quoting alone.
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$")
+
+
+def validate_schema(name: str) -> str:
+    """Return ``name`` if it is a valid schema name, else raise ConfigurationError."""
+    if not _SCHEMA_RE.match(name):
+        raise ConfigurationError(
+            f"invalid schema name {name!r}: use 1-63 lower-case letters, digits or underscores, "
+            "starting with a letter or underscore (e.g. --schema pgqueue)"
+        )
+    return name
+
+
+def validate_queue(name: str) -> str:
+    """Return ``name`` if it is a valid queue name, else raise ConfigurationError."""
+    if not _QUEUE_RE.match(name):
+        raise ConfigurationError(
+            f"invalid queue name {name!r}: use 1-63 letters, digits, '_', '.', ':' or '-'"
+        )
+    return name
+
+
+def quote_ident(name: str) -> str:
+    """Quote an already validated identifier for SQL text."""
+    return '"' + validate_schema(name).replace('"', '""') + '"'
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return the DSN with any password replaced by ``***``, for printing and logging."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable DSN>"
+    if parts.scheme and parts.netloc:
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{hostport}"
+        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # key=value form: host=... password=...
+    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+
+SchemaName = Annotated[str, AfterValidator(validate_schema)]
+QueueName = Annotated[str, AfterValidator(validate_queue)]
+
+
+class WorkerSettings(BaseModel):
+    """Everything a worker needs to know, validated once.
+
+    Times are in seconds. The lease is renewed by the heartbeat every ``lease_seconds / 3``;
+    an event whose worker died is picked up again ``lease_seconds`` after its last renewal.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_name: SchemaName = DEFAULT_SCHEMA
+    queues: tuple[QueueName, ...] = (DEFAULT_QUEUE,)
+    concurrency: int = Field(default=100, ge=1, le=10_000)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    lease_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    heartbeat_seconds: float | None = Field(default=None, gt=0)
+    rescue_interval: float = Field(default=5.0, gt=0, le=3600)
+    shutdown_timeout: float = Field(default=10.0, ge=0, le=86_400)
+    burst: bool = False
+    listen: bool = True
+    worker_id: str | None = None
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between lease renewals: a third of the lease unless set."""
+        return self.heartbeat_seconds or self.lease_seconds / 3
