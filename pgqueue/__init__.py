@@ -1,1 +1,49 @@
-"""pgqueue: a Postgres-only job queue and transactional outbox."""
+"""pgqueue: a Postgres-only job queue and transactional outbox.
+
+Write events in the same transaction as your data (:func:`enqueue`), register handlers on a
+:class:`Registry`, and run ``pgqueue worker --handlers module:registry``.
+"""
+
+from ._api import StatusReport, enqueue, enqueue_many, once, retry, status
+from ._backoff import RetryPolicy
+from ._errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    Discard,
+    PayloadError,
+    PgQueueError,
+    RegistryError,
+    SchemaError,
+)
+from ._migrate import migrate
+from ._models import Context, Event, EventState, HandlerState
+from ._registry import Registry, load_registry
+from ._settings import WorkerSettings
+from ._worker import Worker, WorkerStats
+
+__all__ = [
+    "ConfigurationError",
+    "Context",
+    "DatabaseUnavailableError",
+    "Discard",
+    "Event",
+    "EventState",
+    "HandlerState",
+    "PayloadError",
+    "PgQueueError",
+    "Registry",
+    "RegistryError",
+    "RetryPolicy",
+    "SchemaError",
+    "StatusReport",
+    "Worker",
+    "WorkerSettings",
+    "WorkerStats",
+    "enqueue",
+    "enqueue_many",
+    "load_registry",
+    "migrate",
+    "once",
+    "retry",
+    "status",
+]

@@ -44,7 +44,7 @@ class PayloadError(PgQueueError):
     """An event payload cannot be stored: not JSON-serialisable, not an object, too large."""
 
 
-class Discard(Exception):  # noqa: N818 - a signal, not an error condition
+class Discard(Exception):
     """Raise from a handler to mark this (event, handler) dead at once, without retries.
 
     The message is stored as the handler's last error.

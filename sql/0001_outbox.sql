@@ -141,4 +141,14 @@ SELECT o.id AS event_id,
 FROM outbox AS o, jsonb_each(o.handlers) AS h
 WHERE o.handlers IS NOT NULL;
 
+-- The idempotency helper's ledger (pgqueue.once): one row per (event, handler) whose effect
+-- was recorded. Written in the handler's own transaction together with the effect, so a
+-- re-delivered event finds the row and skips the effect.
+CREATE TABLE effects (
+    event_id   bigint NOT NULL,
+    handler    text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, handler)
+);
+
 INSERT INTO migrations (version, name) VALUES (1, 'outbox');

@@ -1,0 +1,185 @@
+"""Producer and admin functions. Each takes the caller's connection and never opens, commits
+or rolls back a transaction of its own: an event enqueued inside a transaction that rolls
+back was never there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel
+
+from ._errors import PayloadError
+from ._models import Context, Event
+from ._queries import queries_for
+from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
+
+Payload = Mapping[str, Any] | BaseModel
+
+# Event types are data: any type matching this may be enqueued, with or without a handler
+# registered anywhere (a worker that has none leaves it pending and `pgqueue status` shows it).
+MAX_EVENT_TYPE = 128
+
+
+def encode_payload(payload: Payload) -> str:
+    """The payload as JSON text; raises PayloadError when it is not a JSON object."""
+    if isinstance(payload, BaseModel):
+        return payload.model_dump_json()
+    if not isinstance(payload, Mapping):
+        raise PayloadError(
+            f"payload must be a JSON object (a dict or a pydantic model), not "
+            f"{type(payload).__name__}"
+        )
+    try:
+        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def _check_event_type(event_type: str) -> None:
+    if not isinstance(event_type, str) or not 1 <= len(event_type) <= MAX_EVENT_TYPE:
+        raise PayloadError(
+            f"event type must be a string of 1-{MAX_EVENT_TYPE} characters, got {event_type!r}"
+        )
+
+
+def _translate(exc: asyncpg.PostgresError) -> PayloadError:
+    constraint = getattr(exc, "constraint_name", None)
+    detail = f" (constraint {constraint})" if constraint else ""
+    return PayloadError(f"the database rejected the event{detail}: {exc}")
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    event_type: str,
+    payload: Payload,
+    *,
+    run_at: dt.datetime | None = None,
+    idempotency_key: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    schema: str = DEFAULT_SCHEMA,
+) -> int:
+    """Write one event on ``conn``, inside the caller's transaction; return its id.
+
+    With ``idempotency_key``, a second call with the same key inserts nothing and returns the
+    first event's id. ``run_at`` delays the event (a timezone-aware datetime).
+    """
+    _check_event_type(event_type)
+    validate_queue(queue)
+    body = encode_payload(payload)
+    try:
+        return await queries_for(schema).insert_event(
+            conn, event_type, body, run_at, idempotency_key, queue
+        )
+    except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
+        raise _translate(exc) from exc
+
+
+async def enqueue_many(
+    conn: asyncpg.Connection,
+    events: Iterable[Event],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    chunk_size: int = 1000,
+) -> list[int]:
+    """Write many events in one statement per ``chunk_size``; return ids in input order.
+
+    Events whose idempotency key already exists are not inserted; their existing id is
+    returned in their place.
+    """
+    queries = queries_for(schema)
+    ids: list[int] = []
+    chunk: list[Event] = []
+
+    async def flush() -> None:
+        for e in chunk:
+            _check_event_type(e.event_type)
+            validate_queue(e.queue)
+        try:
+            ids.extend(
+                await queries.insert_events(
+                    conn,
+                    [e.event_type for e in chunk],
+                    [encode_payload(e.payload) for e in chunk],
+                    [e.run_at for e in chunk],
+                    [e.idempotency_key for e in chunk],
+                    [e.queue for e in chunk],
+                )
+            )
+        except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
+            raise _translate(exc) from exc
+        chunk.clear()
+
+    for event in events:
+        chunk.append(event)
+        if len(chunk) >= chunk_size:
+            await flush()
+    if chunk:
+        await flush()
+    return ids
+
+
+async def retry(
+    conn: asyncpg.Connection,
+    *,
+    ids: Sequence[int] | None = None,
+    event_type: str | None = None,
+    handler: str | None = None,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[int]:
+    """Move dead events back to pending; return their ids.
+
+    Only dead handlers run again (only ``handler`` when given); handlers that succeeded stay
+    done. With no filter at all, every dead event is retried.
+    """
+    return await queries_for(schema).retry_dead_events(conn, ids, event_type, handler)
+
+
+async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str = DEFAULT_SCHEMA) -> bool:
+    """Record that ``ctx``'s (event, handler) has had its effect; True the first time only.
+
+    Call it inside the same transaction as the effect, and skip the effect when it returns
+    False: a re-delivered event then changes nothing::
+
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            if await pgqueue.once(conn, ctx):
+                await conn.execute("INSERT INTO shipments ...")
+    """
+    return await queries_for(schema).record_effect_once(conn, ctx.event_id, ctx.handler)
+
+
+async def status(conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA) -> StatusReport:
+    """Counts per event type and state, the oldest ready age, and dead counts per handler."""
+    queries = queries_for(schema)
+    rows = await queries.status_rows(conn)
+    dead = await queries.dead_handler_rows(conn)
+    return StatusReport(
+        counts=[
+            StatusRow(r["event_type"], r["state"], r["events"], r["oldest_ready_age"])
+            for r in rows
+        ],
+        dead_handlers=[(r["event_type"], r["handler"], r["events"]) for r in dead],
+    )
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """Events of one type in one state."""
+
+    event_type: str
+    state: str
+    events: int
+    oldest_ready_age: float | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What ``pgqueue status`` shows."""
+
+    counts: list[StatusRow]
+    dead_handlers: list[tuple[str, str, int]]

@@ -1,0 +1,208 @@
+"""Per-event bookkeeping: which handlers run at this claim, and what the event becomes.
+
+Pure logic, no I/O: the worker feeds it claimed rows and handler outcomes and writes what it
+returns. Attempt arithmetic lives here (see HandlerRecord for why ``seen`` exists).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ._backoff import exhausted
+from ._models import HandlerRecord, HandlerState
+from ._queries import ClaimedRow
+from ._registry import Handler
+
+MAX_ERROR_CHARS = 2000
+
+
+class Kind(Enum):
+    """How one handler's turn at this claim ended."""
+
+    DONE = "done"
+    RETRY = "retry"
+    DEAD = "dead"
+    INTERRUPTED = "interrupted"  # cancelled by shutdown: handed back, attempt refunded
+    SKIPPED = "skipped"  # not due yet (its own backoff is later than a sibling's)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one handler at this claim."""
+
+    kind: Kind
+    attempts: int
+    error: str | None = None
+    delay: float = 0.0
+
+
+@dataclass(slots=True)
+class Completion:
+    """What the completer writes for one event."""
+
+    id: int
+    token: uuid.UUID
+    state: str
+    delay: float = 0.0
+    refund: int = 0
+    handlers: str | None = None
+    error: str | None = None
+
+    @property
+    def happy(self) -> bool:
+        """Done with no per-handler record to write: takes the cheap statement."""
+        return self.state == "done" and self.handlers is None
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One claimed event while its handlers run."""
+
+    row: ClaimedRow
+    token: uuid.UUID
+    claimed_at: float
+    records: dict[str, HandlerRecord] | None
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    waiting: int = 0
+    lost: bool = False
+
+    @property
+    def db_now(self) -> float:
+        """The database clock now, estimated from the claim's now() plus local elapsed time."""
+        return self.row.db_now + (time.monotonic() - self.claimed_at)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the event was created (database clock)."""
+        return self.row.age + (time.monotonic() - self.claimed_at)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line naming the exception, bounded in size."""
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ").strip()
+    return text[:MAX_ERROR_CHARS]
+
+
+def parse_records(raw: str | None) -> dict[str, HandlerRecord] | None:
+    """The row's ``handlers`` JSON as records (None when the row has none)."""
+    if raw is None:
+        return None
+    data: dict[str, Any] = json.loads(raw)
+    return {name: HandlerRecord.from_json(value) for name, value in data.items()}
+
+
+def prior_attempts(record: HandlerRecord | None, attempt: int) -> int:
+    """Attempts already made by a handler before this claim.
+
+    Claims after the record was written that never wrote back (the worker died) count as
+    failed attempts; that is what makes a handler that kills its process end dead.
+    """
+    if record is None:
+        return attempt - 1
+    return record.attempts + max(0, attempt - 1 - record.seen)
+
+
+def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handler, int]]:
+    """Decide each handler's fate at this claim.
+
+    Returns the handlers to run with their prior attempts; handlers that are finished, not yet
+    due or out of attempts get their outcome recorded at once.
+    """
+    to_run: list[tuple[Handler, int]] = []
+    records = delivery.records or {}
+    attempt = delivery.row.attempt
+    for handler in handlers:
+        record = records.get(handler.name)
+        if record is not None and record.state is not HandlerState.PENDING:
+            continue
+        prior = prior_attempts(record, attempt)
+        if record is not None and record.not_before is not None and (
+            record.not_before > delivery.row.db_now
+        ):
+            delivery.outcomes[handler.name] = Outcome(Kind.SKIPPED, prior)
+            continue
+        if prior > 0 and exhausted(handler.policy, prior, delivery.row.age):
+            last = record.error if record is not None and record.error else None
+            delivery.outcomes[handler.name] = Outcome(
+                Kind.DEAD,
+                prior,
+                f"gave up after {prior} attempts; the last one never finished (worker killed "
+                f"or lease lost)" + (f"; earlier error: {last}" if last else ""),
+            )
+            continue
+        to_run.append((handler, prior))
+    delivery.waiting = len(to_run)
+    return to_run
+
+
+def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
+    """Fold the outcomes of one claim into the row's new state."""
+    row = delivery.row
+    outcomes = delivery.outcomes
+    if delivery.records is None and all(o.kind is Kind.DONE for o in outcomes.values()) and len(
+        outcomes
+    ) == len(handlers):
+        return Completion(row.id, delivery.token, "done")
+
+    now = delivery.db_now
+    interrupted = any(o.kind is Kind.INTERRUPTED for o in outcomes.values())
+    # A handed-back event gets its attempt refunded, so records are written relative to it.
+    seen = row.attempt - 1 if interrupted else row.attempt
+    records = dict(delivery.records or {})
+    for handler in handlers:
+        outcome = outcomes.get(handler.name)
+        old = records.get(handler.name)
+        if outcome is None:
+            if old is None:  # never ran before and not run now: cannot happen, but be safe
+                records[handler.name] = HandlerRecord(HandlerState.PENDING, 0, seen, updated_at=now)
+            continue
+        if outcome.kind is Kind.DONE:
+            records[handler.name] = HandlerRecord(
+                HandlerState.DONE, outcome.attempts, seen, updated_at=now
+            )
+        elif outcome.kind is Kind.DEAD:
+            records[handler.name] = HandlerRecord(
+                HandlerState.DEAD, outcome.attempts, seen, error=outcome.error, updated_at=now
+            )
+        elif outcome.kind is Kind.RETRY:
+            records[handler.name] = HandlerRecord(
+                HandlerState.PENDING,
+                outcome.attempts,
+                seen,
+                error=outcome.error,
+                not_before=now + outcome.delay,
+                updated_at=now,
+            )
+        else:  # INTERRUPTED or SKIPPED: attempts unchanged, keep its error and due time
+            records[handler.name] = HandlerRecord(
+                HandlerState.PENDING,
+                outcome.attempts,
+                seen,
+                error=old.error if old else None,
+                not_before=old.not_before if old else None,
+                updated_at=now,
+            )
+    body = json.dumps({name: r.to_json() for name, r in records.items()}, separators=(",", ":"))
+    # Only this registry's handlers decide the event's fate: a record left by a handler that
+    # was since removed from the code must not keep the event pending for ever.
+    current = [(h.name, records[h.name]) for h in handlers if h.name in records]
+    pending = [r for _, r in current if r.state is HandlerState.PENDING]
+    dead = [(n, r) for n, r in current if r.state is HandlerState.DEAD]
+    last_error = None
+    failing = [(n, r) for n, r in current if r.error and r.state is not HandlerState.DONE]
+    if failing:
+        name, record = failing[0]
+        last_error = f"{name}: {record.error}"[:MAX_ERROR_CHARS]
+    if interrupted:
+        return Completion(row.id, delivery.token, "pending", 0.0, 1, body, last_error)
+    if pending:
+        delay = min(max(0.0, (r.not_before or now) - now) for r in pending)
+        return Completion(row.id, delivery.token, "pending", delay, 0, body, last_error)
+    if dead:
+        return Completion(row.id, delivery.token, "dead", 0.0, 0, body, last_error)
+    return Completion(row.id, delivery.token, "done", 0.0, 0, body, None)

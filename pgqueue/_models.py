@@ -1,0 +1,104 @@
+"""Models and enums that mirror the SQL schema. No I/O here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class EventState(StrEnum):
+    """The states of an outbox row (mirrors the ``outbox_state_check`` constraint)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class HandlerState(StrEnum):
+    """The state of one handler for one event, kept in ``outbox.handlers``."""
+
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(slots=True)
+class HandlerRecord:
+    """One handler's record for one event, stored in the row's ``handlers`` JSON.
+
+    ``seen`` is the event's attempt counter when this record was written: any claims after it
+    that never wrote back (a worker killed mid-handler) count as failed attempts, so a handler
+    that kills its process every time still ends dead.
+    """
+
+    state: HandlerState
+    attempts: int
+    seen: int
+    error: str | None = None
+    not_before: float | None = None
+    updated_at: float | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HandlerRecord:
+        """Build from the stored JSON object (tolerates missing optional keys)."""
+        return cls(
+            state=HandlerState(data.get("state", HandlerState.PENDING)),
+            attempts=int(data.get("attempts", 0)),
+            seen=int(data.get("seen", 0)),
+            error=data.get("error"),
+            not_before=data.get("not_before"),
+            updated_at=data.get("updated_at"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object stored in the row; optional keys only when set."""
+        out: dict[str, Any] = {
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "seen": self.seen,
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        if self.not_before is not None:
+            out["not_before"] = self.not_before
+        if self.updated_at is not None:
+            out["updated_at"] = self.updated_at
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler is told about the delivery it is running.
+
+    ``key`` is the stable ``"<event id>:<handler name>"`` string for idempotent effects, and
+    ``pool`` is the worker's connection pool for handler work (see :func:`pgqueue.once`).
+    """
+
+    event_id: int
+    event_type: str
+    handler: str
+    attempt: int
+    created_at: dt.datetime
+    pool: Any = None
+
+    @property
+    def key(self) -> str:
+        """The idempotency key of this (event, handler) pair."""
+        return f"{self.event_id}:{self.handler}"
+
+
+class Event(BaseModel):
+    """An event to enqueue with :func:`pgqueue.enqueue_many`."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    event_type: str
+    payload: dict[str, Any] | BaseModel
+    run_at: dt.datetime | None = None
+    idempotency_key: str | None = None
+    queue: str = "default"

@@ -1,0 +1,181 @@
+"""Event type -> named handlers, each with its payload model, retry policy and timeout."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from ._backoff import RetryPolicy
+from ._errors import RegistryError
+from ._models import Context
+
+HandlerFn = Callable[..., Awaitable[None]]
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One registered handler.
+
+    ``name`` is its stable identity in the database: renaming the Python function does not
+    orphan queued events as long as the name stays.
+    """
+
+    event_type: str
+    name: str
+    fn: HandlerFn
+    model: type[BaseModel] | None
+    policy: RetryPolicy
+    timeout: float | None
+    takes_context: bool
+
+    def parse(self, payload: dict[str, Any]) -> Any:
+        """The value passed to the handler: the validated model, or the dict itself."""
+        if self.model is None:
+            return payload
+        return self.model.model_validate(payload)
+
+    async def __call__(self, payload: Any, ctx: Context) -> None:
+        """Run the handler function once."""
+        if self.takes_context:
+            await self.fn(payload, ctx)
+        else:
+            await self.fn(payload)
+
+
+def _payload_model(fn: HandlerFn) -> type[BaseModel] | None:
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        return None
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:  # unresolvable forward reference
+        raise RegistryError(f"cannot read the type hints of handler {fn.__name__!r}: {exc}") from exc
+    annotation = hints.get(params[0].name)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+@dataclass
+class Registry:
+    """Which handlers run for which event type.
+
+    Handlers must be idempotent: delivery is at least once, and a handler may run again after a
+    crash. :func:`pgqueue.once` makes a database effect happen once per (event, handler).
+
+    Example::
+
+        registry = Registry()
+
+        @registry.on("order.placed")
+        async def send_email(order: OrderPlaced, ctx: Context) -> None: ...
+    """
+
+    _handlers: dict[str, dict[str, Handler]] = field(default_factory=dict)
+
+    def on(
+        self,
+        event_type: str,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> Callable[[HandlerFn], HandlerFn]:
+        """Register the decorated async function as a handler of ``event_type``.
+
+        ``name`` defaults to the function's name; the payload model is taken from the first
+        parameter's annotation when it is a pydantic model (a payload that fails validation
+        sends the event dead for this handler at once). ``timeout`` is in seconds per attempt.
+        """
+
+        def decorator(fn: HandlerFn) -> HandlerFn:
+            self.add(event_type, fn, name=name, retry=retry, timeout=timeout)
+            return fn
+
+        return decorator
+
+    def add(
+        self,
+        event_type: str,
+        fn: HandlerFn,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> Handler:
+        """Register ``fn`` without a decorator; returns the registered handler."""
+        if not inspect.iscoroutinefunction(fn):
+            raise RegistryError(f"handler {getattr(fn, '__name__', fn)!r} must be an async function")
+        handler_name = name or fn.__name__
+        if not handler_name or len(handler_name) > 128:
+            raise RegistryError(f"handler name {handler_name!r} must be 1-128 characters")
+        if timeout is not None and timeout <= 0:
+            raise RegistryError(f"handler {handler_name!r}: timeout must be positive")
+        for_type = self._handlers.setdefault(event_type, {})
+        if handler_name in for_type:
+            raise RegistryError(
+                f"handler name {handler_name!r} is registered twice for event type "
+                f"{event_type!r}; pass name=... to one of them"
+            )
+        n_params = len(inspect.signature(fn).parameters)
+        if n_params not in (1, 2):
+            raise RegistryError(
+                f"handler {handler_name!r} must take (payload) or (payload, ctx), "
+                f"not {n_params} parameters"
+            )
+        handler = Handler(
+            event_type=event_type,
+            name=handler_name,
+            fn=fn,
+            model=_payload_model(fn),
+            policy=retry or RetryPolicy(),
+            timeout=timeout,
+            takes_context=n_params == 2,
+        )
+        for_type[handler_name] = handler
+        return handler
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        """The event types that have at least one handler, sorted."""
+        return tuple(sorted(t for t, hs in self._handlers.items() if hs))
+
+    def handlers_for(self, event_type: str) -> tuple[Handler, ...]:
+        """The handlers of ``event_type`` in registration order (empty when none)."""
+        return tuple(self._handlers.get(event_type, {}).values())
+
+    def __iter__(self) -> typing.Iterator[Handler]:
+        for for_type in self._handlers.values():
+            yield from for_type.values()
+
+
+def load_registry(path: str) -> Registry:
+    """Import ``"package.module:attribute"`` and return the Registry it names."""
+    module_name, sep, attr = path.partition(":")
+    hint = "pass --handlers MODULE:ATTRIBUTE, e.g. --handlers handlers:registry"
+    if not sep or not module_name or not attr:
+        raise RegistryError(f"invalid handlers path {path!r}: {hint}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(f"cannot import handlers module {module_name!r} ({exc}); {hint}") from exc
+    except Exception as exc:
+        raise RegistryError(
+            f"handlers module {module_name!r} failed while importing: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    registry = getattr(module, attr, None)
+    if registry is None:
+        raise RegistryError(f"module {module_name!r} has no attribute {attr!r}; {hint}")
+    if not isinstance(registry, Registry):
+        raise RegistryError(
+            f"{path!r} is a {type(registry).__name__}, not a pgqueue.Registry; {hint}"
+        )
+    return registry

@@ -1,0 +1,486 @@
+"""The worker: claim batches, run every handler of each event, record outcomes in batches.
+
+Tasks of one worker (all in one event loop):
+
+- claimer (the ``run`` coroutine): one statement claims up to ``batch_size`` ready events under
+  a lease; it sleeps on NOTIFY (listener) or the poll interval when nothing is ready.
+- runners (``concurrency`` of them): run (event, handler) units from a local deque, each under
+  its timeout and the handler's quick in-process retries.
+- completer: writes finished events with one statement per flush, fenced by lease token. While
+  one flush runs the next batch accumulates, so batches grow with load and latency stays low
+  when idle.
+- heartbeat: renews the leases of everything in flight; rescuer: returns expired leases of dead
+  workers to pending.
+
+Shutdown: the first stop request stops claiming and waits up to ``shutdown_timeout`` for
+in-flight work; what is still running then is cancelled and handed back at once (attempt
+refunded). A second request skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+
+from ._backoff import decide, is_transient, reconnect_delay
+from ._db import create_pool
+from ._dispatch import Completion, Delivery, Kind, Outcome, error_text, finish, parse_records, plan
+from ._errors import RegistryError
+from ._listener import Listener
+from ._migrate import check_schema
+from ._models import Context
+from ._queries import ClaimedRow, Queries, queries_for
+from ._registry import Handler, Registry
+from ._settings import WorkerSettings, mask_dsn
+
+log = logging.getLogger("pgqueue.worker")
+
+Unit = tuple[Delivery, Handler, int, Any]
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker run (for logs, burst summaries and tests)."""
+
+    claimed: int = 0
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+    handed_back: int = 0
+    lost_leases: int = 0
+    rescued: int = 0
+
+
+def _validation_text(handler: Handler, exc: ValidationError) -> str:
+    # Only locations and messages: pydantic's str() would echo the payload's values.
+    model = handler.model.__name__ if handler.model else "payload"
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"ValidationError: payload does not match {model}: {problems}"
+
+
+class Worker:
+    """Runs the handlers of a :class:`Registry` against one database until stopped."""
+
+    def __init__(
+        self,
+        dsn: str,
+        registry: Registry,
+        settings: WorkerSettings | None = None,
+        *,
+        handler_pool_size: int = 10,
+    ) -> None:
+        self.settings = settings or WorkerSettings()
+        self.registry = registry
+        self.stats = WorkerStats()
+        self.worker_id = self.settings.worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self._dsn = dsn
+        self._handler_pool_size = handler_pool_size
+        self._queries: Queries = queries_for(self.settings.schema_name)
+        self._event_types = list(registry.event_types)
+        self._max_inflight = 2 * self.settings.batch_size
+        self._inflight: dict[int, Delivery] = {}
+        self._units: deque[Unit] = deque()
+        self._buffer: list[Completion] = []
+        self._wakeup = asyncio.Event()
+        self._work = asyncio.Event()
+        self._flush = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._force = asyncio.Event()
+        self._stopping = False
+        self._pool: asyncpg.Pool | None = None
+        self._handler_pool: asyncpg.Pool | None = None
+
+    # -- control ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop gracefully; a second call stops at once (in-flight work is handed back)."""
+        if self._stopping:
+            if not self._force.is_set():
+                log.warning("second stop request: handing back in-flight events now")
+            self._force.set()
+        else:
+            log.info("stopping: no new claims; waiting up to %.0fs for in-flight handlers",
+                     self.settings.shutdown_timeout)
+            self._stopping = True
+        self._wakeup.set()
+        self._progress.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Events claimed and not yet recorded."""
+        return len(self._inflight)
+
+    # -- main ---------------------------------------------------------------------------------
+
+    async def run(self) -> WorkerStats:
+        """Run until stopped (or, with ``burst``, until nothing is ready); return counters."""
+        if not self._event_types:
+            raise RegistryError("the registry has no handlers; register one with @registry.on(...)")
+        s = self.settings
+        self._pool = await create_pool(self._dsn, min_size=1, max_size=4)
+        tasks: list[asyncio.Task[Any]] = []
+        runners: list[asyncio.Task[None]] = []
+        try:
+            async with self._pool.acquire() as conn:
+                await check_schema(conn, s.schema_name)
+            self._handler_pool = await create_pool(
+                self._dsn, min_size=0, max_size=self._handler_pool_size
+            )
+            log.info(
+                "worker %s started: %s schema=%s queues=%s types=%s concurrency=%d batch=%d",
+                self.worker_id, mask_dsn(self._dsn), s.schema_name, ",".join(s.queues),
+                ",".join(self._event_types), s.concurrency, s.batch_size,
+            )
+            runners = [asyncio.create_task(self._runner()) for _ in range(s.concurrency)]
+            tasks = [
+                asyncio.create_task(self._completer()),
+                asyncio.create_task(self._heartbeat()),
+                asyncio.create_task(self._rescuer()),
+            ]
+            if s.listen and not s.burst:
+                listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
+                tasks.append(asyncio.create_task(listener.run()))
+            await self._claim_loop()
+            await self._drain(runners)
+        finally:
+            for task in [*runners, *tasks]:
+                task.cancel()
+            await asyncio.gather(*runners, *tasks, return_exceptions=True)
+            await self._close()
+        log.info(
+            "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
+            self.worker_id, self.stats.done, self.stats.retried, self.stats.dead,
+            self.stats.handed_back,
+        )
+        return self.stats
+
+    async def _close(self) -> None:
+        for pool in (self._handler_pool, self._pool):
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), timeout=5.0)
+                except Exception:
+                    pool.terminate()
+
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        failures = 0
+        while not self._stopping:
+            capacity = self._max_inflight - len(self._inflight)
+            if capacity <= 0:
+                self._progress.clear()
+                await self._progress.wait()
+                continue
+            self._wakeup.clear()
+            try:
+                claimed, full = await self._claim(min(capacity, s.batch_size))
+                failures = 0
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                delay = reconnect_delay(failures)
+                log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                await self._sleep_or_wake(delay)
+                continue
+            if full:
+                continue
+            if claimed == 0 and not self._inflight:
+                if s.burst:
+                    return
+                await self._sleep_or_wake(await self._idle_timeout())
+            elif claimed == 0:
+                # Busy with what we have: claim again when something finishes or on NOTIFY.
+                self._progress.clear()
+                await self._first(self._progress.wait(), self._wakeup.wait(), s.poll_interval)
+
+    async def _idle_timeout(self) -> float:
+        """Sleep until the poll interval, or earlier when a delayed event is due sooner."""
+        timeout = self.settings.poll_interval
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                for queue in self.settings.queues:
+                    due = await self._queries.seconds_until_due(conn, queue, self._event_types)
+                    if due is not None:
+                        timeout = min(timeout, max(due, 0.0) + 0.001)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+        return timeout
+
+    async def _first(self, a: Any, b: Any, timeout: float) -> None:
+        tasks = [asyncio.ensure_future(a), asyncio.ensure_future(b)]
+        try:
+            await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _sleep_or_wake(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
+        except TimeoutError:
+            pass
+
+    async def _claim(self, limit: int) -> tuple[int, bool]:
+        """Claim from each queue; return (events claimed, whether a queue gave a full batch)."""
+        assert self._pool is not None
+        s = self.settings
+        total, full = 0, False
+        async with self._pool.acquire() as conn:
+            for queue in s.queues:
+                token = uuid.uuid4()
+                rows = await self._queries.claim_batch(
+                    conn, queue, self._event_types, limit - total, token, self.worker_id,
+                    s.lease_seconds,
+                )
+                self._dispatch(rows, token)
+                total += len(rows)
+                full = full or len(rows) == limit
+                if total >= limit:
+                    break
+        return total, full
+
+    def _dispatch(self, rows: list[ClaimedRow], token: uuid.UUID) -> None:
+        now = time.monotonic()
+        self.stats.claimed += len(rows)
+        for row in rows:
+            delivery = Delivery(row, token, now, parse_records(row.handlers))
+            self._inflight[row.id] = delivery
+            handlers = self.registry.handlers_for(row.event_type)
+            units = plan(delivery, handlers)
+            if units:
+                payload = json.loads(row.payload)
+                self._units.extend((delivery, h, prior, payload) for h, prior in units)
+            else:
+                self._complete(delivery)
+        if rows:
+            self._work.set()
+
+    # -- running handlers ---------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        units = self._units
+        while True:
+            while units:
+                delivery, handler, prior, payload = units.popleft()
+                await self._run_unit(delivery, handler, prior, payload)
+            self._work.clear()
+            await self._work.wait()
+
+    async def _run_unit(self, d: Delivery, handler: Handler, prior: int, payload: Any) -> None:
+        outcome: Outcome | None = None
+        attempts = prior
+        try:
+            try:
+                value = handler.parse(payload)
+            except ValidationError as exc:
+                outcome = Outcome(Kind.DEAD, prior + 1, _validation_text(handler, exc))
+            while outcome is None:
+                attempts += 1
+                ctx = Context(
+                    d.row.id, d.row.event_type, handler.name, attempts, d.row.created_at,
+                    self._handler_pool,
+                )
+                try:
+                    if handler.timeout is None:
+                        await handler(value, ctx)
+                    else:
+                        async with asyncio.timeout(handler.timeout):
+                            await handler(value, ctx)
+                    outcome = Outcome(Kind.DONE, attempts)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    outcome = await self._failed(d, handler, attempts, exc)
+        except asyncio.CancelledError:
+            # Shutdown past its drain timeout: hand this attempt back, it did not count.
+            self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
+            raise
+        self._record(d, handler, outcome)
+
+    async def _failed(
+        self, d: Delivery, handler: Handler, attempts: int, exc: Exception
+    ) -> Outcome | None:
+        """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
+        if isinstance(exc, TimeoutError):
+            text = f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
+        else:
+            text = error_text(exc)
+        verdict = decide(handler.policy, attempts, d.elapsed, exc)
+        if verdict.dead:
+            log.warning(
+                "event %d handler %s is dead after %d attempt(s): %s",
+                d.row.id, handler.name, attempts, type(exc).__name__,
+            )
+            return Outcome(Kind.DEAD, attempts, text)
+        if verdict.delay <= handler.policy.inline_max_wait and not self._stopping and not d.lost:
+            await asyncio.sleep(verdict.delay)
+            return None
+        return Outcome(Kind.RETRY, attempts, text, verdict.delay)
+
+    def _record(self, d: Delivery, handler: Handler, outcome: Outcome) -> None:
+        d.outcomes[handler.name] = outcome
+        d.waiting -= 1
+        if d.waiting == 0:
+            self._complete(d)
+
+    def _complete(self, d: Delivery) -> None:
+        completion = finish(d, self.registry.handlers_for(d.row.event_type))
+        self._buffer.append(completion)
+        self._flush.set()
+
+    # -- recording outcomes -------------------------------------------------------------------
+
+    async def _completer(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            await self._write_all()
+
+    async def _write_all(self) -> None:
+        failures = 0
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            try:
+                await self._write(batch)
+                failures = 0
+            except Exception as exc:
+                self._buffer[:0] = batch
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                delay = reconnect_delay(failures)
+                log.warning("recording outcomes failed (%s); retrying in %.1fs",
+                            type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+
+    async def _write(self, batch: list[Completion]) -> None:
+        assert self._pool is not None
+        happy = [c for c in batch if c.happy]
+        other = [c for c in batch if not c.happy]
+        written: list[int] = []
+        async with self._pool.acquire() as conn:
+            if happy:
+                written += await self._queries.complete_done_batch(
+                    conn, [c.id for c in happy], [c.token for c in happy]
+                )
+            if other:
+                written += await self._queries.complete_batch(
+                    conn,
+                    [c.id for c in other],
+                    [c.token for c in other],
+                    [c.state for c in other],
+                    [c.delay for c in other],
+                    [c.refund for c in other],
+                    [c.handlers for c in other],
+                    [c.error for c in other],
+                )
+        self._account(batch, set(written))
+
+    def _account(self, batch: list[Completion], written: set[int]) -> None:
+        stats = self.stats
+        for c in batch:
+            self._inflight.pop(c.id, None)
+            if c.id not in written:
+                stats.lost_leases += 1
+                log.warning("event %d: lease lost before its outcome was recorded; another "
+                            "worker owns it now, outcome discarded", c.id)
+            elif c.state == "done":
+                stats.done += 1
+            elif c.state == "dead":
+                stats.dead += 1
+            elif c.refund:
+                stats.handed_back += 1
+            else:
+                stats.retried += 1
+        self._progress.set()
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        assert self._pool is not None
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            held = list(self._inflight.values())
+            if not held:
+                continue
+            try:
+                async with self._pool.acquire() as conn:
+                    renewed = set(await self._queries.extend_leases(
+                        conn, [d.row.id for d in held], [d.token for d in held],
+                        self.settings.lease_seconds,
+                    ))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("lease renewal failed (%s); will retry", type(exc).__name__)
+                continue
+            for d in held:
+                if d.row.id not in renewed and d.row.id in self._inflight and not d.lost:
+                    d.lost = True
+                    log.warning("event %d: lease lost (expired and taken over)", d.row.id)
+
+    async def _rescuer(self) -> None:
+        assert self._pool is not None
+        while True:
+            await asyncio.sleep(self.settings.rescue_interval)
+            try:
+                async with self._pool.acquire() as conn:
+                    rows = await self._queries.rescue_expired(conn)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                continue
+            if rows:
+                self.stats.rescued += len(rows)
+                self._wakeup.set()
+                workers = sorted({r["leased_by"] or "?" for r in rows})
+                log.warning("rescued %d event(s) whose lease expired (workers: %s)",
+                            len(rows), ", ".join(workers))
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        while self._inflight and not self._force.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._progress.clear()
+            await self._first(self._progress.wait(), self._force.wait(), remaining)
+        if not self._inflight:
+            return
+        # Hand back whatever is still running or queued: cancel the runners (each records its
+        # unit as interrupted), mark queued units interrupted, and write it all once.
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        while self._units:
+            delivery, handler, prior, _ = self._units.popleft()
+            self._record(delivery, handler, Outcome(Kind.INTERRUPTED, prior))
+        # The completer writes them; give it a few seconds before leaving it to the leases.
+        deadline = time.monotonic() + 5.0
+        while self._inflight and time.monotonic() < deadline:
+            self._progress.clear()
+            await self._first(self._progress.wait(), asyncio.sleep(3600),
+                              deadline - time.monotonic())
+        if self._inflight:
+            log.warning("could not hand back %d event(s); their leases will expire",
+                        len(self._inflight))
