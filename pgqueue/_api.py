@@ -48,10 +48,28 @@ def _check_event_type(event_type: str) -> None:
         )
 
 
+# What each named constraint means, in the words a user needs (see sql/0001_outbox.sql).
+CONSTRAINT_HINTS = {
+    "outbox_event_type_length": "the event type must be 1-128 characters",
+    "outbox_event_type_format": (
+        "the event type may hold only letters, digits and _ . : / - (e.g. 'order.placed')"
+    ),
+    "outbox_queue_format": "the queue name may hold only letters, digits and _ . : -",
+    "outbox_payload_object": "the payload must be a JSON object",
+    "outbox_payload_size": "the payload is over the 1 MiB limit; store big data elsewhere",
+    "outbox_idempotency_key_length": "the idempotency key must be 1-200 characters",
+}
+
+
 def _translate(exc: asyncpg.PostgresError) -> PayloadError:
+    # Only the primary message and the constraint: the DETAIL line would echo the whole row,
+    # payload included, into logs and terminals.
     constraint = getattr(exc, "constraint_name", None)
-    detail = f" (constraint {constraint})" if constraint else ""
-    return PayloadError(f"the database rejected the event{detail}: {exc}")
+    hint = CONSTRAINT_HINTS.get(constraint or "")
+    if hint:
+        return PayloadError(f"event rejected by constraint {constraint}: {hint}")
+    message = getattr(exc, "message", None) or type(exc).__name__
+    return PayloadError(f"event rejected by the database: {message}")
 
 
 async def enqueue(
@@ -160,8 +178,7 @@ async def status(conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA) -> S
     dead = await queries.dead_handler_rows(conn)
     return StatusReport(
         counts=[
-            StatusRow(r["event_type"], r["state"], r["events"], r["oldest_ready_age"])
-            for r in rows
+            StatusRow(r["event_type"], r["state"], r["events"], r["oldest_ready_age"]) for r in rows
         ],
         dead_handlers=[(r["event_type"], r["handler"], r["events"]) for r in dead],
     )

@@ -14,7 +14,9 @@ from ._settings import mask_dsn
 def describe_connect_error(dsn: str, exc: BaseException) -> Exception:
     """Map an exception raised while connecting to a PgQueueError with a next step."""
     where = mask_dsn(dsn)
-    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
         return DatabaseUnavailableError(
             f"the database refused the login for {where}: {exc}; check the user and password"
         )
@@ -23,7 +25,9 @@ def describe_connect_error(dsn: str, exc: BaseException) -> Exception:
             f"{exc} at {where}; create it (createdb) or fix the DSN's database name"
         )
     if isinstance(exc, asyncpg.TooManyConnectionsError | asyncpg.CannotConnectNowError):
-        return DatabaseUnavailableError(f"the database at {where} is not accepting connections: {exc}")
+        return DatabaseUnavailableError(
+            f"the database at {where} is not accepting connections: {exc}"
+        )
     if isinstance(exc, asyncpg.ClientConfigurationError | ValueError | TypeError):
         return ConfigurationError(
             f"malformed DSN {where}: {exc}; use postgresql://user:password@host:port/dbname"
@@ -33,7 +37,8 @@ def describe_connect_error(dsn: str, exc: BaseException) -> Exception:
     if isinstance(exc, OSError | TimeoutError):
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         return DatabaseUnavailableError(
-            f"cannot reach PostgreSQL at {where} ({reason}); is the server running and the DSN right?"
+            f"cannot reach PostgreSQL at {where} ({reason}); "
+            "is the server running and the DSN right?"
         )
     if isinstance(exc, asyncpg.PostgresError):
         return DatabaseUnavailableError(f"cannot connect to {where}: {exc}")

@@ -121,8 +121,10 @@ def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handle
         if record is not None and record.state is not HandlerState.PENDING:
             continue
         prior = prior_attempts(record, attempt)
-        if record is not None and record.not_before is not None and (
-            record.not_before > delivery.row.db_now
+        if (
+            record is not None
+            and record.not_before is not None
+            and (record.not_before > delivery.row.db_now)
         ):
             delivery.outcomes[handler.name] = Outcome(Kind.SKIPPED, prior)
             continue
@@ -144,9 +146,13 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
     """Fold the outcomes of one claim into the row's new state."""
     row = delivery.row
     outcomes = delivery.outcomes
-    if delivery.records is None and all(o.kind is Kind.DONE for o in outcomes.values()) and len(
-        outcomes
-    ) == len(handlers):
+    # The happy path: every handler succeeded at its first try of this claim and nothing was
+    # recorded before, so the row's state and attempt say everything; no record is written.
+    if (
+        delivery.records is None
+        and len(outcomes) == len(handlers)
+        and all(o.kind is Kind.DONE and o.attempts == row.attempt for o in outcomes.values())
+    ):
         return Completion(row.id, delivery.token, "done")
 
     now = delivery.db_now
@@ -163,7 +169,7 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
             continue
         if outcome.kind is Kind.DONE:
             records[handler.name] = HandlerRecord(
-                HandlerState.DONE, outcome.attempts, seen, updated_at=now
+                HandlerState.DONE, outcome.attempts, seen, error=outcome.error, updated_at=now
             )
         elif outcome.kind is Kind.DEAD:
             records[handler.name] = HandlerRecord(

@@ -231,6 +231,7 @@ class EmbeddedPostgres:
         # A port picked by binding port 0 may be taken before postgres binds it: retry twice.
         for _ in range(1 if self._requested_port else 3):
             port = self._requested_port or _free_port()
+            seen = log.stat().st_size if log.exists() else 0
             result = self._run(
                 "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-w",
                 "-t", str(int(self._start_timeout)), "-o", f"-p {port}", "start",
@@ -239,9 +240,10 @@ class EmbeddedPostgres:
             if result.returncode == 0:
                 return port
             self._stop_server()  # a timed-out start may still come up later
-            logged = log.read_text(errors="replace") if log.exists() else ""
-            message = _last_line(logged, containing=("FATAL", "ERROR")) or _last_line(result.stderr)
-            if "could not bind" not in message and "in use" not in message:
+            logged = log.read_bytes()[seen:].decode(errors="replace") if log.exists() else ""
+            message = _last_line(logged, containing=("FATAL", "ERROR"))
+            message = message or _last_line(result.stderr) or "no error message"
+            if "Address already in use" not in logged:
                 break
         raise DatabaseUnavailableError(
             f"could not start PostgreSQL in {self.data_dir}: {message} (log: {log})"

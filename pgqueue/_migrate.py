@@ -34,7 +34,9 @@ class Migration:
 def _sql_files() -> list[tuple[str, str]]:
     try:
         folder = resources.files("pgqueue.sql")
-        found = [(f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")]
+        found = [
+            (f.name, f.read_text("utf-8")) for f in folder.iterdir() if f.name.endswith(".sql")
+        ]
         if found:
             return found
     except (ModuleNotFoundError, FileNotFoundError):

@@ -56,7 +56,9 @@ def _payload_model(fn: HandlerFn) -> type[BaseModel] | None:
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:  # unresolvable forward reference
-        raise RegistryError(f"cannot read the type hints of handler {fn.__name__!r}: {exc}") from exc
+        raise RegistryError(
+            f"cannot read the type hints of handler {fn.__name__!r}: {exc}"
+        ) from exc
     annotation = hints.get(params[0].name)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -112,7 +114,9 @@ class Registry:
     ) -> Handler:
         """Register ``fn`` without a decorator; returns the registered handler."""
         if not inspect.iscoroutinefunction(fn):
-            raise RegistryError(f"handler {getattr(fn, '__name__', fn)!r} must be an async function")
+            raise RegistryError(
+                f"handler {getattr(fn, '__name__', fn)!r} must be an async function"
+            )
         handler_name = name or fn.__name__
         if not handler_name or len(handler_name) > 128:
             raise RegistryError(f"handler name {handler_name!r} must be 1-128 characters")
@@ -165,11 +169,12 @@ def load_registry(path: str) -> Registry:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise RegistryError(f"cannot import handlers module {module_name!r} ({exc}); {hint}") from exc
+        raise RegistryError(
+            f"cannot import handlers module {module_name!r} ({exc}); {hint}"
+        ) from exc
     except Exception as exc:
         raise RegistryError(
-            f"handlers module {module_name!r} failed while importing: "
-            f"{type(exc).__name__}: {exc}"
+            f"handlers module {module_name!r} failed while importing: {type(exc).__name__}: {exc}"
         ) from exc
     registry = getattr(module, attr, None)
     if registry is None:

@@ -20,6 +20,7 @@ refunded). A second request skips the wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,12 @@ def _validation_text(handler: Handler, exc: ValidationError) -> str:
     return f"ValidationError: payload does not match {model}: {problems}"
 
 
+def _failure_text(handler: Handler, exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
+    return error_text(exc)
+
+
 class Worker:
     """Runs the handlers of a :class:`Registry` against one database until stopped."""
 
@@ -114,8 +121,10 @@ class Worker:
                 log.warning("second stop request: handing back in-flight events now")
             self._force.set()
         else:
-            log.info("stopping: no new claims; waiting up to %.0fs for in-flight handlers",
-                     self.settings.shutdown_timeout)
+            log.info(
+                "stopping: no new claims; waiting up to %.0fs for in-flight handlers",
+                self.settings.shutdown_timeout,
+            )
             self._stopping = True
         self._wakeup.set()
         self._progress.set()
@@ -143,8 +152,13 @@ class Worker:
             )
             log.info(
                 "worker %s started: %s schema=%s queues=%s types=%s concurrency=%d batch=%d",
-                self.worker_id, mask_dsn(self._dsn), s.schema_name, ",".join(s.queues),
-                ",".join(self._event_types), s.concurrency, s.batch_size,
+                self.worker_id,
+                mask_dsn(self._dsn),
+                s.schema_name,
+                ",".join(s.queues),
+                ",".join(self._event_types),
+                s.concurrency,
+                s.batch_size,
             )
             runners = [asyncio.create_task(self._runner()) for _ in range(s.concurrency)]
             tasks = [
@@ -164,7 +178,10 @@ class Worker:
             await self._close()
         log.info(
             "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
-            self.worker_id, self.stats.done, self.stats.retried, self.stats.dead,
+            self.worker_id,
+            self.stats.done,
+            self.stats.retried,
+            self.stats.dead,
             self.stats.handed_back,
         )
         return self.stats
@@ -233,10 +250,8 @@ class Worker:
                 t.cancel()
 
     async def _sleep_or_wake(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=timeout)
-        except TimeoutError:
-            pass
 
     async def _claim(self, limit: int) -> tuple[int, bool]:
         """Claim from each queue; return (events claimed, whether a queue gave a full batch)."""
@@ -247,7 +262,12 @@ class Worker:
             for queue in s.queues:
                 token = uuid.uuid4()
                 rows = await self._queries.claim_batch(
-                    conn, queue, self._event_types, limit - total, token, self.worker_id,
+                    conn,
+                    queue,
+                    self._event_types,
+                    limit - total,
+                    token,
+                    self.worker_id,
                     s.lease_seconds,
                 )
                 self._dispatch(rows, token)
@@ -287,6 +307,7 @@ class Worker:
     async def _run_unit(self, d: Delivery, handler: Handler, prior: int, payload: Any) -> None:
         outcome: Outcome | None = None
         attempts = prior
+        last_error: str | None = None
         try:
             try:
                 value = handler.parse(payload)
@@ -295,7 +316,11 @@ class Worker:
             while outcome is None:
                 attempts += 1
                 ctx = Context(
-                    d.row.id, d.row.event_type, handler.name, attempts, d.row.created_at,
+                    d.row.id,
+                    d.row.event_type,
+                    handler.name,
+                    attempts,
+                    d.row.created_at,
                     self._handler_pool,
                 )
                 try:
@@ -304,11 +329,13 @@ class Worker:
                     else:
                         async with asyncio.timeout(handler.timeout):
                             await handler(value, ctx)
-                    outcome = Outcome(Kind.DONE, attempts)
+                    # A success after quick retries keeps the last error for the record.
+                    outcome = Outcome(Kind.DONE, attempts, last_error)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     outcome = await self._failed(d, handler, attempts, exc)
+                    last_error = _failure_text(handler, exc)
         except asyncio.CancelledError:
             # Shutdown past its drain timeout: hand this attempt back, it did not count.
             self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
@@ -319,15 +346,15 @@ class Worker:
         self, d: Delivery, handler: Handler, attempts: int, exc: Exception
     ) -> Outcome | None:
         """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
-        if isinstance(exc, TimeoutError):
-            text = f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
-        else:
-            text = error_text(exc)
+        text = _failure_text(handler, exc)
         verdict = decide(handler.policy, attempts, d.elapsed, exc)
         if verdict.dead:
             log.warning(
                 "event %d handler %s is dead after %d attempt(s): %s",
-                d.row.id, handler.name, attempts, type(exc).__name__,
+                d.row.id,
+                handler.name,
+                attempts,
+                type(exc).__name__,
             )
             return Outcome(Kind.DEAD, attempts, text)
         if verdict.delay <= handler.policy.inline_max_wait and not self._stopping and not d.lost:
@@ -367,8 +394,9 @@ class Worker:
                     raise
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning("recording outcomes failed (%s); retrying in %.1fs",
-                            type(exc).__name__, delay)
+                log.warning(
+                    "recording outcomes failed (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
                 await asyncio.sleep(delay)
 
     async def _write(self, batch: list[Completion]) -> None:
@@ -400,8 +428,11 @@ class Worker:
             self._inflight.pop(c.id, None)
             if c.id not in written:
                 stats.lost_leases += 1
-                log.warning("event %d: lease lost before its outcome was recorded; another "
-                            "worker owns it now, outcome discarded", c.id)
+                log.warning(
+                    "event %d: lease lost before its outcome was recorded; another "
+                    "worker owns it now, outcome discarded",
+                    c.id,
+                )
             elif c.state == "done":
                 stats.done += 1
             elif c.state == "dead":
@@ -423,10 +454,14 @@ class Worker:
                 continue
             try:
                 async with self._pool.acquire() as conn:
-                    renewed = set(await self._queries.extend_leases(
-                        conn, [d.row.id for d in held], [d.token for d in held],
-                        self.settings.lease_seconds,
-                    ))
+                    renewed = set(
+                        await self._queries.extend_leases(
+                            conn,
+                            [d.row.id for d in held],
+                            [d.token for d in held],
+                            self.settings.lease_seconds,
+                        )
+                    )
             except Exception as exc:
                 if not is_transient(exc):
                     raise
@@ -452,8 +487,11 @@ class Worker:
                 self.stats.rescued += len(rows)
                 self._wakeup.set()
                 workers = sorted({r["leased_by"] or "?" for r in rows})
-                log.warning("rescued %d event(s) whose lease expired (workers: %s)",
-                            len(rows), ", ".join(workers))
+                log.warning(
+                    "rescued %d event(s) whose lease expired (workers: %s)",
+                    len(rows),
+                    ", ".join(workers),
+                )
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -479,8 +517,10 @@ class Worker:
         deadline = time.monotonic() + 5.0
         while self._inflight and time.monotonic() < deadline:
             self._progress.clear()
-            await self._first(self._progress.wait(), asyncio.sleep(3600),
-                              deadline - time.monotonic())
+            await self._first(
+                self._progress.wait(), asyncio.sleep(3600), deadline - time.monotonic()
+            )
         if self._inflight:
-            log.warning("could not hand back %d event(s); their leases will expire",
-                        len(self._inflight))
+            log.warning(
+                "could not hand back %d event(s); their leases will expire", len(self._inflight)
+            )
