@@ -1,0 +1,346 @@
+"""The database harness every integration test uses.
+
+Finding a server happens once per run, in the controlling process (under xdist, the workers
+are told the DSN through ``workerinput``), trying in order:
+
+1. ``PGQUEUE_TEST_DSN`` (a postgresql:// URL of a maintenance database; the role needs
+   CREATEDB). If set it must work: we never fall through to another server.
+2. A server on 127.0.0.1:5432 as user postgres, then root (database postgres). Set
+   ``PGQUEUE_TEST_NO_LOCAL=1`` to skip this probe (to exercise the fallbacks below).
+3. testcontainers' PostgresContainer (image ``PGQUEUE_TEST_IMAGE``, default
+   postgres:16-alpine) if a Docker engine answers a ping.
+4. ``pgqueue._embedded.EmbeddedPostgres`` in a temporary directory, stopped at the end.
+
+The choice is printed as one line, "pgqueue test database: ..." (report header). When nothing
+works, every test that needs a database fails with the reasons; nothing is skipped.
+
+Fixtures:
+
+- ``admin_dsn`` (session, str): the maintenance DSN of the server.
+- ``template_db`` (session, str): name of this worker's migrated template database
+  (named with the xdist worker id, pid and a random token), dropped at session end.
+- ``database_factory`` (function): ``create(*, migrated=True) -> str`` returns the DSN of a
+  fresh database (cloned from the template, or empty from template0); all are dropped
+  ``WITH (FORCE)`` after the test.
+- ``db_dsn`` (function, str): one fresh migrated database.
+- ``conn`` (function, asyncpg.Connection): a connection to ``db_dsn``, closed after the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from pgqueue._migrate import migrate
+from pgqueue._settings import mask_dsn
+
+T = TypeVar("T")
+_DSN_KEY = "pgqueue_test_dsn"
+_ERROR_KEY = "pgqueue_test_error"
+_LOCAL_DSNS = (
+    "postgresql://postgres@127.0.0.1:5432/postgres",
+    "postgresql://root@127.0.0.1:5432/postgres",
+)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a private loop in a thread.
+
+    Sync fixtures use it so they never touch the event loop pytest-asyncio gives the test.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointed at database ``name`` (host, user, password and options kept)."""
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+# --- finding a server (controller process only) ---------------------------------------
+
+
+@dataclass
+class _Server:
+    dsn: str | None = None
+    label: str = ""
+    failures: list[str] = field(default_factory=list)
+    cleanup: Callable[[], None] | None = None
+
+
+async def _check(dsn: str) -> None:
+    """Raise unless ``dsn`` connects and can create databases on PostgreSQL 13+."""
+    conn = await asyncpg.connect(dsn, timeout=3)
+    try:
+        version, can_create = await conn.fetchrow(
+            "SELECT current_setting('server_version_num')::int, rolsuper OR rolcreatedb"
+            " FROM pg_roles WHERE rolname = current_user"
+        )
+    finally:
+        await conn.close()
+    if version < 130000:
+        raise RuntimeError("PostgreSQL 13+ is needed (DROP DATABASE ... WITH (FORCE))")
+    if not can_create:
+        raise RuntimeError("the role needs CREATEDB")
+
+
+def _try(server: _Server, what: str, dsn: str) -> bool:
+    try:
+        run_sync(_check(dsn))
+    except Exception as exc:
+        server.failures.append(f"{what}: {type(exc).__name__}: {exc}")
+        return False
+    server.dsn, server.label = dsn, what
+    return True
+
+
+def _try_docker(server: _Server) -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:
+        server.failures.append(f"docker: no engine ({type(exc).__name__})")
+        return False
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # testcontainers < 4.9
+        from testcontainers.postgres import PostgresContainer
+    image = os.environ.get("PGQUEUE_TEST_IMAGE", "postgres:16-alpine")
+    container = PostgresContainer(image, driver=None)
+    try:
+        container.start()
+    except Exception as exc:
+        server.failures.append(f"docker {image}: {type(exc).__name__}: {exc}")
+        return False
+    server.cleanup = container.stop
+    if _try(server, f"testcontainers {image}", container.get_connection_url()):
+        return True
+    container.stop()
+    server.cleanup = None
+    return False
+
+
+def _try_embedded(server: _Server) -> bool:
+    from pgqueue._embedded import EmbeddedPostgres
+
+    # mkdtemp makes a 0700 directory; open it so the unprivileged user that runs the server
+    # under root can reach the data directory inside (pytest's tmp dirs are 0700 too).
+    base = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))
+    base.chmod(0o755)
+    embedded = EmbeddedPostgres(base / "pg")
+
+    def cleanup() -> None:
+        try:
+            embedded.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    try:
+        dsn = embedded.start()
+    except Exception as exc:
+        cleanup()
+        server.failures.append(f"embedded: {type(exc).__name__}: {exc}")
+        return False
+    server.cleanup = cleanup
+    if _try(server, embedded.description, dsn):
+        return True
+    cleanup()
+    server.cleanup = None
+    return False
+
+
+def _find_server() -> _Server:
+    server = _Server()
+    explicit = os.environ.get("PGQUEUE_TEST_DSN")
+    if explicit:
+        if not explicit.startswith(("postgres://", "postgresql://")):
+            server.failures.append("PGQUEUE_TEST_DSN must be a postgresql:// URL")
+        else:
+            _try(server, "PGQUEUE_TEST_DSN", explicit)
+        return server  # the user asked for this server: never fall through
+    if os.environ.get("PGQUEUE_TEST_NO_LOCAL") != "1":
+        for dsn in _LOCAL_DSNS:
+            if _try(server, "local server on 127.0.0.1:5432", dsn):
+                return server
+    else:
+        server.failures.append("127.0.0.1:5432: skipped (PGQUEUE_TEST_NO_LOCAL=1)")
+    if _try_docker(server) or _try_embedded(server):
+        return server
+    return server
+
+
+_SERVER_KEY = pytest.StashKey[_Server]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Find the server once, in the controller (xdist workers get it via workerinput)."""
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    config.stash[_SERVER_KEY] = _find_server()
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and config.get_verbosity() < 0:  # -q hides the report header
+        reporter.write_line(pytest_report_header(config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: hand the controller's choice to each worker."""
+    server = node.config.stash[_SERVER_KEY]
+    node.workerinput[_DSN_KEY] = server.dsn
+    node.workerinput[_ERROR_KEY] = "; ".join(server.failures)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """One line saying which server the tests use."""
+    server = config.stash.get(_SERVER_KEY, None)
+    if server is None:
+        return "pgqueue test database: not searched"
+    if server.dsn is None:
+        return "pgqueue test database: NONE FOUND (" + "; ".join(server.failures) + ")"
+    return f"pgqueue test database: {server.label} ({mask_dsn(server.dsn)})"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop a container or embedded server this run started."""
+    server = config.stash.get(_SERVER_KEY, None)
+    if server is not None and server.cleanup is not None:
+        server.cleanup()
+        server.cleanup = None
+
+
+# --- fixtures (every process) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(pytestconfig: pytest.Config) -> str:
+    """The maintenance DSN of the test server; fails every test using it if none was found."""
+    workerinput: dict[str, Any] | None = getattr(pytestconfig, "workerinput", None)
+    if workerinput is not None:
+        dsn, error = workerinput[_DSN_KEY], workerinput[_ERROR_KEY]
+    else:
+        server = pytestconfig.stash[_SERVER_KEY]
+        dsn, error = server.dsn, "; ".join(server.failures)
+    if dsn is None:
+        pytest.fail(
+            f"no PostgreSQL for the integration tests ({error}). Start one on 127.0.0.1:5432, "
+            "set PGQUEUE_TEST_DSN=postgresql://user@host/postgres, or install PostgreSQL "
+            "binaries (apt-get install postgresql) for the embedded fallback",
+            pytrace=False,
+        )
+    return str(dsn)
+
+
+class Databases:
+    """Creates and drops this worker's databases; names never collide across runs."""
+
+    def __init__(self, admin_dsn: str) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        self.admin_dsn = admin_dsn
+        self.prefix = f"pgq_{worker}_{os.getpid()}_{secrets.token_hex(3)}"
+        self.template = f"{self.prefix}_tpl"
+        self._numbers = itertools.count(1)
+
+    async def _admin(self, *statements: str) -> None:
+        conn = await asyncpg.connect(self.admin_dsn, timeout=10)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def create_template(self) -> None:
+        await self._admin(f'CREATE DATABASE "{self.template}"')
+        conn = await asyncpg.connect(with_database(self.admin_dsn, self.template), timeout=10)
+        try:
+            await migrate(conn, "pgqueue")
+        finally:
+            await conn.close()
+
+    def create(self, *, migrated: bool = True) -> str:
+        name = f"{self.prefix}_{next(self._numbers)}"
+        source = self.template if migrated else "template0"
+        run_sync(self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
+        return with_database(self.admin_dsn, name)
+
+    def drop(self, *names: str) -> None:
+        drops = [f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names]
+        if drops:
+            run_sync(self._admin(*drops))
+
+    def leftovers(self) -> list[str]:
+        async def query() -> list[str]:
+            conn = await asyncpg.connect(self.admin_dsn, timeout=10)
+            try:
+                rows = await conn.fetch(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+                    self.prefix + "_",
+                )
+            finally:
+                await conn.close()
+            return [row["datname"] for row in rows]
+
+        return run_sync(query())
+
+
+@pytest.fixture(scope="session")
+def _databases(admin_dsn: str) -> Iterator[Databases]:
+    databases = Databases(admin_dsn)
+    run_sync(databases.create_template())
+    try:
+        yield databases
+    finally:
+        databases.drop(*databases.leftovers())
+
+
+@pytest.fixture(scope="session")
+def template_db(_databases: Databases) -> str:
+    """Name of this worker's migrated template database."""
+    return _databases.template
+
+
+@pytest.fixture
+def database_factory(_databases: Databases) -> Iterator[Callable[..., str]]:
+    """``create(*, migrated=True) -> dsn``: fresh databases, all dropped after the test."""
+    created: list[str] = []
+
+    def create(*, migrated: bool = True) -> str:
+        dsn = _databases.create(migrated=migrated)
+        created.append(urlsplit(dsn).path.lstrip("/"))
+        return dsn
+
+    try:
+        yield create
+    finally:
+        _databases.drop(*created)
+
+
+@pytest.fixture
+def db_dsn(database_factory: Callable[..., str]) -> str:
+    """DSN of a fresh database cloned from the migrated template; dropped after the test."""
+    return database_factory()
+
+
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """An asyncpg connection to ``db_dsn``, closed at the end of the test."""
+    connection = await asyncpg.connect(db_dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close(timeout=5)
