@@ -37,7 +37,7 @@ def _default_stop() -> stop_base:
 def _default_wait() -> wait_base:
     # 0.5 s, 1 s (both in process), then 2, 4, 8 ... capped at 5 minutes, with jitter so that
     # a burst of failures does not come back as a burst.
-    return wait_exponential_jitter(initial=0.5, max=300, jitter=0.25)
+    return wait_exponential_jitter(multiplier=0.5, max=300, jitter=0.25)
 
 
 def _default_retry() -> retry_base:

@@ -25,7 +25,7 @@ import click
 from ._api import enqueue, retry, status
 from ._db import connect
 from ._errors import ConfigurationError, PayloadError, PgQueueError
-from ._migrate import check_schema, latest_version, migrate
+from ._migrate import check_schema, latest_version, migrate, roles_sql
 from ._registry import Registry, load_registry
 from ._settings import DEFAULT_SCHEMA, WorkerSettings, mask_dsn, validate_schema
 from ._worker import Worker
@@ -146,6 +146,13 @@ def migrate_cmd(dsn: str | None, schema: str) -> None:
             click.echo(f"schema {schema}: up to date (version {latest_version()})")
 
     asyncio.run(main())
+
+
+@cli.command("roles")
+@_schema_option
+def roles_cmd(schema: str) -> None:
+    """Print the SQL that creates the producer, worker and ops roles (pipe it to psql)."""
+    click.echo(roles_sql(validate_schema(schema)), nl=False)
 
 
 @cli.command("worker")

@@ -60,6 +60,12 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
+def roles_sql(schema: str) -> str:
+    """The roles script (sql/roles.sql) with the schema filled in, ready for psql."""
+    text = dict(_sql_files())["roles.sql"]
+    return text.replace(':"schema"', quote_ident(schema))
+
+
 def latest_version() -> int:
     """The schema version this code expects."""
     return load_migrations()[-1].version
