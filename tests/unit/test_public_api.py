@@ -1,0 +1,76 @@
+"""Guard tests: the public names, and enums that mirror the SQL schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pgqueue
+from pgqueue import EventState, HandlerState
+
+SQL = Path(__file__).resolve().parents[2] / "sql" / "0001_outbox.sql"
+
+EXPECTED_ALL = [
+    "ConfigurationError",
+    "Context",
+    "DatabaseUnavailableError",
+    "Discard",
+    "Event",
+    "EventState",
+    "HandlerState",
+    "PayloadError",
+    "PgQueueError",
+    "Registry",
+    "RegistryError",
+    "RetryPolicy",
+    "SchemaError",
+    "StatusReport",
+    "Worker",
+    "WorkerSettings",
+    "WorkerStats",
+    "enqueue",
+    "enqueue_many",
+    "load_registry",
+    "migrate",
+    "once",
+    "retry",
+    "status",
+]
+
+
+def test_public_names_are_exactly_these() -> None:
+    assert pgqueue.__all__ == EXPECTED_ALL
+
+
+def test_public_names_are_sorted_and_unique() -> None:
+    assert pgqueue.__all__ == sorted(set(pgqueue.__all__))
+
+
+def test_every_public_name_exists_and_has_a_docstring() -> None:
+    for name in pgqueue.__all__:
+        obj = getattr(pgqueue, name)
+        assert (obj.__doc__ or "").strip(), f"pgqueue.{name} has no docstring"
+
+
+def test_library_errors_share_one_base() -> None:
+    for name in ("ConfigurationError", "RegistryError", "DatabaseUnavailableError",
+                 "SchemaError", "PayloadError"):
+        assert issubclass(getattr(pgqueue, name), pgqueue.PgQueueError)
+    assert not issubclass(pgqueue.Discard, pgqueue.PgQueueError)
+
+
+def _check_values(constraint: str) -> list[str]:
+    text = SQL.read_text()
+    match = re.search(rf"CONSTRAINT {constraint} CHECK \(state IN \(([^)]*)\)\)", text)
+    assert match, f"constraint {constraint} not found in {SQL.name}"
+    return re.findall(r"'([^']*)'", match.group(1))
+
+
+def test_event_states_mirror_the_sql_check_constraint() -> None:
+    allowed = _check_values("outbox_state_check")
+    assert allowed == ["pending", "running", "done", "dead"]
+    assert [s.value for s in EventState] == allowed
+
+
+def test_handler_states_are_the_event_states_minus_running() -> None:
+    assert {s.value for s in HandlerState} == {s.value for s in EventState} - {"running"}

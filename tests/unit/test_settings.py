@@ -1,0 +1,133 @@
+"""Settings validation at the edge, and DSN masking for logs and messages."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pgqueue import ConfigurationError, WorkerSettings
+from pgqueue._settings import mask_dsn, quote_ident, validate_queue, validate_schema
+
+
+@pytest.mark.parametrize("name", ["pgqueue", "other_q", "_private", "q1", "a" * 63])
+def test_plain_schema_names_are_accepted(name: str) -> None:
+    assert validate_schema(name) == name
+    assert WorkerSettings(schema_name=name).schema_name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        'pg"queue',
+        "pgqueue'",
+        'x"; DROP TABLE users; --',
+        "pgqueue; DROP SCHEMA public",
+        "public.outbox",
+        "PgQueue",
+        "1queue",
+        "with space",
+        "",
+        "a" * 64,
+    ],
+)
+def test_schema_names_with_quotes_sql_or_odd_characters_are_rejected(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="invalid schema name"):
+        validate_schema(name)
+    with pytest.raises(ConfigurationError, match="invalid schema name"):
+        WorkerSettings(schema_name=name)
+
+
+def test_quote_ident_refuses_what_validation_refuses() -> None:
+    assert quote_ident("pgqueue") == '"pgqueue"'
+    with pytest.raises(ConfigurationError):
+        quote_ident('a"b')
+
+
+@pytest.mark.parametrize("name", ["default", "emails", "a.b:c-d_e", "Q1"])
+def test_queue_names_accepted(name: str) -> None:
+    assert validate_queue(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-lead", "has space", "q'", "x" * 64])
+def test_queue_names_rejected(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="invalid queue name"):
+        validate_queue(name)
+    with pytest.raises(ConfigurationError):
+        WorkerSettings(queues=(name,))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("concurrency", 0),
+        ("concurrency", 10_001),
+        ("batch_size", 0),
+        ("poll_interval", 0),
+        ("lease_seconds", -1),
+        ("heartbeat_seconds", 0),
+        ("shutdown_timeout", -1),
+    ],
+)
+def test_numeric_settings_out_of_range_are_rejected(field: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=field):
+        WorkerSettings(**{field: value})
+
+
+def test_unknown_setting_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="concurency"):
+        WorkerSettings(concurency=5)  # type: ignore[call-arg]
+
+
+def test_settings_are_frozen() -> None:
+    settings = WorkerSettings()
+    with pytest.raises(ValidationError):
+        settings.burst = True  # type: ignore[misc]
+
+
+def test_heartbeat_defaults_to_a_third_of_the_lease() -> None:
+    assert WorkerSettings(lease_seconds=30).heartbeat_interval == 10
+    assert WorkerSettings(lease_seconds=30, heartbeat_seconds=2).heartbeat_interval == 2
+
+
+# -- mask_dsn ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsn, expected",
+    [
+        (
+            "postgresql://app:s3cret@db.example:5432/shop",
+            "postgresql://app:***@db.example:5432/shop",
+        ),
+        ("postgres://app:p%40ss@10.0.0.1/shop", "postgres://app:***@10.0.0.1/shop"),
+        ("postgresql://app:p@ss@host/shop", "postgresql://app:***@host/shop"),
+        (
+            "postgresql://app@host/shop?sslmode=require&password=s3cret",
+            "postgresql://app@host/shop?sslmode=require&password=***",
+        ),
+        (
+            "postgresql://app@host/shop?PASSWORD=s3cret&sslmode=require",
+            "postgresql://app@host/shop?PASSWORD=***&sslmode=require",
+        ),
+        ("host=db user=app password=s3cret dbname=shop", "host=db user=app password=*** dbname=shop"),
+        ("host=db password = 's3 cret' dbname=shop", "host=db password = *** dbname=shop"),
+        ("host=db PassWord=s3cret", "host=db PassWord=***"),
+    ],
+)
+def test_mask_dsn_hides_the_password(dsn: str, expected: str) -> None:
+    masked = mask_dsn(dsn)
+    assert masked == expected
+    assert "s3cret" not in masked and "s3 cret" not in masked
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    ["postgresql://postgres@127.0.0.1:5432/postgres", "host=localhost dbname=x", "postgresql:///db"],
+)
+def test_mask_dsn_leaves_a_dsn_without_password_alone(dsn: str) -> None:
+    assert mask_dsn(dsn) == dsn
+
+
+def test_mask_dsn_of_an_unparseable_url_reveals_nothing() -> None:
+    masked = mask_dsn("postgresql://app:s3cret@[::1/db")
+    assert "s3cret" not in masked
