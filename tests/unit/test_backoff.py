@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import pytest
 from tenacity import (
@@ -109,7 +107,7 @@ def test_exhausted_by_elapsed_time() -> None:
 
 def test_transient_errors_are_connection_level_only() -> None:
     assert is_transient(ConnectionResetError())
-    assert is_transient(asyncio.TimeoutError())
+    assert is_transient(TimeoutError())
     assert is_transient(asyncpg.DeadlockDetectedError("deadlock"))
     assert not is_transient(ValueError("bug"))
     assert not is_transient(asyncpg.UndefinedTableError("no table"))

@@ -139,8 +139,9 @@ def test_plan_kills_a_handler_whose_attempts_were_all_lost() -> None:
 
 def test_plan_keeps_the_earlier_error_when_giving_up() -> None:
     handlers = _handlers("crashy", stop=2)
-    delivery = _delivery(3, {"crashy": {"state": "pending", "attempts": 1, "seen": 1,
-                                        "error": "OSError: disk"}})
+    delivery = _delivery(
+        3, {"crashy": {"state": "pending", "attempts": 1, "seen": 1, "error": "OSError: disk"}}
+    )
     assert plan(delivery, handlers) == []
     assert "earlier error: OSError: disk" in (delivery.outcomes["crashy"].error or "")
 

@@ -53,8 +53,13 @@ def test_every_public_name_exists_and_has_a_docstring() -> None:
 
 
 def test_library_errors_share_one_base() -> None:
-    for name in ("ConfigurationError", "RegistryError", "DatabaseUnavailableError",
-                 "SchemaError", "PayloadError"):
+    for name in (
+        "ConfigurationError",
+        "RegistryError",
+        "DatabaseUnavailableError",
+        "SchemaError",
+        "PayloadError",
+    ):
         assert issubclass(getattr(pgqueue, name), pgqueue.PgQueueError)
     assert not issubclass(pgqueue.Discard, pgqueue.PgQueueError)
 

@@ -109,7 +109,10 @@ def test_heartbeat_defaults_to_a_third_of_the_lease() -> None:
             "postgresql://app@host/shop?PASSWORD=s3cret&sslmode=require",
             "postgresql://app@host/shop?PASSWORD=***&sslmode=require",
         ),
-        ("host=db user=app password=s3cret dbname=shop", "host=db user=app password=*** dbname=shop"),
+        (
+            "host=db user=app password=s3cret dbname=shop",
+            "host=db user=app password=*** dbname=shop",
+        ),
         ("host=db password = 's3 cret' dbname=shop", "host=db password = *** dbname=shop"),
         ("host=db PassWord=s3cret", "host=db PassWord=***"),
     ],
@@ -122,7 +125,11 @@ def test_mask_dsn_hides_the_password(dsn: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "dsn",
-    ["postgresql://postgres@127.0.0.1:5432/postgres", "host=localhost dbname=x", "postgresql:///db"],
+    [
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "host=localhost dbname=x",
+        "postgresql:///db",
+    ],
 )
 def test_mask_dsn_leaves_a_dsn_without_password_alone(dsn: str) -> None:
     assert mask_dsn(dsn) == dsn
