@@ -1,0 +1,131 @@
+"""Handlers for the fault tests, loaded by real workers: ``--handlers tests.faults.fault_handlers:registry``.
+
+Every invocation is logged, and every effect recorded, so a test counts executions and effects
+separately:
+
+- ``fault_log``: one row per invocation (event id, handler, worker pid, ctx.attempt), written
+  and committed first thing, before any fault (so a run that is killed still counts).
+- ``fault_effects``: one row per (event, handler), written through :func:`pgqueue.once` in the
+  same transaction as the ledger row: the primary key proves an effect never happened twice,
+  and ``pgqueue.effects`` agrees with it row for row.
+
+Event types (all handlers share :func:`_run`; they differ in name, timeout and retry policy):
+
+- ``fault``: one handler ``a``; timeout 30 s; 3 attempts, 0.1 s apart (in process).
+- ``fault.timeout``: one handler ``a``; timeout 0.5 s; 3 attempts, 0.1 s apart.
+- ``fault.multi``: three handlers ``h1``, ``h2``, ``h3``; timeout 30 s; 20 attempts with short
+  exponential backoff (survives worker kills and a server restart).
+
+The payload steers what a run does, in this order (unknown keys are ignored):
+
+1. ``"faulty_runs": n``: the faults below apply only to the first ``n`` invocations of this
+   (event, handler), counted in ``fault_log`` (default: every invocation). So ``{"sleep": 30,
+   "faulty_runs": 1}`` sleeps the first time only and the re-delivery runs at once.
+2. ``"suicide": true``: SIGKILL its own worker process (every faulty run).
+3. ``"sleep": s``: ``await asyncio.sleep(s)`` (a long but well-behaved handler).
+4. ``"hang": true``: ``await asyncio.sleep(3600)`` (exceeds any handler timeout).
+5. ``"block": s``: ``time.sleep(s)``: blocks the worker's event loop.
+6. ``"fail": "always"``: raise RuntimeError (naming the run number); ``"discard": true``: raise
+   :class:`pgqueue.Discard` (dead at once).
+7. The effect: ``fault_effects`` row through ``pgqueue.once``, committed.
+8. ``"crash_after_effect": true``: SIGKILL its own worker process after the effect committed,
+   before the worker can record the completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import asyncpg
+from tenacity import stop_after_attempt, wait_exponential, wait_fixed
+
+import pgqueue
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS fault_log (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id bigint NOT NULL,
+    handler  text NOT NULL,
+    pid      integer NOT NULL,
+    attempt  integer NOT NULL,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS fault_effects (
+    event_id bigint NOT NULL,
+    handler  text NOT NULL,
+    pid      integer NOT NULL,
+    attempt  integer NOT NULL,
+    at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (event_id, handler)
+);
+"""
+
+LOG_RUN = """
+WITH logged AS (
+    INSERT INTO fault_log (event_id, handler, pid, attempt) VALUES ($1, $2, $3, $4)
+)
+SELECT count(*) + 1 FROM fault_log WHERE event_id = $1 AND handler = $2
+"""
+
+QUICK = pgqueue.RetryPolicy(stop=stop_after_attempt(3), wait=wait_fixed(0.1))
+PATIENT = pgqueue.RetryPolicy(
+    stop=stop_after_attempt(20), wait=wait_exponential(multiplier=0.1, max=2)
+)
+
+
+async def create_tables(conn: asyncpg.Connection) -> None:
+    """Create ``fault_log`` and ``fault_effects`` (idempotent)."""
+    await conn.execute(TABLES)
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _run(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
+    assert ctx.pool is not None
+    async with ctx.pool.acquire() as conn:
+        run = await conn.fetchval(LOG_RUN, ctx.event_id, ctx.handler, os.getpid(), ctx.attempt)
+    faulty = run <= payload.get("faulty_runs", run)
+    if faulty:
+        if payload.get("suicide"):
+            _kill_self()
+        if payload.get("sleep"):
+            await asyncio.sleep(float(payload["sleep"]))
+        if payload.get("hang"):
+            await asyncio.sleep(3600)
+        if payload.get("block"):
+            time.sleep(float(payload["block"]))
+        if payload.get("fail") == "always":
+            raise RuntimeError(f"fault: run {run} of {ctx.handler} fails")
+        if payload.get("discard"):
+            raise pgqueue.Discard(f"fault: run {run} of {ctx.handler} discarded")
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        if await pgqueue.once(conn, ctx):
+            await conn.execute(
+                "INSERT INTO fault_effects (event_id, handler, pid, attempt) "
+                "VALUES ($1, $2, $3, $4)",
+                ctx.event_id,
+                ctx.handler,
+                os.getpid(),
+                ctx.attempt,
+            )
+    if faulty and payload.get("crash_after_effect"):
+        _kill_self()
+
+
+def build_registry() -> pgqueue.Registry:
+    """The registry the fault tests run (see the module docstring)."""
+    registry = pgqueue.Registry()
+    registry.add("fault", _run, name="a", retry=QUICK, timeout=30)
+    registry.add("fault.timeout", _run, name="a", retry=QUICK, timeout=0.5)
+    for name in ("h1", "h2", "h3"):
+        registry.add("fault.multi", _run, name=name, retry=PATIENT, timeout=30)
+    return registry
+
+
+registry = build_registry()
