@@ -29,6 +29,7 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
@@ -135,9 +136,32 @@ def _try_docker(server: _Server) -> bool:
     return False
 
 
+def _reap_killed_runs() -> None:
+    """Stop and delete embedded servers of test runs that were killed before cleaning up.
+
+    Only directories whose recorded owner process is gone: a concurrent run keeps its own.
+    """
+    from pgqueue._embedded import EmbeddedPostgres
+
+    for data_dir in Path(tempfile.gettempdir()).glob("pgqueue-test-pg-*/pg"):
+        owner_file = data_dir / "pgqueue-owner.pid"
+        owner = owner_file.read_text().strip() if owner_file.exists() else ""
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        try:
+            if (data_dir / "postmaster.pid").exists():
+                stale = EmbeddedPostgres(data_dir)  # adopts the server: its owner is dead
+                stale.start()
+                stale.stop()
+        finally:
+            shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
 def _try_embedded(server: _Server) -> bool:
     from pgqueue._embedded import EmbeddedPostgres
 
+    with contextlib.suppress(Exception):
+        _reap_killed_runs()
     # mkdtemp makes a 0700 directory; open it so the unprivileged user that runs the server
     # under root can reach the data directory inside (pytest's tmp dirs are 0700 too).
     base = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))
