@@ -1,4 +1,4 @@
-"""Handlers for the fault tests, loaded by real workers: ``--handlers tests.faults.fault_handlers:registry``.
+"""Handlers for the fault tests; workers load ``tests.faults.fault_handlers:registry``.
 
 Every invocation is logged, and every effect recorded, so a test counts executions and effects
 separately:
@@ -99,7 +99,7 @@ async def _run(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
         if payload.get("hang"):
             await asyncio.sleep(3600)
         if payload.get("block"):
-            time.sleep(float(payload["block"]))
+            time.sleep(float(payload["block"]))  # noqa: ASYNC251 (the fault under test)
         if payload.get("fail") == "always":
             raise RuntimeError(f"fault: run {run} of {ctx.handler} fails")
         if payload.get("discard"):

@@ -109,9 +109,9 @@ async def test_kill9_after_effect_before_completion_reruns_but_effect_stays_sing
     await wait_state(fconn, event, "done")
     assert [r["pid"] for r in await runs(fconn, event)] == [first.pid, second.pid]
     assert [r["pid"] for r in await effects(fconn, event)] == [first.pid]  # not repeated
-    assert await fconn.fetchval(
-        "SELECT count(*) FROM pgqueue.effects WHERE event_id = $1", event
-    ) == 1
+    assert (
+        await fconn.fetchval("SELECT count(*) FROM pgqueue.effects WHERE event_id = $1", event) == 1
+    )
     await no_running(fconn)
 
 
