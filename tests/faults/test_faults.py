@@ -288,3 +288,166 @@ async def test_event_claimed_alongside_a_process_killer_is_not_declared_dead(
     workers.start(db_dsn)
     settled = await wait_state(fconn, innocent, "done", "dead")
     assert settled["state"] == "done", settled["last_error"]
+
+
+# -- 9: timeouts and a blocked event loop ----------------------------------------------------
+
+
+async def test_handler_past_its_timeout_is_cancelled_counted_and_retried(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    # fault.timeout handlers time out after 0.5 s; the first run hangs, the retry succeeds.
+    event = await enqueue(fconn, {"hang": True, "faulty_runs": 1}, "fault.timeout")
+    worker = workers.start(db_dsn)
+    done = await wait_state(fconn, event, "done")
+    assert [r["attempt"] for r in await runs(fconn, event)] == [1, 2]
+    assert [r["attempt"] for r in await effects(fconn, event)] == [2]
+    record = json.loads(done["handlers"])["a"]
+    assert (record["state"], record["attempts"]) == ("done", 2)  # the timeout counted
+    assert record["error"] == "TimeoutError: handler exceeded its timeout of 0.5s"
+    assert worker.alive
+
+
+async def test_handler_that_always_hangs_ends_dead_with_a_timeout_error(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    event = await enqueue(fconn, {"hang": True}, "fault.timeout")
+    workers.start(db_dsn)
+    dead = await wait_state(fconn, event, "dead")
+    assert len(await runs(fconn, event)) == 3
+    assert await effects(fconn, event) == []
+    assert dead["last_error"] == "a: TimeoutError: handler exceeded its timeout of 0.5s"
+
+
+async def test_handler_blocking_the_event_loop_is_reported(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    event = await enqueue(fconn, {"block": 2, "faulty_runs": 1})  # time.sleep(2) in the loop
+    worker = workers.start(db_dsn)
+    await wait_state(fconn, event, "done")
+    assert len(await effects(fconn, event)) == 1
+
+    async def reported() -> bool:
+        return "event loop blocked for" in worker.stderr()
+
+    await wait_for(reported, message="the blocked event loop was not reported")
+    assert worker.alive
+
+
+# -- 5, 6: LISTEN lost, polling ---------------------------------------------------------------
+
+LISTENER = """
+SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND (query LIKE 'LISTEN %' OR query = 'SELECT 1')
+"""
+
+
+async def listener_pids(conn: asyncpg.Connection) -> list[int]:
+    """Backends of worker listeners: the LISTEN statement or the listener's probe query."""
+    return [r["pid"] for r in await conn.fetch(LISTENER)]
+
+
+async def test_killed_listen_connection_relistens_and_catches_up(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    # Poll every 30 s: only NOTIFY or the listener's catch-up can process events within the
+    # waits below.
+    worker = workers.start(db_dsn, poll_interval=30)
+    await worker.wait_started()
+
+    async def one_listener() -> bool:
+        return len(await listener_pids(fconn)) == 1
+
+    await wait_for(one_listener, message="no LISTEN backend")
+    [old] = await listener_pids(fconn)
+    first = await enqueue(fconn, {})
+    await wait_state(fconn, first, "done", timeout=15)
+
+    assert await fconn.fetchval("SELECT pg_terminate_backend($1)", old)
+    during_gap = [await enqueue(fconn, {}) for _ in range(3)]
+    for event in during_gap:
+        await wait_state(fconn, event, "done", timeout=15)
+
+    async def relistening() -> bool:
+        pids = await listener_pids(fconn)
+        return len(pids) == 1 and pids[0] != old
+
+    await wait_for(relistening, message="the listener did not reconnect")
+    after = await enqueue(fconn, {})
+    await wait_state(fconn, after, "done", timeout=15)
+    assert worker.alive
+    assert await fconn.fetchval("SELECT count(*) FROM fault_effects") == 5
+
+
+async def test_polling_only_worker_picks_events_up(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    worker = workers.start(db_dsn, no_listen=True, poll_interval=0.3)
+    await worker.wait_started()
+    first = await enqueue(fconn, {})
+    await wait_state(fconn, first, "done")
+    later = await enqueue(fconn, {})  # the worker is idle now, waiting on its poll timer
+    await wait_state(fconn, later, "done")
+    assert await listener_pids(fconn) == []
+    assert await fconn.fetchval("SELECT count(*) FROM fault_effects") == 2
+
+
+async def test_event_whose_notification_never_comes_is_picked_up_by_polling(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    worker = workers.start(db_dsn, poll_interval=0.3)
+    await worker.wait_started()
+    await fconn.execute("ALTER TABLE pgqueue.outbox DISABLE TRIGGER outbox_notify")
+    event = await enqueue(fconn, {})
+    await wait_state(fconn, event, "done")
+    assert len(await listener_pids(fconn)) == 1  # it was listening, and heard nothing
+
+
+# -- 12: producer transactions ---------------------------------------------------------------
+
+
+async def test_rolled_back_producer_transaction_delivers_nothing(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    workers.start(db_dsn)
+    tx = fconn.transaction()
+    await tx.start()
+    rolled_back = await enqueue(fconn, {})
+    await tx.rollback()
+    async with fconn.transaction():
+        kept = await enqueue(fconn, {})
+        try:
+            async with fconn.transaction():  # a savepoint, rolled back
+                savepoint = await enqueue(fconn, {})
+                raise RuntimeError("roll back to the savepoint")
+        except RuntimeError:
+            pass
+    marker = await enqueue(fconn, {})
+    await wait_state(fconn, kept, "done")
+    await wait_state(fconn, marker, "done")  # events are claimed in id order: it came last
+    ids = await fconn.fetch("SELECT id FROM pgqueue.outbox ORDER BY id")
+    assert [r["id"] for r in ids] == [kept, marker]
+    logged = await fconn.fetch("SELECT DISTINCT event_id FROM fault_log ORDER BY event_id")
+    assert [r["event_id"] for r in logged] == [kept, marker]
+    assert rolled_back not in (kept, marker) and savepoint not in (kept, marker)
+
+
+async def test_open_producer_transaction_does_not_block_other_events(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    workers.start(db_dsn)
+    producer = await asyncpg.connect(db_dsn)
+    try:
+        tx = producer.transaction()
+        await tx.start()
+        held = await enqueue(producer, {})  # the lowest id, uncommitted
+        others = [await enqueue(fconn, {}) for _ in range(5)]
+        for event in others:
+            await wait_state(fconn, event, "done")
+        assert producer.is_in_transaction()  # still open while the others were processed
+        assert await fconn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE id = $1", held) == 0
+        await tx.commit()
+        await wait_state(fconn, held, "done")
+    finally:
+        await producer.close()
