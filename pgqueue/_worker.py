@@ -61,6 +61,7 @@ class WorkerStats:
     handed_back: int = 0
     lost_leases: int = 0
     rescued: int = 0
+    loop_stalls: int = 0
 
 
 def _validation_text(handler: Handler, exc: ValidationError) -> str:
@@ -165,6 +166,7 @@ class Worker:
                 asyncio.create_task(self._completer()),
                 asyncio.create_task(self._heartbeat()),
                 asyncio.create_task(self._rescuer()),
+                asyncio.create_task(self._watch_loop()),
             ]
             if s.listen and not s.burst:
                 listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
@@ -491,6 +493,25 @@ class Worker:
                     "rescued %d event(s) whose lease expired (workers: %s)",
                     len(rows),
                     ", ".join(workers),
+                )
+
+    async def _watch_loop(self, tick: float = 0.25, limit: float = 1.0) -> None:
+        """Report handlers that block the event loop (no await for ``limit`` seconds).
+
+        A blocked loop stops heartbeats too, so leases may expire under a live worker: the
+        log line names the cure (``asyncio.to_thread`` for blocking calls).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(tick)
+            stall = loop.time() - before - tick
+            if stall >= limit:
+                self.stats.loop_stalls += 1
+                log.warning(
+                    "event loop blocked for %.1fs: a handler is doing blocking work; run it "
+                    "with asyncio.to_thread (leases are not renewed while the loop is blocked)",
+                    stall,
                 )
 
     # -- shutdown -----------------------------------------------------------------------------
