@@ -1,0 +1,158 @@
+"""The table (median [min-max] per figure, pgqueue beside PgQueuer, ratio), the targets of
+issue 4, and the JSON record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._stats import Summary
+
+Medians = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a pgqueue figure and, when there is one, PgQueuer's."""
+
+    label: str
+    unit: str
+    ours: str
+    peer: str | None = None
+
+
+ROWS = [
+    Row("1 single enqueue: Python enqueue()", "ev/s", "enqueue.python", "enqueue.pgqueuer"),
+    Row("1 single enqueue: SQL pgqueue.enqueue()", "ev/s", "enqueue.sql_function"),
+    Row("1 single enqueue: plain INSERT (ceiling)", "ev/s", "enqueue.plain_insert"),
+    Row("2 batch enqueue, 1,000 per call", "ev/s", "batch.pgqueue", "batch.pgqueuer"),
+    Row("3 drain 20k, 1 handler (PgQueuer bs=10)", "ev/s", "drain.pgqueue", "drain.pgqueuer_bs10"),
+    Row("3 drain 20k, 1 handler (PgQueuer bs=100)", "ev/s", "drain.pgqueue",
+        "drain.pgqueuer_bs100"),
+    Row("3 drain 20k, 3 handlers per event", "ev/s", "drain3.pgqueue"),
+    Row("4 latency commit->start p50", "ms", "latency_p50.pgqueue", "latency_p50.pgqueuer"),
+    Row("4 latency commit->start p99", "ms", "latency_p99.pgqueue", "latency_p99.pgqueuer"),
+    Row("4 latency call->start p50", "ms", "latency_call_p50.pgqueue", "latency_call_p50.pgqueuer"),
+    Row("4 latency call->start p99", "ms", "latency_call_p99.pgqueue", "latency_call_p99.pgqueuer"),
+    Row("5 sustained: producer rate achieved", "ev/s", "sustained_rate.pgqueue",
+        "sustained_rate.pgqueuer"),
+    Row("5 sustained: backlog when producer stops", "events", "sustained_backlog.pgqueue",
+        "sustained_backlog.pgqueuer"),
+    Row("5 sustained: catch-up after producer stops", "s", "sustained_catch_up_s.pgqueue",
+        "sustained_catch_up_s.pgqueuer"),
+    Row("5 sustained: lag p50 (start - created_at)", "ms", "sustained_lag_p50.pgqueue",
+        "sustained_lag_p50.pgqueuer"),
+    Row("5 sustained: lag p99 (start - created_at)", "ms", "sustained_lag_p99.pgqueue",
+        "sustained_lag_p99.pgqueuer"),
+    Row("5 sustained: DB lag p99 (processed_at - created_at)", "ms",
+        "sustained_db_lag_p99.pgqueue"),
+    Row("6 drain 20k, empty outbox", "ev/s", "growth_empty.pgqueue"),
+    Row("6 drain 20k, 1M processed rows present", "ev/s", "growth_full.pgqueue"),
+    Row("6 ratio 1M-present / empty", "x", "growth_ratio"),
+    Row("7 worker peak RSS after 200k events", "MB", "memory_peak_mb.pgqueue",
+        "memory_peak_mb.pgqueuer"),
+    Row("7 worker peak RSS at 20k events", "MB", "memory_at_20k_mb.pgqueue",
+        "memory_at_20k_mb.pgqueuer"),
+    Row("7 RSS growth 20k -> 200k", "MB", "memory_growth_mb.pgqueue",
+        "memory_growth_mb.pgqueuer"),
+    Row("7 drain 200k, 1 handler (PgQueuer bs=100)", "ev/s", "drain200k.pgqueue",
+        "drain200k.pgqueuer"),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of issue 4, checked on medians."""
+
+    text: str
+    keys: tuple[str, ...]
+    check: Callable[[Medians], bool]
+
+
+TARGETS = [
+    Target("drain, 1 handler >= 30,000 ev/s", ("drain.pgqueue",),
+           lambda m: m["drain.pgqueue"] >= 30_000),
+    Target("drain, 1 handler >= 3x PgQueuer best (bs=100)",
+           ("drain.pgqueue", "drain.pgqueuer_bs100"),
+           lambda m: m["drain.pgqueue"] >= 3 * m["drain.pgqueuer_bs100"]),
+    Target("drain, 3 handlers >= 20,000 ev/s", ("drain3.pgqueue",),
+           lambda m: m["drain3.pgqueue"] >= 20_000),
+    Target("enqueue_many >= 100,000 ev/s", ("batch.pgqueue",),
+           lambda m: m["batch.pgqueue"] >= 100_000),
+    Target("single enqueue >= 90% of plain INSERT", ("enqueue.python", "enqueue.plain_insert"),
+           lambda m: m["enqueue.python"] >= 0.9 * m["enqueue.plain_insert"]),
+    Target("latency p50 <= 1 ms", ("latency_p50.pgqueue",),
+           lambda m: m["latency_p50.pgqueue"] <= 1.0),
+    Target("latency p99 <= 2 ms", ("latency_p99.pgqueue",),
+           lambda m: m["latency_p99.pgqueue"] <= 2.0),
+    Target("sustained: keeps up (backlog at stop < 1 s of load)",
+           ("sustained_backlog.pgqueue", "sustained_rate.pgqueue"),
+           lambda m: m["sustained_backlog.pgqueue"] < m["sustained_rate.pgqueue"]),
+    Target("sustained: lag p99 < 100 ms", ("sustained_lag_p99.pgqueue",),
+           lambda m: m["sustained_lag_p99.pgqueue"] < 100),
+    Target("1M processed rows: drain >= 90% of empty", ("growth_ratio",),
+           lambda m: m["growth_ratio"] >= 0.9),
+    Target("RSS growth 20k -> 200k < 10 MB", ("memory_growth_mb.pgqueue",),
+           lambda m: m["memory_growth_mb.pgqueue"] < 10),
+]  # fmt: skip
+
+
+def _num(value: float) -> str:
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _cell(s: Summary | None) -> str:
+    if s is None:
+        return "-"
+    if len(s.runs) == 1:
+        return _num(s.median)
+    return f"{_num(s.median)} [{_num(s.low)}-{_num(s.high)}]"
+
+
+def table(summaries: dict[str, Summary]) -> str:
+    """The figures that were measured, as aligned text."""
+    lines = [("figure", "unit", "pgqueue", "PgQueuer", "ratio")]
+    for row in ROWS:
+        ours = summaries.get(row.ours)
+        if ours is None:
+            continue
+        peer = summaries.get(row.peer) if row.peer else None
+        ratio = f"{ours.median / peer.median:.2f}x" if peer and peer.median else ""
+        lines.append((row.label, row.unit, _cell(ours), _cell(peer), ratio))
+    widths = [max(len(line[i]) for line in lines) for i in range(5)]
+    out = []
+    for n, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def targets(summaries: dict[str, Summary]) -> list[dict[str, object]]:
+    """Each target whose figures were measured: met or missed."""
+    medians = {k: s.median for k, s in summaries.items()}
+    return [
+        {"target": t.text, "met": t.check(medians), "values": {k: medians[k] for k in t.keys}}
+        for t in TARGETS
+        if all(k in medians for k in t.keys)
+    ]
+
+
+def targets_text(checked: list[dict[str, object]]) -> str:
+    """One line per target."""
+    lines = []
+    for t in checked:
+        values = t["values"]
+        assert isinstance(values, dict)
+        shown = ", ".join(f"{k}={_num(v)}" for k, v in values.items())
+        lines.append(f"  [{'met' if t['met'] else 'MISSED'}] {t['target']}  ({shown})")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Figure 3: drain 20,000 pre-enqueued events with ONE worker OS process and no-op handlers.
+
+events/s = events / (worker ``run()`` entry to return, timed inside the worker process: this
+includes connecting, startup and the final flush). Completion is then checked in the database:
+no unfinished row left and every event recorded as done. pgqueue with its default settings, one
+handler and three handlers per event (fan-out); PgQueuer with its default batch_size (10) and
+with 100 (its best configuration measured here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._options import Bench, Figures
+from ._proc import Child, scalar
+from ._systems import DONE, PGQUEUE, PGQUEUER, REMAINING, prefill
+
+N = 20_000
+Setup = Callable[[str], Awaitable[None]]
+
+
+async def drain(
+    bench: Bench,
+    system: str,
+    *,
+    handlers: int = 1,
+    batch_size: int = 0,
+    count: int = N,
+    setup: Setup | None = None,
+    mark_at: int | None = None,
+) -> dict[str, Any]:
+    """Run one drain on a fresh database; return the worker's result plus ``rate``."""
+    async with bench.db.fresh() as dsn:
+        if setup is not None:
+            await setup(dsn)
+        await prefill(system, dsn, count)
+        args = ["--system", system, "--dsn", dsn, "--burst", "--handlers", str(handlers)]
+        args += ["--batch-size", str(batch_size)]
+        if mark_at:
+            args += ["--mark-at", str(mark_at)]
+        result = await (await Child("worker", *args).start()).wait(timeout=900)
+        remaining = await scalar(dsn, REMAINING[system])
+        done = await scalar(dsn, DONE[system])
+        if remaining or done < count or result["count"] != count:
+            raise RuntimeError(
+                f"{system} drain incomplete: {remaining} unfinished, {done} done in the "
+                f"database, {result['count']} handler calls, expected {count}"
+            )
+        result["rate"] = count / (result["run_end"] - result["run_start"])
+        return result
+
+
+async def run(bench: Bench) -> Figures:
+    async def rate(system: str, **kw: Any) -> float:
+        return float((await drain(bench, system, **kw))["rate"])
+
+    return {
+        "drain.pgqueue": await rate(PGQUEUE),
+        "drain.pgqueuer_bs10": await rate(PGQUEUER, batch_size=10),
+        "drain.pgqueuer_bs100": await rate(PGQUEUER, batch_size=100),
+        "drain3.pgqueue": await rate(PGQUEUE, handlers=3),
+    }
