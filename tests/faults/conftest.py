@@ -172,8 +172,8 @@ class Cluster:
         self.server = EmbeddedPostgres(base / "pg")
         self.dsn = self.server.start()
 
-    def restart(self) -> None:
-        """``pg_ctl restart -m fast`` as the server's user (same port, same log file)."""
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE`` as the server's user (same port and options)."""
         data = self.server.data_dir
         owner = data.stat()
         bindir = self.server._bindir
@@ -183,7 +183,7 @@ class Cluster:
             run_as = {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []}
         result = subprocess.run(
             [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(data / "restart.log"),
-             "-m", "fast", "-w", "-t", "60", "restart"],
+             "-m", mode, "-w", "-t", "60", "restart"],
             cwd="/", stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90,
             check=False, **run_as,
         )  # fmt: skip
