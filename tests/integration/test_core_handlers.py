@@ -1,0 +1,436 @@
+"""Running handlers: fan-out, quick and durable retries, poison, bad payloads, two workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+
+import asyncpg
+from pydantic import BaseModel
+from tenacity import stop_after_attempt, wait_fixed, wait_none
+
+import pgqueue
+from tests.helpers import run_cli, wait_for
+from tests.integration.core_support import (
+    QUICK,
+    Calls,
+    counting,
+    handler_states,
+    outbox_row,
+    run_burst,
+)
+
+
+class Order(BaseModel):
+    order_id: int
+    customer_email: str
+
+
+# -- 5. fan-out with quick retries ------------------------------------------------------------
+
+
+async def test_fan_out_runs_every_handler_and_retries_only_the_failing_one(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Three handlers; one fails twice then succeeds in process; its siblings run once."""
+    registry, calls = pgqueue.Registry(), Calls()
+    flaky_attempts: list[int] = []
+
+    async def fail_twice(ctx: pgqueue.Context) -> None:
+        flaky_attempts.append(ctx.attempt)
+        if ctx.attempt <= 2:
+            raise RuntimeError(f"flaky failure {ctx.attempt}")
+
+    counting(registry, calls, "order.placed", "email")
+    counting(registry, calls, "order.placed", "flaky", behaviour=fail_twice, retry=QUICK)
+    counting(registry, calls, "order.placed", "shipment")
+    event_id = await pgqueue.enqueue(conn, "order.placed", {"order_id": 1})
+
+    stats = await run_burst(db_dsn, registry)
+
+    assert calls == {(event_id, "email"): 1, (event_id, "flaky"): 3, (event_id, "shipment"): 1}
+    assert flaky_attempts == [1, 2, 3]
+    assert (stats.claimed, stats.done, stats.retried, stats.dead) == (1, 1, 0, 0)
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "done"
+    assert row["processed_at"] is not None
+    assert row["attempt"] == 1
+    assert row["last_error"] is None
+    states = await handler_states(conn, event_id)
+    assert {name: (s["state"], s["attempts"]) for name, s in states.items()} == {
+        "email": ("done", 1),
+        "flaky": ("done", 3),
+        "shipment": ("done", 1),
+    }
+    assert states["flaky"]["last_error"] == "RuntimeError: flaky failure 2"
+
+
+async def test_one_parameter_handler_receives_the_payload(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    received: list[object] = []
+    registry = pgqueue.Registry()
+
+    @registry.on("t")
+    async def plain(payload: dict[str, object]) -> None:
+        received.append(payload)
+
+    await pgqueue.enqueue(conn, "t", {"nested": {"list": [1, 2.5, None, "x"]}})
+    await run_burst(db_dsn, registry)
+    assert received == [{"nested": {"list": [1, 2.5, None, "x"]}}]
+
+
+# -- 6. durable retry -------------------------------------------------------------------------
+
+
+async def test_long_wait_becomes_a_durable_retry_and_a_running_worker_finishes_it(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """A wait above inline_max_wait is stored as run_at; siblings are not run again."""
+    registry, calls = pgqueue.Registry(), Calls()
+
+    async def fail_first(ctx: pgqueue.Context) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("payment gateway down")
+
+    durable = pgqueue.RetryPolicy(
+        stop=stop_after_attempt(5), wait=wait_fixed(0.3), inline_max_wait=0
+    )
+    counting(registry, calls, "order.placed", "ledger")
+    counting(registry, calls, "order.placed", "charge", behaviour=fail_first, retry=durable)
+    event_id = await pgqueue.enqueue(conn, "order.placed", {"order_id": 1})
+
+    stats = await run_burst(db_dsn, registry)
+
+    assert stats.retried == 1 and stats.done == 0
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "pending"
+    assert await conn.fetchval("SELECT run_at > now() FROM pgqueue.outbox WHERE id = $1", event_id)
+    assert row["last_error"] == "charge: ConnectionError: payment gateway down"
+    assert row["handlers"]["charge"]["state"] == "pending"
+    assert row["handlers"]["charge"]["attempts"] == 1
+    assert row["handlers"]["charge"]["error"] == "ConnectionError: payment gateway down"
+    assert row["handlers"]["ledger"]["state"] == "done"
+    assert calls == {(event_id, "ledger"): 1, (event_id, "charge"): 1}
+
+    worker = pgqueue.Worker(db_dsn, registry, pgqueue.WorkerSettings(poll_interval=0.5))
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def done() -> bool:
+            state = await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id)
+            return bool(state == "done")
+
+        await wait_for(done, timeout=15, message="the durable retry never ran")
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(running, timeout=15)
+
+    assert calls == {(event_id, "ledger"): 1, (event_id, "charge"): 2}
+    row = await outbox_row(conn, event_id)
+    assert row["processed_at"] is not None and row["last_error"] is None
+    assert row["attempt"] == 2
+    assert row["handlers"]["charge"]["state"] == "done"
+    assert row["handlers"]["charge"]["attempts"] == 2
+
+
+async def test_delayed_event_is_not_run_before_its_time(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    counting(registry, calls, "t", "h")
+    later = await conn.fetchval("SELECT now() + interval '1 hour'")
+    event_id = await pgqueue.enqueue(conn, "t", {}, run_at=later)
+    stats = await run_burst(db_dsn, registry)
+    assert stats.claimed == 0 and calls == {}
+    assert (await outbox_row(conn, event_id))["state"] == "pending"
+
+
+# -- 7. poison events and retry ---------------------------------------------------------------
+
+
+@dataclass
+class Poisoned:
+    event_id: int
+    calls: Calls
+    cured: dict[str, bool]
+    registry: pgqueue.Registry
+
+
+async def _poisoned(db_dsn: str, conn: asyncpg.Connection) -> Poisoned:
+    """An event whose 'poison' handler failed 3 times (dead) while 'ok' succeeded.
+
+    Set ``cured["yes"]`` to make the poison handler succeed from then on.
+    """
+    registry, calls = pgqueue.Registry(), Calls()
+    cured = {"yes": False}
+
+    async def poison(ctx: pgqueue.Context) -> None:
+        if not cured["yes"]:
+            raise RuntimeError(f"poison pill {ctx.attempt}")
+
+    counting(registry, calls, "order.placed", "ok")
+    counting(
+        registry,
+        calls,
+        "order.placed",
+        "poison",
+        behaviour=poison,
+        retry=pgqueue.RetryPolicy(stop=stop_after_attempt(3), wait=wait_none()),
+    )
+    event_id = await pgqueue.enqueue(conn, "order.placed", {"order_id": 1})
+    stats = await run_burst(db_dsn, registry)
+    assert stats.dead == 1
+    return Poisoned(event_id, calls, cured, registry)
+
+
+async def test_always_failing_handler_ends_dead_with_its_last_error(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    poisoned = await _poisoned(db_dsn, conn)
+    event_id, calls = poisoned.event_id, poisoned.calls
+
+    assert calls == {(event_id, "ok"): 1, (event_id, "poison"): 3}
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "dead"
+    assert row["processed_at"] is None
+    assert row["last_error"] == "poison: RuntimeError: poison pill 3"
+    states = await handler_states(conn, event_id)
+    assert states["poison"]["state"] == "dead"
+    assert states["poison"]["attempts"] == 3
+    assert states["poison"]["last_error"] == "RuntimeError: poison pill 3"
+    assert (states["ok"]["state"], states["ok"]["attempts"]) == ("done", 1)
+    report = await pgqueue.status(conn)
+    assert report.dead_handlers == [("order.placed", "poison", 1)]
+
+
+async def test_retry_by_id_reruns_only_the_dead_handler(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    poisoned = await _poisoned(db_dsn, conn)
+    event_id, calls, cured, registry = (
+        poisoned.event_id,
+        poisoned.calls,
+        poisoned.cured,
+        poisoned.registry,
+    )
+    other = await pgqueue.enqueue(conn, "unrelated", {})
+    await conn.execute("UPDATE pgqueue.outbox SET state = 'dead' WHERE id = $1", other)
+
+    assert await pgqueue.retry(conn, ids=[event_id]) == [event_id]
+
+    row = await outbox_row(conn, event_id)
+    assert (row["state"], row["last_error"]) == ("pending", None)
+    assert row["handlers"]["poison"]["state"] == "pending"
+    assert row["handlers"]["ok"]["state"] == "done"
+    assert (await outbox_row(conn, other))["state"] == "dead"
+
+    cured["yes"] = True
+    await run_burst(db_dsn, registry)
+
+    assert calls == {(event_id, "ok"): 1, (event_id, "poison"): 4}
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "done" and row["processed_at"] is not None
+    assert row["handlers"]["poison"]["state"] == "done"
+    assert row["handlers"]["poison"]["attempts"] == 1
+
+
+async def test_retry_of_an_event_that_is_not_dead_changes_nothing(
+    conn: asyncpg.Connection,
+) -> None:
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    assert await pgqueue.retry(conn, ids=[event_id]) == []
+    assert await pgqueue.retry(conn) == []
+    assert (await outbox_row(conn, event_id))["state"] == "pending"
+
+
+async def test_cli_retry_by_id_sends_the_dead_event_back(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    poisoned = await _poisoned(db_dsn, conn)
+    event_id, calls, cured, registry = (
+        poisoned.event_id,
+        poisoned.calls,
+        poisoned.cured,
+        poisoned.registry,
+    )
+
+    result = await asyncio.to_thread(run_cli, "retry", "--id", str(event_id), "--dsn", db_dsn)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 dead event(s) sent back to pending" in result.stdout
+    assert (await outbox_row(conn, event_id))["state"] == "pending"
+    cured["yes"] = True
+    await run_burst(db_dsn, registry)
+    assert calls == {(event_id, "ok"): 1, (event_id, "poison"): 4}
+    assert (await outbox_row(conn, event_id))["state"] == "done"
+
+
+async def test_retry_of_one_handler_leaves_other_dead_handlers_dead(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    cured: set[str] = set()
+
+    async def fail_unless_cured(ctx: pgqueue.Context) -> None:
+        if ctx.handler not in cured:
+            raise pgqueue.Discard(f"{ctx.handler} gives up")
+
+    counting(registry, calls, "t", "a", behaviour=fail_unless_cured)
+    counting(registry, calls, "t", "b", behaviour=fail_unless_cured)
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    await run_burst(db_dsn, registry)
+    assert (await outbox_row(conn, event_id))["state"] == "dead"
+
+    cured.update({"a", "b"})
+    assert await pgqueue.retry(conn, handler="a") == [event_id]
+    await run_burst(db_dsn, registry)
+
+    assert calls == {(event_id, "a"): 2, (event_id, "b"): 1}
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "dead"
+    assert row["handlers"]["a"]["state"] == "done"
+    assert row["handlers"]["b"]["state"] == "dead"
+
+
+# -- 8. bad payloads and other immediate deaths -----------------------------------------------
+
+
+async def test_payload_that_fails_validation_is_dead_at_once_and_siblings_still_run(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    typed_calls: list[Order] = []
+
+    @registry.on("order.placed")
+    async def typed(order: Order, ctx: pgqueue.Context) -> None:
+        typed_calls.append(order)
+
+    counting(registry, calls, "order.placed", "plain")
+    event_id = await pgqueue.enqueue(
+        conn, "order.placed", {"order_id": "SECRET-CARD-4111", "customer_email": "a@b.c"}
+    )
+
+    await run_burst(db_dsn, registry)
+
+    assert typed_calls == []
+    assert calls == {(event_id, "plain"): 1}
+    states = await handler_states(conn, event_id)
+    assert (states["typed"]["state"], states["typed"]["attempts"]) == ("dead", 1)
+    error = states["typed"]["last_error"]
+    assert "order_id" in error and "Order" in error
+    assert "SECRET-CARD-4111" not in error
+    assert states["plain"]["state"] == "done"
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "dead"
+    assert "SECRET-CARD-4111" not in row["last_error"]
+
+
+async def test_valid_payload_reaches_the_handler_as_a_model(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = pgqueue.Registry()
+    received: list[Order] = []
+
+    @registry.on("order.placed")
+    async def typed(order: Order) -> None:
+        received.append(order)
+
+    await pgqueue.enqueue(conn, "order.placed", Order(order_id=5, customer_email="a@b.c"))
+    await run_burst(db_dsn, registry)
+    assert received == [Order(order_id=5, customer_email="a@b.c")]
+
+
+async def test_discard_is_dead_at_once_with_its_message(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+
+    async def discard(ctx: pgqueue.Context) -> None:
+        raise pgqueue.Discard("customer 9 was deleted")
+
+    counting(registry, calls, "t", "h", behaviour=discard)
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    await run_burst(db_dsn, registry)
+    assert calls == {(event_id, "h"): 1}
+    states = await handler_states(conn, event_id)
+    assert states["h"] == {
+        "handler": "h",
+        "state": "dead",
+        "attempts": 1,
+        "last_error": "Discard: customer 9 was deleted",
+    }
+
+
+async def test_handler_over_its_timeout_fails_and_ends_dead(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry = pgqueue.Registry()
+    started: list[int] = []
+
+    async def hang(payload: dict[str, object], ctx: pgqueue.Context) -> None:
+        started.append(ctx.attempt)
+        await asyncio.Event().wait()
+
+    registry.add("t", hang, timeout=0.05, retry=QUICK)
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    await run_burst(db_dsn, registry)
+    assert started == [1, 2, 3]
+    states = await handler_states(conn, event_id)
+    assert (states["hang"]["state"], states["hang"]["attempts"]) == ("dead", 3)
+    assert "exceeded its timeout of 0.05s" in states["hang"]["last_error"]
+
+
+async def test_claims_that_never_wrote_back_count_as_attempts(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Two earlier claims died with their worker: a 2-attempt policy gives up unrun."""
+    registry, calls = pgqueue.Registry(), Calls()
+    counting(registry, calls, "t", "crashy", retry=pgqueue.RetryPolicy(stop=stop_after_attempt(2)))
+    counting(registry, calls, "t", "fine")
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    await conn.execute("UPDATE pgqueue.outbox SET attempt = 2 WHERE id = $1", event_id)
+
+    await run_burst(db_dsn, registry)
+
+    assert calls == {(event_id, "fine"): 1}
+    states = await handler_states(conn, event_id)
+    assert (states["crashy"]["state"], states["crashy"]["attempts"]) == ("dead", 2)
+    assert "gave up after 2 attempts" in states["crashy"]["last_error"]
+    assert states["fine"]["state"] == "done"
+
+
+# -- 9. two workers ---------------------------------------------------------------------------
+
+
+async def test_two_workers_never_run_one_event_handler_pair_twice(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    n = 2000
+    registry, calls = pgqueue.Registry(), Calls()
+
+    async def yield_once(ctx: pgqueue.Context) -> None:
+        await asyncio.sleep(0)
+
+    counting(registry, calls, "order.placed", "email", behaviour=yield_once)
+    counting(registry, calls, "order.placed", "shipment", behaviour=yield_once)
+    ids = await pgqueue.enqueue_many(
+        conn, [pgqueue.Event(event_type="order.placed", payload={"n": i}) for i in range(n)]
+    )
+    settings = pgqueue.WorkerSettings(burst=True, batch_size=50, concurrency=20)
+    workers = [pgqueue.Worker(db_dsn, registry, settings) for _ in range(2)]
+
+    first, second = await asyncio.wait_for(
+        asyncio.gather(workers[0].run(), workers[1].run()), timeout=60
+    )
+
+    assert first.claimed > 0 and second.claimed > 0, (first, second)
+    assert first.claimed + second.claimed == n
+    expected = Counter({(i, h): 1 for i in ids for h in ("email", "shipment")})
+    assert calls == expected
+    summary = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE state = 'done' AND processed_at IS NOT NULL) AS done,"
+        " count(*) FILTER (WHERE attempt <> 1) AS reclaimed FROM pgqueue.outbox"
+    )
+    assert (summary["done"], summary["reclaimed"]) == (n, 0)
