@@ -1,0 +1,132 @@
+CREATE SCHEMA pgqueue;
+
+ALTER SCHEMA pgqueue OWNER TO <owner>;
+
+CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, queue text DEFAULT 'default'::text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    INSERT INTO outbox (event_type, payload, run_at, idempotency_key, queue)
+    VALUES (enqueue.event_type, enqueue.payload, COALESCE(enqueue.run_at, now()),
+            enqueue.idempotency_key, COALESCE(enqueue.queue, 'default'))
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id INTO new_id;
+    IF new_id IS NULL THEN
+        SELECT o.id INTO new_id FROM outbox AS o WHERE o.idempotency_key = enqueue.idempotency_key;
+    END IF;
+    RETURN new_id;
+END
+$$;
+
+ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text) OWNER TO <owner>;
+
+CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '.outbox', q.queue)
+    FROM (SELECT DISTINCT queue FROM new_rows) AS q;
+    RETURN NULL;
+END
+$$;
+
+ALTER FUNCTION pgqueue.notify_outbox() OWNER TO <owner>;
+
+CREATE TABLE pgqueue.effects (
+    event_id bigint NOT NULL,
+    handler text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgqueue.effects OWNER TO <owner>;
+
+CREATE TABLE pgqueue.outbox (
+    id bigint NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    event_type text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    idempotency_key text,
+    state text DEFAULT 'pending'::text NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    lease_token uuid,
+    leased_by text,
+    lease_expires_at timestamp with time zone,
+    handlers jsonb,
+    last_error text,
+    processed_at timestamp with time zone,
+    CONSTRAINT outbox_attempt_nonnegative CHECK ((attempt >= 0)),
+    CONSTRAINT outbox_event_type_format CHECK ((event_type ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text)),
+    CONSTRAINT outbox_event_type_length CHECK (((char_length(event_type) >= 1) AND (char_length(event_type) <= 128))),
+    CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
+    CONSTRAINT outbox_idempotency_key_length CHECK (((idempotency_key IS NULL) OR ((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200)))),
+    CONSTRAINT outbox_lease_iff_running CHECK (((state = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
+    CONSTRAINT outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT outbox_payload_size CHECK ((octet_length((payload)::text) <= 1048576)),
+    CONSTRAINT outbox_processed_iff_done CHECK (((state = 'done'::text) = (processed_at IS NOT NULL))),
+    CONSTRAINT outbox_queue_format CHECK ((queue ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$'::text)),
+    CONSTRAINT outbox_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text])))
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
+
+ALTER TABLE pgqueue.outbox OWNER TO <owner>;
+
+CREATE VIEW pgqueue.handler_states AS
+ SELECT o.id AS event_id,
+    o.event_type,
+    h.key AS handler,
+    (h.value ->> 'state'::text) AS state,
+    ((h.value ->> 'attempts'::text))::integer AS attempts,
+    (h.value ->> 'error'::text) AS last_error,
+    to_timestamp(((h.value ->> 'updated_at'::text))::double precision) AS updated_at
+   FROM pgqueue.outbox o,
+    LATERAL jsonb_each(o.handlers) h(key, value)
+  WHERE (o.handlers IS NOT NULL);
+
+ALTER TABLE pgqueue.handler_states OWNER TO <owner>;
+
+CREATE TABLE pgqueue.migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE pgqueue.migrations OWNER TO <owner>;
+
+ALTER TABLE pgqueue.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME pgqueue.outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+ALTER TABLE ONLY pgqueue.effects
+    ADD CONSTRAINT effects_pkey PRIMARY KEY (event_id, handler);
+
+ALTER TABLE ONLY pgqueue.migrations
+    ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY pgqueue.outbox
+    ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
+
+CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'dead'::text);
+
+CREATE UNIQUE INDEX outbox_idempotency_key_idx ON pgqueue.outbox USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) WHERE (state = 'running'::text);
+
+CREATE INDEX outbox_processed_idx ON pgqueue.outbox USING btree (processed_at) WHERE (state = 'done'::text);
+
+CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, run_at, id) WHERE (state = 'pending'::text);
+
+CREATE TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_outbox();
+
+REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text) FROM PUBLIC;
