@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -86,9 +87,14 @@ async def measure(bench: Bench, selected: list[str]) -> tuple[dict[str, list[flo
                 continue
             for key, value in figures.items():
                 samples.setdefault(key, []).append(value)
+            load = os.getloadavg()[0]
+            samples.setdefault(f"load_1m.{name}", []).append(load)
             shown = ", ".join(f"{k}={v:,.2f}" for k, v in figures.items())
             took = time.monotonic() - t0
-            print(f"[run {run}/{bench.opts.runs}] {name} ({took:.0f}s): {shown}", file=sys.stderr)
+            print(
+                f"[run {run}/{bench.opts.runs}] {name} ({took:.0f}s, load {load:.1f}): {shown}",
+                file=sys.stderr,
+            )
     return samples, errors
 
 
@@ -120,7 +126,14 @@ async def main(argv: list[str]) -> int:
         f"pgqueue {machine['versions']['pgqueue']} ({_git_commit()}), "
         f"PgQueuer {machine['versions']['pgqueuer']}"
     )
-    print(f"median [min-max] of {opts.runs} run(s); ratio = pgqueue / PgQueuer (medians)\n")
+    print(f"median [min-max] of {opts.runs} run(s); ratio = pgqueue / PgQueuer (medians)")
+    loads = [v for k, vs in samples.items() if k.startswith("load_1m.") for v in vs]
+    if loads and max(loads) > machine["nproc"] / 2:
+        print(
+            f"note: 1-min load average reached {max(loads):.1f} on {machine['nproc']} cores "
+            "during the run: other processes shared the machine; figures are pessimistic"
+        )
+    print()
     print(table(summaries))
     print("\ntargets (issue 4, on medians):")
     print(targets_text(checked))
