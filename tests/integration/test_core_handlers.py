@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import asyncpg
+import pytest
 from pydantic import BaseModel
 from tenacity import stop_after_attempt, wait_fixed, wait_none
 
@@ -434,3 +435,101 @@ async def test_two_workers_never_run_one_event_handler_pair_twice(
         " count(*) FILTER (WHERE attempt <> 1) AS reclaimed FROM pgqueue.outbox"
     )
     assert (summary["done"], summary["reclaimed"]) == (n, 0)
+
+
+# -- registry changes and queues --------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: prior_attempts() charges a handler with no record for every earlier claim, "
+    "even when other handlers' records show those claims wrote back; a handler deployed "
+    "after an event was retried starts at attempt 4 and here dies without running",
+)
+async def test_handler_added_later_starts_at_its_first_attempt(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Deploy a new handler, retry a dead event: the new handler gets its own full budget."""
+    calls = Calls()
+    broken = {"yes": True}
+
+    async def fail_while_broken(ctx: pgqueue.Context) -> None:
+        if broken["yes"]:
+            raise RuntimeError("downstream down")
+
+    # Durable retries with no wait: each attempt is its own claim, as in production.
+    durable = pgqueue.RetryPolicy(stop=stop_after_attempt(3), wait=wait_none(), inline_max_wait=-1)
+    old = pgqueue.Registry()
+    counting(old, calls, "t", "a")
+    counting(old, calls, "t", "b", behaviour=fail_while_broken, retry=durable)
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    await run_burst(db_dsn, old)
+    row = await outbox_row(conn, event_id)
+    assert (row["state"], row["attempt"]) == ("dead", 3)
+
+    new = pgqueue.Registry()
+    counting(new, calls, "t", "a")
+    counting(new, calls, "t", "b", behaviour=fail_while_broken, retry=durable)
+    attempts_seen: list[int] = []
+
+    async def remember(ctx: pgqueue.Context) -> None:
+        attempts_seen.append(ctx.attempt)
+
+    counting(new, calls, "t", "c", behaviour=remember, retry=durable)
+    broken["yes"] = False
+    await pgqueue.retry(conn, ids=[event_id])
+    await run_burst(db_dsn, new)
+
+    assert calls == {(event_id, "a"): 1, (event_id, "b"): 4, (event_id, "c"): 1}
+    assert attempts_seen == [1]
+    row = await outbox_row(conn, event_id)
+    assert row["state"] == "done"
+    assert row["handlers"]["c"]["attempts"] == 1
+
+
+async def test_worker_serves_only_its_queues(db_dsn: str, conn: asyncpg.Connection) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    counting(registry, calls, "t", "h")
+    default_id = await pgqueue.enqueue(conn, "t", {})
+    email_id = await pgqueue.enqueue(conn, "t", {}, queue="emails")
+    other_id = await pgqueue.enqueue(conn, "t", {}, queue="other")
+
+    await run_burst(db_dsn, registry)
+    assert calls == {(default_id, "h"): 1}
+
+    await run_burst(db_dsn, registry, queues=("emails", "other"))
+    assert calls == {(default_id, "h"): 1, (email_id, "h"): 1, (other_id, "h"): 1}
+
+
+async def test_worker_without_handlers_refuses_to_start(db_dsn: str) -> None:
+    with pytest.raises(pgqueue.RegistryError, match="no handlers"):
+        await run_burst(db_dsn, pgqueue.Registry())
+
+
+async def test_sleeping_worker_is_woken_by_notify(db_dsn: str, conn: asyncpg.Connection) -> None:
+    """With a one-minute poll interval, only NOTIFY can make this finish in time."""
+    registry, calls = pgqueue.Registry(), Calls()
+    counting(registry, calls, "t", "h")
+    worker = pgqueue.Worker(db_dsn, registry, pgqueue.WorkerSettings(poll_interval=60))
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def listening() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND query LIKE 'LISTEN%'"
+                )
+            )
+
+        await wait_for(listening, message="the worker never started listening")
+        event_id = await pgqueue.enqueue(conn, "t", {})
+
+        async def handled() -> bool:
+            return calls[(event_id, "h")] == 1
+
+        await wait_for(handled, timeout=20, message="the worker slept through the NOTIFY")
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(running, timeout=15)
+    assert calls == {(event_id, "h"): 1}

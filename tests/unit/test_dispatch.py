@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from tenacity import stop_after_attempt, wait_none
 
 from pgqueue import Registry, RetryPolicy
@@ -265,3 +266,15 @@ def test_error_text_is_one_bounded_line() -> None:
     assert text.startswith("ValueError: line one line two")
     assert "\n" not in text
     assert len(text) == MAX_ERROR_CHARS
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a handler with no record is charged for every earlier claim even when the "
+    "other handlers' records prove those claims wrote back (handler added in a later deploy)",
+)
+def test_handler_without_a_record_among_recorded_siblings_has_no_prior_attempts() -> None:
+    handlers = _handlers("a", "new", stop=3)
+    delivery = _delivery(4, {"a": {"state": "pending", "attempts": 0, "seen": 3}})
+    to_run = plan(delivery, handlers)
+    assert [(h.name, prior) for h, prior in to_run] == [("a", 0), ("new", 0)]
