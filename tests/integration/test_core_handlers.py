@@ -533,3 +533,31 @@ async def test_sleeping_worker_is_woken_by_notify(db_dsn: str, conn: asyncpg.Con
         worker.request_stop()
         await asyncio.wait_for(running, timeout=15)
     assert calls == {(event_id, "h"): 1}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a CancelledError raised by the handler itself (not by shutdown) kills the "
+    "runner task and hands the event back with its attempt refunded; it never ends dead and "
+    "once every runner is gone the worker hangs",
+)
+async def test_handler_raising_cancelled_error_fails_like_any_error(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Awaiting a future someone else cancelled is a handler failure, not a shutdown."""
+    registry, calls = pgqueue.Registry(), Calls()
+
+    async def await_cancelled_future(ctx: pgqueue.Context) -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    counting(registry, calls, "t", "h", behaviour=await_cancelled_future, retry=QUICK)
+    event_id = await pgqueue.enqueue(conn, "t", {})
+
+    await run_burst(db_dsn, registry, timeout=3, concurrency=2)
+
+    assert calls == {(event_id, "h"): 3}
+    states = await handler_states(conn, event_id)
+    assert (states["h"]["state"], states["h"]["attempts"]) == ("dead", 3)
+    assert "CancelledError" in states["h"]["last_error"]
