@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from tenacity import stop_after_attempt
 
 import pgqueue
 from pgqueue._migrate import latest_version
@@ -227,3 +228,32 @@ async def test_migrated_schema_matches_the_snapshot(db_dsn: str, conn: asyncpg.C
         "--schema-only; other PostgreSQL majors may format it differently). If the change is "
         "intended, rerun with PGQUEUE_UPDATE_SNAPSHOT=1 and commit the file."
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: pgqueue.once(conn, ctx) always writes to pgqueue.effects; the Context does "
+    "not carry the worker's schema, so handlers served from another schema fail",
+)
+async def test_once_in_a_handler_uses_the_workers_schema(
+    database_factory: Callable[..., str],
+) -> None:
+    dsn = database_factory(migrated=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await pgqueue.migrate(conn, "other_q")
+        registry = pgqueue.Registry()
+
+        @registry.on("t", retry=pgqueue.RetryPolicy(stop=stop_after_attempt(1)))
+        async def effect(payload: dict[str, object], ctx: pgqueue.Context) -> None:
+            async with ctx.pool.acquire() as c, c.transaction():
+                await pgqueue.once(c, ctx)
+
+        event_id = await pgqueue.enqueue(conn, "t", {}, schema="other_q")
+        await run_burst(dsn, registry, schema_name="other_q")
+
+        row = await outbox_row(conn, event_id, schema="other_q")
+        assert (row["state"], row["last_error"]) == ("done", None)
+        assert await conn.fetchval("SELECT count(*) FROM other_q.effects") == 1
+    finally:
+        await conn.close()
