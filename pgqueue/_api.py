@@ -58,6 +58,7 @@ CONSTRAINT_HINTS = {
     "outbox_payload_object": "the payload must be a JSON object",
     "outbox_payload_size": "the payload is over the 1 MiB limit; store big data elsewhere",
     "outbox_idempotency_key_length": "the idempotency key must be 1-200 characters",
+    "outbox_run_at_finite": "run_at must be a finite time (not 'infinity')",
 }
 
 

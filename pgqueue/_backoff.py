@@ -48,14 +48,15 @@ def _default_retry() -> retry_base:
 class RetryPolicy:
     """When and how a failed handler is tried again.
 
-    ``inline_max_wait``: waits up to this many seconds happen in process (quick retries under
+    ``inline_max_wait``: waits up to this many seconds (default 1.5: the default policy's
+    0.5 s and 1 s waits plus their jitter) happen in process (quick retries under
     the same lease); longer ones are stored as the event's ``run_at`` and survive restarts.
     """
 
     stop: stop_base = field(default_factory=_default_stop)
     wait: wait_base = field(default_factory=_default_wait)
     retry: retry_base = field(default_factory=_default_retry)
-    inline_max_wait: float = 1.0
+    inline_max_wait: float = 1.5
 
 
 @dataclass(frozen=True)

@@ -96,14 +96,16 @@ def parse_records(raw: str | None) -> dict[str, HandlerRecord] | None:
     return {name: HandlerRecord.from_json(value) for name, value in data.items()}
 
 
-def prior_attempts(record: HandlerRecord | None, attempt: int) -> int:
+def prior_attempts(record: HandlerRecord | None, attempt: int, written_at: int = 0) -> int:
     """Attempts already made by a handler before this claim.
 
     Claims after the record was written that never wrote back (the worker died) count as
-    failed attempts; that is what makes a handler that kills its process end dead.
+    failed attempts; that is what makes a handler that kills its process end dead. A handler
+    with no record while its siblings have one was not registered when they were written
+    (``written_at``, their newest ``seen``): only the claims since then count against it.
     """
     if record is None:
-        return attempt - 1
+        return max(0, attempt - 1 - written_at)
     return record.attempts + max(0, attempt - 1 - record.seen)
 
 
@@ -116,11 +118,12 @@ def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handle
     to_run: list[tuple[Handler, int]] = []
     records = delivery.records or {}
     attempt = delivery.row.attempt
+    written_at = max((r.seen for r in records.values()), default=0)
     for handler in handlers:
         record = records.get(handler.name)
         if record is not None and record.state is not HandlerState.PENDING:
             continue
-        prior = prior_attempts(record, attempt)
+        prior = prior_attempts(record, attempt, written_at)
         if (
             record is not None
             and record.not_before is not None

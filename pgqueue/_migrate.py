@@ -96,6 +96,8 @@ async def migrate(conn: asyncpg.Connection, schema: str = "pgqueue") -> list[int
     """
     validate_schema(schema)
     migrations = load_migrations()
+    # The migration files set search_path for their session; give the caller theirs back.
+    saved_path = await conn.fetchval("SELECT current_setting('search_path')")
     await conn.execute("SELECT pg_advisory_lock(hashtext($1))", _lock_key(schema))
     try:
         current = await applied_version(conn, schema) or 0
@@ -115,7 +117,7 @@ async def migrate(conn: asyncpg.Connection, schema: str = "pgqueue") -> list[int
             applied.append(migration.version)
         return applied
     finally:
-        await conn.execute("RESET search_path")
+        await conn.execute("SELECT set_config('search_path', $1, false)", saved_path)
         await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(schema))
 
 

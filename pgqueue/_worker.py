@@ -73,7 +73,7 @@ def _validation_text(handler: Handler, exc: ValidationError) -> str:
     return f"ValidationError: payload does not match {model}: {problems}"
 
 
-def _failure_text(handler: Handler, exc: Exception) -> str:
+def _failure_text(handler: Handler, exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
     return error_text(exc)
@@ -288,7 +288,17 @@ class Worker:
             handlers = self.registry.handlers_for(row.event_type)
             units = plan(delivery, handlers)
             if units:
-                payload = json.loads(row.payload)
+                try:
+                    payload = json.loads(row.payload)
+                except (ValueError, RecursionError) as exc:
+                    # PostgreSQL accepts JSON nested deeper than Python can decode: such an
+                    # event can never run, so it goes dead at once instead of crashing us.
+                    text = f"payload cannot be decoded: {error_text(exc)}"
+                    for handler, prior in units:
+                        delivery.outcomes[handler.name] = Outcome(Kind.DEAD, prior + 1, text)
+                    delivery.waiting = 0
+                    self._complete(delivery)
+                    continue
                 self._units.extend((delivery, h, prior, payload) for h, prior in units)
             else:
                 self._complete(delivery)
@@ -333,8 +343,14 @@ class Worker:
                             await handler(value, ctx)
                     # A success after quick retries keeps the last error for the record.
                     outcome = Outcome(Kind.DONE, attempts, last_error)
-                except asyncio.CancelledError:
-                    raise
+                except asyncio.CancelledError as exc:
+                    # Only a cancel aimed at this task (shutdown) stops the runner; a handler
+                    # that awaited something cancelled elsewhere simply failed.
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    outcome = await self._failed(d, handler, attempts, exc)
+                    last_error = _failure_text(handler, exc)
                 except Exception as exc:
                     outcome = await self._failed(d, handler, attempts, exc)
                     last_error = _failure_text(handler, exc)
@@ -345,7 +361,7 @@ class Worker:
         self._record(d, handler, outcome)
 
     async def _failed(
-        self, d: Delivery, handler: Handler, attempts: int, exc: Exception
+        self, d: Delivery, handler: Handler, attempts: int, exc: BaseException
     ) -> Outcome | None:
         """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
         text = _failure_text(handler, exc)

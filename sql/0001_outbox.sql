@@ -52,6 +52,8 @@ CREATE TABLE outbox (
     CONSTRAINT outbox_payload_size CHECK (octet_length(payload::text) <= 1048576),
     CONSTRAINT outbox_idempotency_key_length
         CHECK (idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    -- 'infinity' would never run and breaks the due-time arithmetic.
+    CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at)),
     CONSTRAINT outbox_state_check CHECK (state IN ('pending', 'running', 'done', 'dead')),
     CONSTRAINT outbox_processed_iff_done CHECK ((state = 'done') = (processed_at IS NOT NULL)),
     CONSTRAINT outbox_lease_iff_running
