@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel
 from tenacity import stop_after_attempt, wait_fixed, wait_none
 
 import pgqueue
+from pgqueue._queries import queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import (
     QUICK,
@@ -561,3 +563,67 @@ async def test_handler_raising_cancelled_error_fails_like_any_error(
     states = await handler_states(conn, event_id)
     assert (states["h"]["state"], states["h"]["attempts"]) == ("dead", 3)
     assert "CancelledError" in states["h"]["last_error"]
+
+
+# -- rescued leases ---------------------------------------------------------------------------
+
+
+async def _claimed_by_a_dead_worker(conn: asyncpg.Connection) -> int:
+    """An event claimed under a 0.05 s lease by a 'worker' that then vanished."""
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    rows = await queries_for("pgqueue").claim_batch(
+        conn, "default", ["t"], 10, uuid.uuid4(), "ghost-worker", 0.05
+    )
+    assert [r.id for r in rows] == [event_id]
+    return event_id
+
+
+async def _run_until_done(
+    db_dsn: str, registry: pgqueue.Registry, conn: asyncpg.Connection, event_id: int
+) -> None:
+    settings = pgqueue.WorkerSettings(rescue_interval=0.05, poll_interval=0.1)
+    worker = pgqueue.Worker(db_dsn, registry, settings)
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def done() -> bool:
+            state = await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id)
+            return bool(state == "done")
+
+        await wait_for(done, timeout=15, message="the expired lease was never rescued")
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(running, timeout=15)
+    assert worker.stats.rescued == 1
+
+
+async def test_expired_lease_is_rescued_and_the_event_runs(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    counting(registry, calls, "t", "h")
+    event_id = await _claimed_by_a_dead_worker(conn)
+
+    await _run_until_done(db_dsn, registry, conn, event_id)
+
+    assert calls == {(event_id, "h"): 1}
+    row = await outbox_row(conn, event_id)
+    assert row["attempt"] == 2
+    assert row["processed_at"] is not None and row["lease_token"] is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the happy-path completion (COMPLETE_DONE) leaves the rescuer's "
+    "'lease expired' last_error on a row that is now done",
+)
+async def test_rescued_event_that_succeeds_has_no_last_error(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    counting(registry, calls, "t", "h")
+    event_id = await _claimed_by_a_dead_worker(conn)
+
+    await _run_until_done(db_dsn, registry, conn, event_id)
+
+    assert (await outbox_row(conn, event_id))["last_error"] is None
