@@ -40,11 +40,6 @@ async def test_migrate_twice_applies_once(database_factory: Callable[..., str]) 
         await conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: migrate() ends with RESET search_path, dropping the caller's own session "
-    "search_path instead of restoring it",
-)
 async def test_migrate_keeps_the_callers_search_path(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE SCHEMA app; SET search_path TO app, public")
     await pgqueue.migrate(conn, "other_q")

@@ -82,11 +82,6 @@ def test_default_first_wait_is_in_process() -> None:
         assert decide(policy, 1, 0.0, RuntimeError()).delay <= policy.inline_max_wait
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: default wait after attempt 2 is 1 s + jitter (up to 1.25 s) > inline_max_wait "
-    "1.0, so the documented in-process 1 s retry almost always becomes a durable run_at retry",
-)
 def test_default_second_wait_is_in_process_as_documented() -> None:
     policy = RetryPolicy()
     for _ in range(50):

@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import Any
 
-import pytest
 from tenacity import stop_after_attempt, wait_none
 
 from pgqueue import Registry, RetryPolicy
@@ -268,11 +267,6 @@ def test_error_text_is_one_bounded_line() -> None:
     assert len(text) == MAX_ERROR_CHARS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a handler with no record is charged for every earlier claim even when the "
-    "other handlers' records prove those claims wrote back (handler added in a later deploy)",
-)
 def test_handler_without_a_record_among_recorded_siblings_has_no_prior_attempts() -> None:
     handlers = _handlers("a", "new", stop=3)
     delivery = _delivery(4, {"a": {"state": "pending", "attempts": 0, "seen": 3}})
