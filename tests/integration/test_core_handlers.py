@@ -259,6 +259,12 @@ async def test_cli_retry_by_id_sends_the_dead_event_back(
         poisoned.registry,
     )
 
+    shown = await asyncio.to_thread(run_cli, "status", "--dsn", db_dsn)
+    assert shown.returncode == 0, shown.stderr
+    dead_table = shown.stdout.split("\n\n")[1].splitlines()
+    assert dead_table[0].split() == ["event", "type", "dead", "handler", "events"]
+    assert dead_table[1].split() == ["order.placed", "poison", "1"]
+
     result = await asyncio.to_thread(run_cli, "retry", "--id", str(event_id), "--dsn", db_dsn)
 
     assert result.returncode == 0, result.stderr
@@ -615,3 +621,52 @@ async def test_rescued_event_that_succeeds_has_no_last_error(
     await _run_until_done(db_dsn, registry, conn, event_id)
 
     assert (await outbox_row(conn, event_id))["last_error"] is None
+
+
+# -- shutdown ---------------------------------------------------------------------------------
+
+
+async def test_stop_hands_back_unfinished_work_with_the_attempt_refunded(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Past the shutdown timeout a running handler is cancelled and its event handed back."""
+    registry, calls = pgqueue.Registry(), Calls()
+    started = asyncio.Event()
+    release = {"hang": True}
+
+    async def hang_first_time(ctx: pgqueue.Context) -> None:
+        if release["hang"]:
+            started.set()
+            await asyncio.Event().wait()
+
+    counting(registry, calls, "t", "slow", behaviour=hang_first_time)
+    counting(registry, calls, "t", "quick")
+    event_id = await pgqueue.enqueue(conn, "t", {})
+    worker = pgqueue.Worker(db_dsn, registry, pgqueue.WorkerSettings(shutdown_timeout=0.1))
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    worker.request_stop()
+    stats = await asyncio.wait_for(running, timeout=15)
+
+    assert stats.handed_back == 1
+    row = await outbox_row(conn, event_id)
+    assert (row["state"], row["attempt"], row["lease_token"]) == ("pending", 0, None)
+    assert row["handlers"]["quick"]["state"] == "done"
+    assert row["handlers"]["slow"]["state"] == "pending"
+    assert row["handlers"]["slow"]["attempts"] == 0
+
+    release["hang"] = False
+    attempts: list[int] = []
+
+    async def remember(ctx: pgqueue.Context) -> None:
+        attempts.append(ctx.attempt)
+
+    again = pgqueue.Registry()
+    counting(again, calls, "t", "slow", behaviour=remember)
+    counting(again, calls, "t", "quick")
+    await run_burst(db_dsn, again)
+
+    assert calls == {(event_id, "slow"): 2, (event_id, "quick"): 1}
+    assert attempts == [1]
+    row = await outbox_row(conn, event_id)
+    assert (row["state"], row["attempt"]) == ("done", 1)
