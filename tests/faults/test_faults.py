@@ -451,3 +451,90 @@ async def test_open_producer_transaction_does_not_block_other_events(
         await wait_state(fconn, held, "done")
     finally:
         await producer.close()
+
+
+# -- the database refuses or cancels the worker's writes --------------------------------------
+
+SLOW_FIRST_COMPLETION = """
+CREATE SEQUENCE slow_completion_seq;
+CREATE FUNCTION slow_first_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('slow_completion_seq') = 1 THEN
+        PERFORM pg_sleep(60);  -- until the test cancels it
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_first_completion BEFORE UPDATE ON pgqueue.outbox FOR EACH ROW
+    WHEN (NEW.state = 'done' AND OLD.payload ? 'slow_completion')
+    EXECUTE FUNCTION slow_first_completion();
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a non-transient error in the completer (here QueryCanceledError) ends its "
+    "task silently; the heartbeat keeps renewing the leases, so events stay running for ever",
+)
+async def test_cancelled_completion_write_does_not_stall_the_worker(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    await fconn.execute(SLOW_FIRST_COMPLETION)
+    event = await enqueue(fconn, {"slow_completion": True})
+    workers.start(db_dsn)
+    workers.start(db_dsn)
+
+    async def completion_waiting() -> bool:
+        return bool(
+            await fconn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event = 'PgSleep' AND query LIKE '%UPDATE%outbox%'"
+            )
+        )
+
+    await wait_for(completion_waiting, message="the completion write never started")
+    # An operator cancels the slow query, as they would a long-running statement.
+    cancelled = await fconn.fetchval(
+        "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event = 'PgSleep'"
+    )
+    assert cancelled == 1
+    later = await enqueue(fconn, {})
+    await wait_state(fconn, event, "done", timeout=20)
+    await wait_state(fconn, later, "done", timeout=20)
+    assert len(await effects(fconn, event)) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: ReadOnlySQLTransactionError (a failover to a read-only server) is not "
+    "transient for the worker: the claim loop raises and the worker process exits",
+)
+async def test_worker_survives_a_read_only_window(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    worker = workers.start(db_dsn)
+    first = await enqueue(fconn, {})
+    await wait_state(fconn, first, "done")
+    database = await fconn.fetchval("SELECT current_database()")
+    # A failover lands the workers on a read-only server for a while: new sessions are
+    # read-only, and the old ones are cut.
+    await fconn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    try:
+        await fconn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+        async def refused() -> bool:
+            return "read-only" in worker.stderr() or "ReadOnly" in worker.stderr()
+
+        await wait_for(refused, message="the worker never hit the read-only server")
+    finally:
+        await fconn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    later = await enqueue(fconn, {})
+
+    async def settled() -> bool:
+        assert worker.alive, worker.stderr()[-2000:]
+        return (await row(fconn, later))["state"] == "done"
+
+    await wait_for(settled, timeout=20, message="the worker did not resume")
