@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import resource
 import signal
 import time
 from pathlib import Path
@@ -115,10 +116,15 @@ async def run_pgqueuer(args: argparse.Namespace, rec: Recorder) -> dict[str, Any
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder(args.record, args.mark_at)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = usage.ru_utime + usage.ru_stime
     run = run_pgqueue if args.system == PGQUEUE else run_pgqueuer
     result = await run(args, rec)
     result.update(rec.result())
     result["status"] = proc_status()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["cpu_run_s"] = result["cpu_s"] - cpu_before
     return result
 
 
