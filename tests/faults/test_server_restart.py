@@ -54,7 +54,7 @@ async def test_server_restart_workers_reconnect_and_lose_nothing(
             )
             return bool(left == 0)
 
-        await wait_for(all_settled, timeout=90, interval=0.2, message="events left unsettled")
+        await wait_for(all_settled, timeout=30, interval=0.2, message="events left unsettled")
         states = await conn.fetch("SELECT state, count(*) FROM pgqueue.outbox GROUP BY state")
         dead = await conn.fetch(
             "SELECT id, attempt, last_error, handlers FROM pgqueue.outbox WHERE state = 'dead'"
