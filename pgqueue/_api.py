@@ -159,7 +159,7 @@ async def retry(
     return await queries_for(schema).retry_dead_events(conn, ids, event_type, handler)
 
 
-async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str = DEFAULT_SCHEMA) -> bool:
+async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str | None = None) -> bool:
     """Record that ``ctx``'s (event, handler) has had its effect; True the first time only.
 
     Call it inside the same transaction as the effect, and skip the effect when it returns
@@ -169,7 +169,8 @@ async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str = DEFAULT_
             if await pgqueue.once(conn, ctx):
                 await conn.execute("INSERT INTO shipments ...")
     """
-    return await queries_for(schema).record_effect_once(conn, ctx.event_id, ctx.handler)
+    queries = queries_for(schema or ctx.schema)  # default: the schema the worker serves
+    return await queries.record_effect_once(conn, ctx.event_id, ctx.handler)
 
 
 async def status(conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA) -> StatusReport:

@@ -88,7 +88,7 @@ def decide(policy: RetryPolicy, attempts: int, elapsed: float, error: BaseExcept
     future = tenacity.Future(attempts)
     future.set_exception(error)
     state.outcome = future
-    if not policy.retry(state) or policy.stop(state):
+    if isinstance(error, Discard) or not policy.retry(state) or policy.stop(state):
         return Verdict(dead=True)
     return Verdict(dead=False, delay=max(0.0, float(policy.wait(state))))
 

@@ -300,7 +300,7 @@ def _settings(**values: Any) -> WorkerSettings:
             first = errors[0]
             cause = first.get("ctx", {}).get("error")
             raise ConfigurationError(
-                str(cause) if cause else f"{first['loc'][0]}: {first['msg']}"
+                str(cause) if cause else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
             ) from None
         raise ConfigurationError(str(exc)) from None
 

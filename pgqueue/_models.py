@@ -76,7 +76,8 @@ class Context:
     """What a handler is told about the delivery it is running.
 
     ``key`` is the stable ``"<event id>:<handler name>"`` string for idempotent effects, and
-    ``pool`` is the worker's connection pool for handler work (see :func:`pgqueue.once`).
+    ``pool`` is the worker's connection pool for handler work, ``schema`` the worker's pgqueue
+    schema (see :func:`pgqueue.once`).
     """
 
     event_id: int
@@ -85,6 +86,7 @@ class Context:
     attempt: int
     created_at: dt.datetime
     pool: Any = None
+    schema: str = "pgqueue"
 
     @property
     def key(self) -> str:

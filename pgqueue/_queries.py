@@ -85,7 +85,7 @@ RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
 COMPLETE_DONE = """
 UPDATE {s}.outbox AS o
 SET state = 'done', processed_at = now(), lease_token = NULL, leased_by = NULL,
-    lease_expires_at = NULL
+    lease_expires_at = NULL, last_error = NULL
 FROM unnest($1::bigint[], $2::uuid[]) AS u(id, token)
 WHERE o.id = u.id AND o.lease_token = u.token AND o.state = 'running'
 RETURNING o.id

@@ -176,9 +176,9 @@ def load_registry(path: str) -> Registry:
         raise RegistryError(
             f"handlers module {module_name!r} failed while importing: {type(exc).__name__}: {exc}"
         ) from exc
-    registry = getattr(module, attr, None)
-    if registry is None:
+    if not hasattr(module, attr):
         raise RegistryError(f"module {module_name!r} has no attribute {attr!r}; {hint}")
+    registry = getattr(module, attr)
     if not isinstance(registry, Registry):
         raise RegistryError(
             f"{path!r} is a {type(registry).__name__}, not a pgqueue.Registry; {hint}"

@@ -9,7 +9,7 @@ import re
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ._errors import ConfigurationError
 
@@ -90,6 +90,15 @@ class WorkerSettings(BaseModel):
     burst: bool = False
     listen: bool = True
     worker_id: str | None = None
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> WorkerSettings:
+        if self.heartbeat_seconds is not None and self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"--heartbeat ({self.heartbeat_seconds:g}s) must be shorter than --lease "
+                f"({self.lease_seconds:g}s), or leases expire between renewals"
+            )
+        return self
 
     @property
     def heartbeat_interval(self) -> float:

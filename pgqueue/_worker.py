@@ -334,6 +334,7 @@ class Worker:
                     attempts,
                     d.row.created_at,
                     self._handler_pool,
+                    self.settings.schema_name,
                 )
                 try:
                     if handler.timeout is None:
@@ -351,7 +352,9 @@ class Worker:
                         raise
                     outcome = await self._failed(d, handler, attempts, exc)
                     last_error = _failure_text(handler, exc)
-                except Exception as exc:
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # a custom BaseException is a failure too
                     outcome = await self._failed(d, handler, attempts, exc)
                     last_error = _failure_text(handler, exc)
         except asyncio.CancelledError:

@@ -6,7 +6,7 @@
 
 DO $$
 BEGIN
-    IF current_schema() IS NULL THEN
+    IF current_schema() IS NULL OR current_schema() = 'public' THEN
         RAISE EXCEPTION 'no target schema: run CREATE SCHEMA pgqueue and SET search_path TO pgqueue first';
     END IF;
 END $$;

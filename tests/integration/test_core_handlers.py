@@ -606,11 +606,6 @@ async def test_expired_lease_is_rescued_and_the_event_runs(
     assert row["processed_at"] is not None and row["lease_token"] is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the happy-path completion (COMPLETE_DONE) leaves the rescuer's "
-    "'lease expired' last_error on a row that is now done",
-)
 async def test_rescued_event_that_succeeds_has_no_last_error(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:

@@ -225,11 +225,6 @@ async def test_migrated_schema_matches_the_snapshot(db_dsn: str, conn: asyncpg.C
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pgqueue.once(conn, ctx) always writes to pgqueue.effects; the Context does "
-    "not carry the worker's schema, so handlers served from another schema fail",
-)
 async def test_once_in_a_handler_uses_the_workers_schema(
     database_factory: Callable[..., str],
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-import pytest
 from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
@@ -39,11 +38,6 @@ def test_discard_is_dead_at_once_under_the_default_policy() -> None:
     assert decide(RetryPolicy(), 1, 0.0, Discard("no such customer")).dead
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Discard is only special in the default retry predicate; a policy with "
-    "retry=retry_if_exception_type(Exception) retries a Discard instead of killing it",
-)
 def test_discard_is_dead_at_once_whatever_the_retry_predicate() -> None:
     policy = RetryPolicy(retry=retry_if_exception_type(Exception), wait=wait_none())
     assert decide(policy, 1, 0.0, Discard("no such customer")).dead

@@ -84,11 +84,6 @@ def test_settings_are_frozen() -> None:
         settings.burst = True  # type: ignore[misc]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a heartbeat no shorter than the lease is accepted; leases then expire "
-    "between renewals and running events are rescued and run twice",
-)
 @pytest.mark.parametrize("heartbeat", [30.0, 45.0])
 def test_heartbeat_must_be_shorter_than_the_lease(heartbeat: float) -> None:
     with pytest.raises(ValidationError, match="heartbeat"):
