@@ -126,11 +126,19 @@ async def test_sigterm_lets_in_flight_handlers_finish_and_exits_0(
     await wait_running_in(fconn, event, worker.pid)
 
     worker.signal(signal.SIGTERM)
+
+    async def draining() -> bool:
+        return "stopping: no new claims" in worker.stderr()
+
+    await wait_for(draining, timeout=10, message="SIGTERM was not seen")
+    after_signal = await enqueue(fconn, {})  # notified, but a stopping worker claims nothing
     assert await worker.wait_exit() == 0, worker.stderr()
     done = await row(fconn, event)
     assert done["state"] == "done" and done["attempt"] == 1
     assert len(await runs(fconn, event)) == 1
     assert len(await effects(fconn, event)) == 1
+    untouched = await row(fconn, after_signal)
+    assert (untouched["state"], untouched["attempt"]) == ("pending", 0)
 
 
 async def test_sigterm_past_drain_timeout_hands_back_at_once_with_attempt_refunded(
