@@ -109,6 +109,13 @@ def prior_attempts(record: HandlerRecord | None, attempt: int, written_at: int =
     return record.attempts + max(0, attempt - 1 - record.seen)
 
 
+def lost_claims(delivery: Delivery) -> bool:
+    """True when an earlier claim of this event never wrote back (its worker died)."""
+    records = delivery.records or {}
+    written_at = max((r.seen for r in records.values()), default=0)
+    return delivery.row.attempt - 1 > written_at
+
+
 def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handler, int]]:
     """Decide each handler's fate at this claim.
 

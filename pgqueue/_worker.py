@@ -28,6 +28,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,17 @@ from pydantic import ValidationError
 
 from ._backoff import decide, is_transient, reconnect_delay
 from ._db import create_pool
-from ._dispatch import Completion, Delivery, Kind, Outcome, error_text, finish, parse_records, plan
+from ._dispatch import (
+    Completion,
+    Delivery,
+    Kind,
+    Outcome,
+    error_text,
+    finish,
+    lost_claims,
+    parse_records,
+    plan,
+)
 from ._errors import RegistryError
 from ._listener import Listener
 from ._migrate import check_schema
@@ -103,6 +114,7 @@ class Worker:
         self._max_inflight = 2 * self.settings.batch_size
         self._inflight: dict[int, Delivery] = {}
         self._units: deque[Unit] = deque()
+        self._suspects: deque[Delivery] = deque()
         self._buffer: list[Completion] = []
         self._wakeup = asyncio.Event()
         self._work = asyncio.Event()
@@ -200,6 +212,9 @@ class Worker:
         s = self.settings
         failures = 0
         while not self._stopping:
+            if self._suspects:
+                await self._run_suspects()
+                continue
             capacity = self._max_inflight - len(self._inflight)
             if capacity <= 0:
                 self._progress.clear()
@@ -285,25 +300,72 @@ class Worker:
         for row in rows:
             delivery = Delivery(row, token, now, parse_records(row.handlers))
             self._inflight[row.id] = delivery
-            handlers = self.registry.handlers_for(row.event_type)
-            units = plan(delivery, handlers)
-            if units:
-                try:
-                    payload = json.loads(row.payload)
-                except (ValueError, RecursionError) as exc:
-                    # PostgreSQL accepts JSON nested deeper than Python can decode: such an
-                    # event can never run, so it goes dead at once instead of crashing us.
-                    text = f"payload cannot be decoded: {error_text(exc)}"
-                    for handler, prior in units:
-                        delivery.outcomes[handler.name] = Outcome(Kind.DEAD, prior + 1, text)
-                    delivery.waiting = 0
-                    self._complete(delivery)
-                    continue
-                self._units.extend((delivery, h, prior, payload) for h, prior in units)
+            if lost_claims(delivery):
+                self._suspects.append(delivery)
             else:
-                self._complete(delivery)
+                self._start(delivery)
+        # Hold one suspect at a time: one waiting in our hands would lose an attempt too if the
+        # one running kills us. The others go back to pending at once, attempt refunded.
+        while len(self._suspects) > 1:
+            self._hand_back(self._suspects.pop())
         if rows:
             self._work.set()
+
+    def _start(self, delivery: Delivery) -> None:
+        """Plan an event's handlers and queue them for the runners."""
+        row = delivery.row
+        handlers = self.registry.handlers_for(row.event_type)
+        units = plan(delivery, handlers)
+        if units:
+            try:
+                payload = json.loads(row.payload)
+            except (ValueError, RecursionError) as exc:
+                # PostgreSQL accepts JSON nested deeper than Python can decode: such an
+                # event can never run, so it goes dead at once instead of crashing us.
+                text = f"payload cannot be decoded: {error_text(exc)}"
+                for handler, prior in units:
+                    delivery.outcomes[handler.name] = Outcome(Kind.DEAD, prior + 1, text)
+                delivery.waiting = 0
+                self._complete(delivery)
+                return
+            self._units.extend((delivery, h, prior, payload) for h, prior in units)
+        else:
+            self._complete(delivery)
+
+    def _hand_back(self, delivery: Delivery) -> None:
+        """Give back a claimed event without running it: its attempt is refunded."""
+        units = plan(delivery, self.registry.handlers_for(delivery.row.event_type))
+        if not units:
+            self._complete(delivery)
+        for handler, prior in units:
+            self._record(delivery, handler, Outcome(Kind.INTERRUPTED, prior))
+
+    async def _run_suspects(self) -> None:
+        """Run events whose earlier claim never wrote back, one at a time, alone.
+
+        Such an event may be the one that killed a worker (attempts count at claim, so every
+        event that worker held lost one). Running it alone, after everything else in flight
+        is recorded, means that if it kills this worker too, no innocent event pays for it.
+        """
+        while self._suspects and not self._stopping:
+            suspect = self._suspects[0]
+            await self._wait_until(lambda: len(self._inflight) <= len(self._suspects))
+            if self._stopping:
+                return
+            self._suspects.popleft()
+            self._start(suspect)
+            self._work.set()
+            await self._wait_until(self._recorded(suspect.row.id))
+
+    def _recorded(self, event_id: int) -> Callable[[], bool]:
+        return lambda: event_id not in self._inflight
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition() and not self._stopping:
+            self._progress.clear()
+            await self._first(
+                self._progress.wait(), self._wakeup.wait(), self.settings.poll_interval
+            )
 
     # -- running handlers ---------------------------------------------------------------------
 
@@ -536,6 +598,8 @@ class Worker:
     # -- shutdown -----------------------------------------------------------------------------
 
     async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+        while self._suspects:  # never started: hand them back now
+            self._hand_back(self._suspects.popleft())
         deadline = time.monotonic() + self.settings.shutdown_timeout
         while self._inflight and not self._force.is_set():
             remaining = deadline - time.monotonic()

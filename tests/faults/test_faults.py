@@ -282,11 +282,6 @@ async def test_handler_that_kills_its_worker_every_time_ends_dead(
     assert json.loads(dead["handlers"])["a"]["state"] == "dead"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an innocent event claimed in the same batch as a process-killing event "
-    "loses an attempt at every kill and is declared dead with it (see the fault report)",
-)
 async def test_event_claimed_alongside_a_process_killer_is_not_declared_dead(
     fconn: asyncpg.Connection, db_dsn: str, workers: Workers
 ) -> None:
