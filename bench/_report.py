@@ -45,6 +45,8 @@ ROWS = [
         "sustained_backlog.pgqueuer"),
     Row("5 sustained: catch-up after producer stops", "s", "sustained_catch_up_s.pgqueue",
         "sustained_catch_up_s.pgqueuer"),
+    Row("5 sustained: caught up within 60 s (1 = yes)", "", "sustained_caught_up.pgqueue",
+        "sustained_caught_up.pgqueuer"),
     Row("5 sustained: lag p50 (start - created_at)", "ms", "sustained_lag_p50.pgqueue",
         "sustained_lag_p50.pgqueuer"),
     Row("5 sustained: lag p99 (start - created_at)", "ms", "sustained_lag_p99.pgqueue",
