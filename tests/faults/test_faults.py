@@ -291,6 +291,7 @@ async def test_event_claimed_alongside_a_process_killer_is_not_declared_dead(
     workers.start(db_dsn)
     settled = await wait_state(fconn, innocent, "done", "dead")
     assert settled["state"] == "done", settled["last_error"]
+    assert len(await effects(fconn, innocent)) == 1
 
 
 # -- 9: timeouts and a blocked event loop ----------------------------------------------------
