@@ -542,3 +542,22 @@ async def test_worker_survives_a_read_only_window(
         return (await row(fconn, later))["state"] == "done"
 
     await wait_for(settled, timeout=20, message="the worker did not resume")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: RESCUE returns o.leased_by after the UPDATE set it to NULL, so the rescuer "
+    "always logs 'workers: ?' instead of naming the dead worker",
+)
+async def test_rescue_log_names_the_dead_worker(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    event = await enqueue(fconn, {"sleep": 60, "faulty_runs": 1})
+    first = workers.start(db_dsn)
+    await wait_running_in(fconn, event, first.pid)
+    first.signal(KILL)
+    assert await first.wait_exit() == -KILL
+    second = workers.start(db_dsn)
+    await wait_state(fconn, event, "done")
+    rescued = [line for line in second.stderr().splitlines() if "rescued" in line]
+    assert rescued and f":{first.pid}:" in rescued[0], rescued
