@@ -98,8 +98,16 @@ def exhausted(policy: RetryPolicy, attempts: int, elapsed: float) -> bool:
     return bool(policy.stop(_call_state(policy, attempts, elapsed)))
 
 
+# Errors a worker waits out instead of dying: lost or refused connections, server restarts
+# and failovers (read-only for a while), cancelled statements (statement_timeout,
+# pg_cancel_backend), resource exhaustion, lock conflicts.
 _TRANSIENT = (
     OSError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.InternalClientError,
+    asyncpg.LockNotAvailableError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,

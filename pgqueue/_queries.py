@@ -123,17 +123,19 @@ RETURNING o.id
 # $1 max rows. Returns leases that expired (their worker died or froze) to pending. The attempt
 # stays counted; SKIP LOCKED lets several workers rescue at once without waiting.
 RESCUE = """
-UPDATE {s}.outbox AS o
-SET state = 'pending', run_at = now(), lease_token = NULL, leased_by = NULL,
-    lease_expires_at = NULL,
-    last_error = 'lease expired: worker ' || COALESCE(o.leased_by, '?') || ' stopped renewing it'
-WHERE o.id IN (
-    SELECT id FROM {s}.outbox
+WITH expired AS (
+    SELECT id, leased_by FROM {s}.outbox
     WHERE state = 'running' AND lease_expires_at < now()
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING o.id, o.event_type, o.leased_by
+UPDATE {s}.outbox AS o
+SET state = 'pending', run_at = now(), lease_token = NULL, leased_by = NULL,
+    lease_expires_at = NULL,
+    last_error = 'lease expired: worker ' || COALESCE(e.leased_by, '?') || ' stopped renewing it'
+FROM expired AS e
+WHERE o.id = e.id
+RETURNING o.id, o.event_type, e.leased_by
 """
 
 # $1 queue, $2 event types. Seconds until the next pending event of these types is due

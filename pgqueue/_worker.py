@@ -84,6 +84,12 @@ def _validation_text(handler: Handler, exc: ValidationError) -> str:
     return f"ValidationError: payload does not match {model}: {problems}"
 
 
+def _describe(exc: BaseException) -> str:
+    """The exception's type and SQLSTATE for logs (never its message: it may quote data)."""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}" + (f" [{state}]" if state else "")
+
+
 def _failure_text(handler: Handler, exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
@@ -122,6 +128,7 @@ class Worker:
         self._progress = asyncio.Event()
         self._force = asyncio.Event()
         self._stopping = False
+        self._fatal: BaseException | None = None
         self._pool: asyncpg.Pool | None = None
         self._handler_pool: asyncpg.Pool | None = None
 
@@ -141,6 +148,25 @@ class Worker:
             self._stopping = True
         self._wakeup.set()
         self._progress.set()
+
+    async def _after_error(self, exc: BaseException) -> None:
+        """A read-only session means a failover put us on a standby: open fresh connections
+        (to the new primary) instead of reusing the ones that now point at a replica."""
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError) and self._pool is not None:
+            await self._pool.expire_connections()
+
+    def _supervise(self, task: asyncio.Task[Any]) -> None:
+        """A background task must never end on its own: if one does, stop the worker loudly
+        (exit non-zero, leases expire, events are rescued) rather than run crippled."""
+        if task.cancelled() or self._fatal is not None:
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.error("worker task failed (%s); stopping the worker", _describe(exc), exc_info=exc)
+        self._fatal = exc
+        self.request_stop()
+        self.request_stop()
 
     @property
     def in_flight(self) -> int:
@@ -183,8 +209,12 @@ class Worker:
             if s.listen and not s.burst:
                 listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
                 tasks.append(asyncio.create_task(listener.run()))
+            for task in [*runners, *tasks]:
+                task.add_done_callback(self._supervise)
             await self._claim_loop()
             await self._drain(runners)
+            if self._fatal is not None:
+                raise self._fatal
         finally:
             for task in [*runners, *tasks]:
                 task.cancel()
@@ -229,7 +259,8 @@ class Worker:
                     raise
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning("claim failed (%s); retrying in %.1fs", type(exc).__name__, delay)
+                log.warning("claim failed (%s); retrying in %.1fs", _describe(exc), delay)
+                await self._after_error(exc)
                 await self._sleep_or_wake(delay)
                 continue
             if full:
@@ -472,13 +503,17 @@ class Worker:
                 await self._write(batch)
                 failures = 0
             except Exception as exc:
+                # Never give up on recorded outcomes: a dead completer would leave events
+                # running for ever while the heartbeat keeps their leases alive.
                 self._buffer[:0] = batch
-                if not is_transient(exc):
-                    raise
+                await self._after_error(exc)
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning(
-                    "recording outcomes failed (%s); retrying in %.1fs", type(exc).__name__, delay
+                log.log(
+                    logging.WARNING if is_transient(exc) else logging.ERROR,
+                    "recording outcomes failed (%s); retrying in %.1fs",
+                    _describe(exc),
+                    delay,
                 )
                 await asyncio.sleep(delay)
 
@@ -545,10 +580,8 @@ class Worker:
                             self.settings.lease_seconds,
                         )
                     )
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("lease renewal failed (%s); will retry", type(exc).__name__)
+            except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
+                log.warning("lease renewal failed (%s); will retry", _describe(exc))
                 continue
             for d in held:
                 if d.row.id not in renewed and d.row.id in self._inflight and not d.lost:
@@ -563,8 +596,7 @@ class Worker:
                 async with self._pool.acquire() as conn:
                     rows = await self._queries.rescue_expired(conn)
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
+                log.warning("rescue scan failed (%s); will retry", _describe(exc))
                 continue
             if rows:
                 self.stats.rescued += len(rows)

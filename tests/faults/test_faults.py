@@ -474,11 +474,6 @@ CREATE TRIGGER slow_first_completion BEFORE UPDATE ON pgqueue.outbox FOR EACH RO
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a non-transient error in the completer (here QueryCanceledError) ends its "
-    "task silently; the heartbeat keeps renewing the leases, so events stay running for ever",
-)
 async def test_cancelled_completion_write_does_not_stall_the_worker(
     fconn: asyncpg.Connection, db_dsn: str, workers: Workers
 ) -> None:
@@ -508,11 +503,6 @@ async def test_cancelled_completion_write_does_not_stall_the_worker(
     assert len(await effects(fconn, event)) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ReadOnlySQLTransactionError (a failover to a read-only server) is not "
-    "transient for the worker: the claim loop raises and the worker process exits",
-)
 async def test_worker_survives_a_read_only_window(
     fconn: asyncpg.Connection, db_dsn: str, workers: Workers
 ) -> None:
@@ -544,11 +534,6 @@ async def test_worker_survives_a_read_only_window(
     await wait_for(settled, timeout=20, message="the worker did not resume")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: RESCUE returns o.leased_by after the UPDATE set it to NULL, so the rescuer "
-    "always logs 'workers: ?' instead of naming the dead worker",
-)
 async def test_rescue_log_names_the_dead_worker(
     fconn: asyncpg.Connection, db_dsn: str, workers: Workers
 ) -> None:
@@ -561,3 +546,35 @@ async def test_rescue_log_names_the_dead_worker(
     await wait_state(fconn, event, "done")
     rescued = [line for line in second.stderr().splitlines() if "rescued" in line]
     assert rescued and f":{first.pid}:" in rescued[0], rescued
+
+
+# -- every connection of the worker is terminated mid-run -------------------------------------
+
+
+async def test_worker_survives_termination_of_all_its_backends(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    worker = workers.start(db_dsn, batch_size=20)
+    await worker.wait_started()
+    events = [pgqueue.Event(event_type="fault.multi", payload={"sleep": 0.02})] * 200
+    ids = await pgqueue.enqueue_many(fconn, events)
+    terminate = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    for target in (40, 120):  # twice, at two points of the run
+
+        async def progressed(target: int = target) -> bool:
+            done = "SELECT count(*) FROM pgqueue.outbox WHERE state = 'done'"
+            return bool(await fconn.fetchval(done) >= target)
+
+        await wait_for(progressed, timeout=30, message="no progress")
+        assert await fconn.fetchval(terminate) > 0
+
+    async def all_done() -> bool:
+        done = "SELECT count(*) FROM pgqueue.outbox WHERE state = 'done'"
+        return bool(await fconn.fetchval(done) == len(ids))
+
+    await wait_for(all_done, timeout=60, interval=0.1, message="events left unsettled")
+    assert await fconn.fetchval("SELECT count(*) FROM fault_effects") == 3 * len(ids)
+    assert worker.alive
