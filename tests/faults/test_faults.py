@@ -12,7 +12,6 @@ import signal
 from typing import Any
 
 import asyncpg
-import pytest
 
 import pgqueue
 from tests.faults.conftest import Workers
