@@ -12,12 +12,6 @@ from tests.helpers import wait_for
 EVENTS = 300  # x 3 handlers (fault.multi), each sleeping 50 ms
 
 
-@pytest.mark.xfail(
-    strict=False,  # intermittent (a race with the restart): strict would fail the runs it spares
-    reason="bug: asyncpg raises InternalClientError while the completer returns a connection "
-    "broken by the restart; not transient, so the completer task dies silently and its events "
-    "stay running for ever (deterministic twin: test_cancelled_completion_write_...)",
-)
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_server_restart_workers_reconnect_and_lose_nothing(
     cluster: Cluster, cluster_conn: asyncpg.Connection, workers: Workers, mode: str
