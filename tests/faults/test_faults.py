@@ -12,6 +12,7 @@ import signal
 from typing import Any
 
 import asyncpg
+import pytest
 
 import pgqueue
 from tests.faults.conftest import Workers
@@ -117,14 +118,15 @@ async def test_kill9_after_effect_before_completion_reruns_but_effect_stays_sing
 # -- 3: SIGTERM --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_sigterm_lets_in_flight_handlers_finish_and_exits_0(
-    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers, stop: signal.Signals
 ) -> None:
     event = await enqueue(fconn, {"sleep": 1.5})
     worker = workers.start(db_dsn, shutdown_timeout=30)
     await wait_running_in(fconn, event, worker.pid)
 
-    worker.signal(signal.SIGTERM)
+    worker.signal(stop)
 
     async def draining() -> bool:
         return "stopping: no new claims" in worker.stderr()
