@@ -22,7 +22,9 @@ The payload steers what a run does, in this order (unknown keys are ignored):
    (event, handler), counted in ``fault_log`` (default: every invocation). So ``{"sleep": 30,
    "faulty_runs": 1}`` sleeps the first time only and the re-delivery runs at once.
 2. ``"suicide": true``: SIGKILL its own worker process (every faulty run).
-3. ``"sleep": s``: ``await asyncio.sleep(s)`` (a long but well-behaved handler).
+3. ``"sleep": s``: ``await asyncio.sleep(s)`` (a long but well-behaved handler);
+   ``"run_sleep": [s1, s2, ...]``: sleep ``s1`` on the first run, ``s2`` on the second...
+   (applies to every run, whatever ``faulty_runs`` says).
 4. ``"hang": true``: ``await asyncio.sleep(3600)`` (exceeds any handler timeout).
 5. ``"block": s``: ``time.sleep(s)``: blocks the worker's event loop.
 6. ``"fail": "always"``: raise RuntimeError (naming the run number); ``"discard": true``: raise
@@ -91,9 +93,12 @@ async def _run(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
     async with ctx.pool.acquire() as conn:
         run = await conn.fetchval(LOG_RUN, ctx.event_id, ctx.handler, os.getpid(), ctx.attempt)
     faulty = run <= payload.get("faulty_runs", run)
+    if faulty and payload.get("suicide"):
+        _kill_self()
+    run_sleep = payload.get("run_sleep", [])
+    if run <= len(run_sleep):
+        await asyncio.sleep(float(run_sleep[run - 1]))
     if faulty:
-        if payload.get("suicide"):
-            _kill_self()
         if payload.get("sleep"):
             await asyncio.sleep(float(payload["sleep"]))
         if payload.get("hang"):

@@ -103,6 +103,12 @@ async def run_chaos(
         "executions after kills"
     )
     assert all(worker.alive for worker in running)
+    idle_in_tx = await _count(
+        conn,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%'",
+    )
+    assert idle_in_tx == 0
 
 
 async def test_chaos_kill9_and_restart_workers(

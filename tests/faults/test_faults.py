@@ -221,6 +221,38 @@ async def test_frozen_worker_cannot_overwrite_the_new_owners_outcome(
     assert first.alive and second.alive
 
 
+async def test_frozen_worker_resumed_while_the_new_owner_runs_changes_nothing(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    # Run 1 (the frozen worker) sleeps 2 s then discards; run 2 (the new owner) sleeps 5 s,
+    # so the first wakes up, fails and reports while the second still holds the lease.
+    payload = {"run_sleep": [2, 5], "discard": True, "faulty_runs": 1}
+    event = await enqueue(fconn, payload)
+    first = workers.start(db_dsn)
+    await wait_running_in(fconn, event, first.pid)
+    first.signal(signal.SIGSTOP)
+    second = workers.start(db_dsn)
+    await wait_running_in(fconn, event, second.pid)
+    owned = await row(fconn, event)
+    assert f":{second.pid}:" in owned["leased_by"]
+
+    first.signal(signal.SIGCONT)
+
+    async def lost_lease_logged() -> bool:
+        return f"event {event}: lease lost before its outcome was recorded" in first.stderr()
+
+    await wait_for(lost_lease_logged, timeout=20, message="the frozen worker logged no lost lease")
+    during = await row(fconn, event)
+    assert during["state"] == "running"  # not dead: the discarded outcome was fenced off
+    assert during["lease_token"] == owned["lease_token"]
+    assert during["attempt"] == 2 and during["handlers"] is None
+
+    done = await wait_state(fconn, event, "done")
+    assert done["attempt"] == 2
+    assert [r["pid"] for r in await runs(fconn, event)] == [first.pid, second.pid]
+    assert [r["pid"] for r in await effects(fconn, event)] == [second.pid]
+
+
 # -- 8: heartbeat --------------------------------------------------------------------------
 
 
