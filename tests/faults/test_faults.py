@@ -7,6 +7,7 @@ executions, ``fault_effects`` counts effects. Leases are 1 s (heartbeat 0.3 s, r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from typing import Any
@@ -611,3 +612,47 @@ async def test_worker_survives_termination_of_all_its_backends(
     await wait_for(all_done, timeout=60, interval=0.1, message="events left unsettled")
     assert await fconn.fetchval("SELECT count(*) FROM fault_effects") == 3 * len(ids)
     assert worker.alive
+
+
+# -- another session locks one running row ----------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the heartbeat renews all leases in one UPDATE, which waits on a row locked by "
+    "another session; meanwhile every other lease of the live worker expires and is rescued "
+    "(by its own rescuer too) and re-run",
+)
+async def test_a_locked_row_does_not_cost_its_batch_mates_their_leases(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    locked = await enqueue(fconn, {"sleep": 3})
+    other = await enqueue(fconn, {"sleep": 3})
+    first = workers.start(db_dsn)
+    await wait_running_in(fconn, locked, first.pid)
+    await wait_running_in(fconn, other, first.pid)
+    workers.start(db_dsn)  # a second worker, rescuing every 0.2 s
+
+    operator = await asyncpg.connect(db_dsn)
+    try:
+        async with operator.transaction():  # e.g. an UPDATE typed in psql, not yet committed
+            await operator.execute("SELECT 1 FROM pgqueue.outbox WHERE id = $1 FOR UPDATE", locked)
+
+            async def other_lease_expired() -> bool:
+                return bool(
+                    await fconn.fetchval(
+                        "SELECT lease_expires_at < now() - interval '1 second'"
+                        " OR state <> 'running' FROM pgqueue.outbox WHERE id = $1",
+                        other,
+                    )
+                )
+
+            # The fault lasts until the other lease has been expired for 1 s (5 rescue
+            # rounds), or 2.5 s if it never expires.
+            with contextlib.suppress(AssertionError):
+                await wait_for(other_lease_expired, timeout=2.5)
+    finally:
+        await operator.close()
+    await wait_state(fconn, locked, "done")
+    await wait_state(fconn, other, "done")
+    assert [r["pid"] for r in await runs(fconn, other)] == [first.pid]
