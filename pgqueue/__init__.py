@@ -4,7 +4,16 @@ Write events in the same transaction as your data (:func:`enqueue`), register ha
 :class:`Registry`, and run ``pgqueue worker --handlers module:registry``.
 """
 
-from ._api import StatusReport, enqueue, enqueue_many, once, retry, status
+from ._api import (
+    StatusReport,
+    count_prunable,
+    enqueue,
+    enqueue_many,
+    once,
+    prune,
+    retry,
+    status,
+)
 from ._backoff import RetryPolicy
 from ._errors import (
     ConfigurationError,
@@ -39,11 +48,13 @@ __all__ = [
     "Worker",
     "WorkerSettings",
     "WorkerStats",
+    "count_prunable",
     "enqueue",
     "enqueue_many",
     "load_registry",
     "migrate",
     "once",
+    "prune",
     "retry",
     "status",
 ]

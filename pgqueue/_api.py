@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,3 +202,40 @@ class StatusReport:
 
     counts: list[StatusRow]
     dead_handlers: list[tuple[str, str, int]]
+
+
+async def prune(
+    conn: asyncpg.Connection,
+    older_than: dt.timedelta,
+    *,
+    include_dead: bool = False,
+    batch_size: int = 10_000,
+    schema: str = DEFAULT_SCHEMA,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Delete done events processed more than ``older_than`` ago; return how many.
+
+    Dead events (created more than ``older_than`` ago) only with ``include_dead``. Deletes in
+    batches of ``batch_size``, each its own statement: call it outside a transaction so every
+    batch commits and no lock is held long. Safe to interrupt and run again.
+    """
+    queries = queries_for(schema)
+    total = 0
+    while True:
+        deleted = await queries.prune_once(conn, older_than, include_dead, batch_size)
+        total += deleted
+        if progress is not None and deleted:
+            progress(total)
+        if deleted < batch_size:
+            return total
+
+
+async def count_prunable(
+    conn: asyncpg.Connection,
+    older_than: dt.timedelta,
+    *,
+    include_dead: bool = False,
+    schema: str = DEFAULT_SCHEMA,
+) -> int:
+    """How many events :func:`prune` with the same arguments would delete now."""
+    return await queries_for(schema).count_prunable(conn, older_than, include_dead)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 import click
 
-from ._api import enqueue, retry, status
+from ._api import count_prunable, enqueue, prune, retry, status
 from ._db import connect
 from ._errors import ConfigurationError, PayloadError, PgQueueError
 from ._migrate import check_schema, latest_version, migrate, roles_sql
@@ -226,6 +226,13 @@ def roles_cmd(schema: str) -> None:
     help="Seconds to let in-flight handlers finish on SIGINT/SIGTERM.",
 )
 @click.option("--burst", is_flag=True, help="Exit 0 once nothing is ready.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes to run (one event loop each; use one per core).",
+)
 @click.option("--no-listen", is_flag=True, help="Poll only (no LISTEN), e.g. behind PgBouncer.")
 @click.option(
     "--log-level",
@@ -246,6 +253,7 @@ def worker_cmd(
     rescue_interval: float,
     shutdown_timeout: float,
     burst: bool,
+    processes: int,
     no_listen: bool,
     log_level: str,
 ) -> None:
@@ -278,6 +286,9 @@ def worker_cmd(
         async with _database(dsn, embedded_ok=True) as real_dsn:
             if not dsn:
                 await _with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
+            if processes > 1:
+                await _run_processes(processes, real_dsn)
+                return
             worker = Worker(real_dsn, registry, settings)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -289,6 +300,53 @@ def worker_cmd(
             )
 
     asyncio.run(main())
+
+
+async def _run_processes(count: int, dsn: str) -> None:
+    """Run ``count`` copies of this worker command as child processes and supervise them.
+
+    SIGINT/SIGTERM are passed on to every child (a second one too); the parent exits when all
+    children have, with the first non-zero exit code.
+    """
+    args = _child_args(sys.argv[1:])
+    env = {**os.environ, "PGQUEUE_DSN": dsn}  # never on a command line: ps shows those
+    children = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, *args, env=env)
+        for _ in range(count)
+    ]
+    loop = asyncio.get_running_loop()
+
+    def forward(sig: signal.Signals) -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, forward, sig)
+    codes = await asyncio.gather(*(child.wait() for child in children))
+    bad = [c for c in codes if c != 0]
+    if bad:
+        raise SystemExit(bad[0])
+
+
+_CHILD = "from pgqueue._cli import main; main()"
+
+
+def _child_args(argv: list[str]) -> list[str]:
+    """This command line without --processes and --dsn (the child gets the DSN by env)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--processes", "--dsn"):
+            skip = True
+            continue
+        if arg.startswith(("--processes=", "--dsn=")):
+            continue
+        out.append(arg)
+    return out
 
 
 def _settings(**values: Any) -> WorkerSettings:
@@ -463,6 +521,79 @@ def retry_cmd(
 
     done = asyncio.run(main())
     click.echo(f"{len(done)} dead event(s) sent back to pending")
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Age, e.g. 7d, 12h, 30m: done events processed longer ago than this are deleted.",
+)
+@click.option(
+    "--dead",
+    "include_dead",
+    is_flag=True,
+    help="Also delete dead events created longer ago than --older-than.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="Rows per DELETE (each its own transaction).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say how many events would be deleted.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts, cron).")
+@_dsn_option()
+@_schema_option
+def prune_cmd(
+    older_than: str,
+    include_dead: bool,
+    batch_size: int,
+    dry_run: bool,
+    yes: bool,
+    dsn: str | None,
+    schema: str,
+) -> None:
+    """Delete old processed events in small batches (never holds long locks)."""
+    validate_schema(schema)
+    age = dt.timedelta(seconds=_parse_duration(older_than))
+    what = "done" + (" and dead" if include_dead else "")
+
+    async def main() -> None:
+        async with _database(dsn, embedded_ok=False) as real_dsn:
+            conn = await connect(real_dsn)
+            try:
+                await check_schema(conn, schema, dsn_hint=mask_dsn(real_dsn))
+                total = await count_prunable(conn, age, include_dead=include_dead, schema=schema)
+                click.echo(f"{total} {what} event(s) older than {older_than} to delete")
+                if dry_run or total == 0:
+                    return
+                _confirm(yes, f"delete {total} event(s)?")
+                deleted = await prune(
+                    conn,
+                    age,
+                    include_dead=include_dead,
+                    batch_size=batch_size,
+                    schema=schema,
+                    progress=lambda n: click.echo(f"\rdeleted {n}/{total}", nl=False, err=True),
+                )
+                click.echo("", err=True)
+                click.echo(f"deleted {deleted} event(s)")
+            finally:
+                await conn.close()
+
+    asyncio.run(main())
+
+
+def _confirm(yes: bool, question: str) -> None:
+    """Ask before a destructive operation; without a terminal, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError("no terminal to confirm on: pass --yes (or --dry-run)")
+    if not click.confirm(question, default=False):
+        raise click.exceptions.Abort()
 
 
 @cli.command("demo")

@@ -184,6 +184,33 @@ RETURNING o.id
 """
 
 
+# $1 age (interval), $2 include dead events. What prune would delete.
+PRUNE_COUNT = """
+SELECT count(*) FROM {s}.outbox
+WHERE (state = 'done' AND processed_at < now() - $1::interval)
+   OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
+"""
+
+# $1 age (interval), $2 include dead events, $3 batch size. One batch, in its own transaction:
+# short transactions keep locks and the xmin horizon short on a busy queue. The effects ledger
+# rows of the deleted events go with them.
+PRUNE_BATCH = """
+WITH gone AS (
+    DELETE FROM {s}.outbox
+    WHERE id IN (
+        SELECT id FROM {s}.outbox
+        WHERE (state = 'done' AND processed_at < now() - $1::interval)
+           OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id
+), ledger AS (
+    DELETE FROM {s}.effects WHERE event_id IN (SELECT id FROM gone)
+)
+SELECT count(*) FROM gone
+"""
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
@@ -224,6 +251,8 @@ class Queries:
         self.status = STATUS.format(s=s)
         self.dead_handlers = DEAD_HANDLERS.format(s=s)
         self.retry_dead = RETRY_DEAD.format(s=s)
+        self.prune_count = PRUNE_COUNT.format(s=s)
+        self.prune_batch = PRUNE_BATCH.format(s=s)
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -348,6 +377,20 @@ class Queries:
     async def dead_handler_rows(self, conn: asyncpg.Connection) -> list[Any]:
         """Dead counts per event type and handler."""
         return list(await conn.fetch(self.dead_handlers))
+
+    async def count_prunable(
+        self, conn: asyncpg.Connection, age: dt.timedelta, include_dead: bool
+    ) -> int:
+        """How many events a prune with these settings would delete now."""
+        count: int = await conn.fetchval(self.prune_count, age, include_dead)
+        return count
+
+    async def prune_once(
+        self, conn: asyncpg.Connection, age: dt.timedelta, include_dead: bool, limit: int
+    ) -> int:
+        """Delete one batch of old events (and their ledger rows); return how many."""
+        deleted: int = await conn.fetchval(self.prune_batch, age, include_dead, limit)
+        return deleted
 
     async def retry_dead_events(
         self,

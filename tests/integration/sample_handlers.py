@@ -32,3 +32,12 @@ async def audit(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
 
 
 not_a_registry = {"sample.ping": pong}
+
+
+@registry.on("sample.pid")
+async def record_pid(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
+    """Insert (event id, this process id) into the test's own ``runs`` table."""
+    import os
+
+    async with ctx.pool.acquire() as conn:
+        await conn.execute("INSERT INTO runs VALUES ($1, $2)", ctx.event_id, os.getpid())

@@ -28,11 +28,13 @@ EXPECTED_ALL = [
     "Worker",
     "WorkerSettings",
     "WorkerStats",
+    "count_prunable",
     "enqueue",
     "enqueue_many",
     "load_registry",
     "migrate",
     "once",
+    "prune",
     "retry",
     "status",
 ]

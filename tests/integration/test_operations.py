@@ -1,0 +1,133 @@
+"""Operations: prune, several worker processes, and the query plans the speed depends on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+import pgqueue
+from pgqueue._queries import queries_for
+from tests.helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _seed(conn: asyncpg.Connection, state: str, n: int, age: str) -> None:
+    """Insert ``n`` rows in ``state``, processed/created ``age`` ago, in one statement."""
+    await conn.execute(
+        "INSERT INTO pgqueue.outbox (event_type, state, created_at, processed_at) "
+        "SELECT 'old.event', $1, now() - $2::text::interval, "
+        "CASE WHEN $1 = 'done' THEN now() - $2::text::interval END FROM generate_series(1, $3)",
+        state,
+        age,
+        n,
+    )
+
+
+async def test_prune_deletes_old_done_events_in_batches(conn: asyncpg.Connection) -> None:
+    await _seed(conn, "done", 25, "10 days")
+    await _seed(conn, "done", 3, "1 hour")
+    await _seed(conn, "dead", 4, "10 days")
+    pending = await pgqueue.enqueue(conn, "new.event", {})
+    await conn.execute(
+        "INSERT INTO pgqueue.effects (event_id, handler) "
+        "SELECT id, 'h' FROM pgqueue.outbox WHERE state = 'done'"
+    )
+    seen: list[int] = []
+    deleted = await pgqueue.prune(conn, dt.timedelta(days=7), batch_size=10, progress=seen.append)
+    assert deleted == 25
+    assert seen == [10, 20, 25]
+    counts = dict(await conn.fetch("SELECT state, count(*) FROM pgqueue.outbox GROUP BY state"))
+    assert counts == {"done": 3, "dead": 4, "pending": 1}
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.effects") == 3  # ledger follows
+    assert await pgqueue.prune(conn, dt.timedelta(days=7), include_dead=True) == 4
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE id = $1", pending) == 1
+
+
+async def test_prune_cli_previews_confirms_and_deletes(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    await _seed(conn, "done", 12, "2 days")
+    dry = run_cli("prune", "--older-than", "1d", "--dry-run", "--dsn", db_dsn)
+    assert dry.returncode == 0 and "12 done event(s)" in dry.stdout, dry.stderr
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox") == 12
+    unconfirmed = run_cli("prune", "--older-than", "1d", "--dsn", db_dsn)
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox") == 12
+    done = run_cli("prune", "--older-than", "1d", "--yes", "--batch-size", "5", "--dsn", db_dsn)
+    assert done.returncode == 0 and "deleted 12 event(s)" in done.stdout, done.stderr
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox") == 0
+
+
+async def test_worker_processes_share_the_work(db_dsn: str, conn: asyncpg.Connection) -> None:
+    """--processes 2: two OS processes drain one queue; every event runs exactly once."""
+    await conn.execute("CREATE TABLE runs (event_id bigint, pid int)")
+    await pgqueue.enqueue_many(
+        conn, [pgqueue.Event(event_type="sample.pid", payload={}) for _ in range(3000)]
+    )
+    result = run_cli(
+        "worker",
+        "--handlers",
+        "tests.integration.sample_handlers:registry",
+        "--processes",
+        "2",
+        "--burst",
+        "--batch-size",
+        "50",
+        "--dsn",
+        db_dsn,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("burst done") == 2
+    per_event = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT event_id FROM runs GROUP BY event_id HAVING count(*) = 1) x"
+    )
+    assert per_event == 3000
+    assert await conn.fetchval("SELECT count(DISTINCT pid) FROM runs") >= 1
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE state <> 'done'") == 0
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    nodes = [plan]
+    for child in plan.get("Plans", []):
+        nodes += _plan_nodes(child)
+    return nodes
+
+
+async def _explain(conn: asyncpg.Connection, sql: str, *args: Any) -> list[dict[str, Any]]:
+    async with conn.transaction():
+        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
+        await conn.execute("SELECT 1")
+    return _plan_nodes(json.loads(raw)[0]["Plan"])
+
+
+async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) -> None:
+    """On a table of 200,000 done rows and 2,000 pending ones, no statement of the hot path
+    scans the table: the claim walks outbox_ready_idx, completion and heartbeat the key."""
+    await _seed(conn, "done", 200_000, "1 day")
+    await pgqueue.enqueue_many(
+        conn, [pgqueue.Event(event_type="t", payload={}) for _ in range(2000)]
+    )
+    await conn.execute("ANALYZE pgqueue.outbox")
+    q = queries_for("pgqueue")
+    token = uuid.uuid4()
+    claim = await _explain(conn, q.claim, "default", ["t"], 500, token, "w", 30.0)
+    assert any(n.get("Index Name") == "outbox_ready_idx" for n in claim), claim
+    for statement, args in [
+        (q.complete_done, ([1, 2], [token, token])),
+        (q.heartbeat, ([1, 2], [token, token], 30.0)),
+        (q.rescue, (1000,)),
+        (q.next_due, ("default", ["t"])),
+    ]:
+        nodes = await _explain(conn, statement, *args)
+        scans = [
+            n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "outbox"
+        ]
+        assert not scans, (statement, nodes)
