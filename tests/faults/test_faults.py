@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 import pgqueue
-from tests.faults.conftest import Workers
+from tests.faults.conftest import WorkerProcess, Workers
 from tests.helpers import wait_for
 
 KILL = signal.SIGKILL
@@ -58,13 +58,15 @@ async def effects(conn: asyncpg.Connection, event_id: int) -> list[asyncpg.Recor
     )
 
 
-async def wait_running_in(conn: asyncpg.Connection, event_id: int, pid: int) -> None:
-    """Wait until worker ``pid`` has started a handler of the event."""
+async def wait_running_in(conn: asyncpg.Connection, event_id: int, worker: WorkerProcess) -> None:
+    """Wait until ``worker`` has started a handler of the event (fail fast if it exits)."""
 
     async def started() -> bool:
-        return any(r["pid"] == pid for r in await runs(conn, event_id))
+        if not worker.alive:
+            raise AssertionError(f"worker {worker.pid} exited:\n{worker.stderr()[-3000:]}")
+        return any(r["pid"] == worker.pid for r in await runs(conn, event_id))
 
-    await wait_for(started, timeout=20, message=f"worker {pid} never ran event {event_id}")
+    await wait_for(started, timeout=20, message=f"worker {worker.pid} never ran event {event_id}")
 
 
 async def no_running(conn: asyncpg.Connection) -> None:
@@ -80,7 +82,7 @@ async def test_kill9_mid_handler_another_worker_finishes_after_lease(
 ) -> None:
     event = await enqueue(fconn, {"sleep": 60, "faulty_runs": 1})
     first = workers.start(db_dsn)
-    await wait_running_in(fconn, event, first.pid)
+    await wait_running_in(fconn, event, first)
     assert (await row(fconn, event))["state"] == "running"
 
     first.signal(KILL)
@@ -125,7 +127,7 @@ async def test_sigterm_lets_in_flight_handlers_finish_and_exits_0(
 ) -> None:
     event = await enqueue(fconn, {"sleep": 1.5})
     worker = workers.start(db_dsn, shutdown_timeout=30)
-    await wait_running_in(fconn, event, worker.pid)
+    await wait_running_in(fconn, event, worker)
 
     worker.signal(stop)
 
@@ -149,7 +151,7 @@ async def test_sigterm_past_drain_timeout_hands_back_at_once_with_attempt_refund
     # Lease 60 s: only the hand-back can explain a second worker running it within the wait.
     event = await enqueue(fconn, {"sleep": 60, "faulty_runs": 1})
     first = workers.start(db_dsn, lease=60, heartbeat=20, shutdown_timeout=0.5)
-    await wait_running_in(fconn, event, first.pid)
+    await wait_running_in(fconn, event, first)
     assert (await row(fconn, event))["attempt"] == 1
 
     first.signal(signal.SIGTERM)
@@ -172,7 +174,7 @@ async def test_second_sigterm_stops_at_once_and_hands_back(
 ) -> None:
     event = await enqueue(fconn, {"sleep": 300})
     worker = workers.start(db_dsn, lease=60, heartbeat=20, shutdown_timeout=300)
-    await wait_running_in(fconn, event, worker.pid)
+    await wait_running_in(fconn, event, worker)
 
     worker.signal(signal.SIGTERM)
 
@@ -198,7 +200,7 @@ async def test_frozen_worker_cannot_overwrite_the_new_owners_outcome(
     # The first run sleeps 2 s then discards (would make the event dead); re-runs succeed.
     event = await enqueue(fconn, {"sleep": 2, "discard": True, "faulty_runs": 1})
     first = workers.start(db_dsn)
-    await wait_running_in(fconn, event, first.pid)
+    await wait_running_in(fconn, event, first)
     first.signal(signal.SIGSTOP)  # frozen: no heartbeat, its lease (1 s) runs out
 
     second = workers.start(db_dsn)
@@ -230,10 +232,10 @@ async def test_frozen_worker_resumed_while_the_new_owner_runs_changes_nothing(
     payload = {"run_sleep": [2, 5], "discard": True, "faulty_runs": 1}
     event = await enqueue(fconn, payload)
     first = workers.start(db_dsn)
-    await wait_running_in(fconn, event, first.pid)
+    await wait_running_in(fconn, event, first)
     first.signal(signal.SIGSTOP)
     second = workers.start(db_dsn)
-    await wait_running_in(fconn, event, second.pid)
+    await wait_running_in(fconn, event, second)
     owned = await row(fconn, event)
     assert f":{second.pid}:" in owned["leased_by"]
 
@@ -262,7 +264,7 @@ async def test_long_handler_whose_worker_heartbeats_is_never_rescued(
 ) -> None:
     event = await enqueue(fconn, {"sleep": 3})
     first = workers.start(db_dsn, lease=1, heartbeat=0.2)
-    await wait_running_in(fconn, event, first.pid)
+    await wait_running_in(fconn, event, first)
     workers.start(db_dsn, lease=1, heartbeat=0.2)  # a second worker, rescuing every 0.2 s
 
     done = await wait_state(fconn, event, "done")
@@ -573,7 +575,7 @@ async def test_rescue_log_names_the_dead_worker(
 ) -> None:
     event = await enqueue(fconn, {"sleep": 60, "faulty_runs": 1})
     first = workers.start(db_dsn)
-    await wait_running_in(fconn, event, first.pid)
+    await wait_running_in(fconn, event, first)
     first.signal(KILL)
     assert await first.wait_exit() == -KILL
     second = workers.start(db_dsn)
@@ -629,8 +631,8 @@ async def test_a_locked_row_does_not_cost_its_batch_mates_their_leases(
     locked = await enqueue(fconn, {"sleep": 3})
     other = await enqueue(fconn, {"sleep": 3})
     first = workers.start(db_dsn)
-    await wait_running_in(fconn, locked, first.pid)
-    await wait_running_in(fconn, other, first.pid)
+    await wait_running_in(fconn, locked, first)
+    await wait_running_in(fconn, other, first)
     workers.start(db_dsn)  # a second worker, rescuing every 0.2 s
 
     operator = await asyncpg.connect(db_dsn)
