@@ -111,13 +111,26 @@ WHERE o.id = u.id AND o.lease_token = u.token AND o.state = 'running'
 RETURNING o.id
 """
 
-# $1 ids, $2 lease tokens, $3 lease seconds
+# $1 ids, $2 lease tokens, $3 lease seconds. Returns the ids still held (renewed, or row-locked
+# by another session this round). SKIP LOCKED: one row locked by someone else (an operator's
+# open UPDATE) must not hold up the renewal of every other lease of this worker.
 HEARTBEAT = """
-UPDATE {s}.outbox AS o
-SET lease_expires_at = now() + make_interval(secs => $3)
-FROM unnest($1::bigint[], $2::uuid[]) AS u(id, token)
-WHERE o.id = u.id AND o.lease_token = u.token AND o.state = 'running'
-RETURNING o.id
+WITH mine AS (
+    SELECT o.id FROM {s}.outbox AS o
+    JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON o.id = u.id
+    WHERE o.lease_token = u.token AND o.state = 'running'
+), lockable AS (
+    SELECT o.id FROM {s}.outbox AS o
+    JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON o.id = u.id
+    WHERE o.lease_token = u.token AND o.state = 'running'
+    FOR UPDATE OF o SKIP LOCKED
+), renewed AS (
+    UPDATE {s}.outbox AS o
+    SET lease_expires_at = now() + make_interval(secs => $3)
+    FROM lockable WHERE o.id = lockable.id
+    RETURNING o.id
+)
+SELECT id FROM mine
 """
 
 # $1 max rows. Returns leases that expired (their worker died or froze) to pending. The attempt
@@ -126,6 +139,7 @@ RESCUE = """
 WITH expired AS (
     SELECT id, leased_by FROM {s}.outbox
     WHERE state = 'running' AND lease_expires_at < now()
+      AND lease_token <> ALL($2::uuid[])  -- never the leases the rescuing worker holds
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
@@ -350,12 +364,16 @@ class Queries:
         tokens: Sequence[uuid.UUID],
         lease_seconds: float,
     ) -> list[int]:
-        """Renew the leases still held; return the ids renewed."""
+        """Renew the leases still held; return their ids (renewed or locked by another
+        session this round: still ours either way)."""
         return [r[0] for r in await conn.fetch(self.heartbeat, ids, tokens, lease_seconds)]
 
-    async def rescue_expired(self, conn: asyncpg.Connection, limit: int = 1000) -> list[Any]:
-        """Return expired leases to pending; return (id, event_type, leased_by) rows."""
-        return list(await conn.fetch(self.rescue, limit))
+    async def rescue_expired(
+        self, conn: asyncpg.Connection, held: Sequence[uuid.UUID] = (), limit: int = 1000
+    ) -> list[Any]:
+        """Return expired leases to pending, except the ``held`` lease tokens (the caller's:
+        it is alive, it runs them); return (id, event_type, leased_by) rows."""
+        return list(await conn.fetch(self.rescue, limit, list(held)))
 
     async def seconds_until_due(
         self, conn: asyncpg.Connection, queue: str, event_types: Sequence[str]

@@ -594,7 +594,8 @@ class Worker:
             await asyncio.sleep(self.settings.rescue_interval)
             try:
                 async with self._pool.acquire() as conn:
-                    rows = await self._queries.rescue_expired(conn)
+                    held = {d.token for d in self._inflight.values()}
+                    rows = await self._queries.rescue_expired(conn, list(held))
             except Exception as exc:
                 log.warning("rescue scan failed (%s); will retry", _describe(exc))
                 continue

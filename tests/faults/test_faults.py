@@ -619,12 +619,6 @@ async def test_worker_survives_termination_of_all_its_backends(
 # -- another session locks one running row ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the heartbeat renews all leases in one UPDATE, which waits on a row locked by "
-    "another session; meanwhile every other lease of the live worker expires and is rescued "
-    "(by its own rescuer too) and re-run",
-)
 async def test_a_locked_row_does_not_cost_its_batch_mates_their_leases(
     fconn: asyncpg.Connection, db_dsn: str, workers: Workers
 ) -> None:
