@@ -185,7 +185,7 @@ def roles_cmd(schema: str) -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 10_000),
-    default=500,
+    default=1000,
     show_default=True,
     help="Events claimed per statement.",
 )

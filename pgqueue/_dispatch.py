@@ -122,6 +122,10 @@ def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handle
     Returns the handlers to run with their prior attempts; handlers that are finished, not yet
     due or out of attempts get their outcome recorded at once.
     """
+    if delivery.records is None and delivery.row.attempt == 1:
+        # The common case, first delivery: every handler runs, nothing to look up.
+        delivery.waiting = len(handlers)
+        return [(handler, 0) for handler in handlers]
     to_run: list[tuple[Handler, int]] = []
     records = delivery.records or {}
     attempt = delivery.row.attempt

@@ -62,33 +62,36 @@ RETURNING true
 # another worker has locked, and the UPDATE counts the attempt at claim time (so a handler that
 # kills its worker still uses up attempts). now() is the database clock, returned for the
 # worker's retry arithmetic.
+#
+# Shape: `id = ANY(ARRAY(subquery))` makes the pick an InitPlan run once, and the UPDATE an
+# index scan on the primary key. The first version joined a CTE instead; the planner then
+# hashed the whole table (a seq scan: 10 of 15 ms for 500 rows among 50,000).
 CLAIM = """
-WITH picked AS (
+UPDATE {s}.outbox AS o
+SET state = 'running', attempt = o.attempt + 1, lease_token = $4, leased_by = $5,
+    lease_expires_at = now() + make_interval(secs => $6)
+WHERE o.id = ANY(ARRAY(
     SELECT id FROM {s}.outbox
     WHERE state = 'pending' AND queue = $1 AND run_at <= now() AND event_type = ANY($2::text[])
     ORDER BY run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
-)
-UPDATE {s}.outbox AS o
-SET state = 'running', attempt = o.attempt + 1, lease_token = $4, leased_by = $5,
-    lease_expires_at = now() + make_interval(secs => $6)
-FROM picked
-WHERE o.id = picked.id
+))
 RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
           extract(epoch FROM now())::float8 AS db_now,
           extract(epoch FROM now() - o.created_at)::float8 AS age
 """
 
-# $1 ids, $2 lease tokens. Every handler succeeded and the event had no per-handler record:
-# the happy path costs this one statement per batch and no per-handler write.
+# $1 ids, $2 their (one) lease token. Every handler succeeded and the event had no per-handler
+# record: the happy path costs this one statement per claimed batch and no per-handler write.
+# `id = ANY($1)` keeps a primary-key index scan even under a generic plan (an unnest join
+# turned into a 35 ms plan after the fifth execution, measured on 500 rows).
 COMPLETE_DONE = """
-UPDATE {s}.outbox AS o
+UPDATE {s}.outbox
 SET state = 'done', processed_at = now(), lease_token = NULL, leased_by = NULL,
     lease_expires_at = NULL, last_error = NULL
-FROM unnest($1::bigint[], $2::uuid[]) AS u(id, token)
-WHERE o.id = u.id AND o.lease_token = u.token AND o.state = 'running'
-RETURNING o.id
+WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND state = 'running'
+RETURNING id
 """
 
 # $1 ids, $2 lease tokens, $3 new states, $4 delays (seconds, for pending), $5 attempt refunds
@@ -335,10 +338,10 @@ class Queries:
         return [ClaimedRow(*r) for r in rows]
 
     async def complete_done_batch(
-        self, conn: asyncpg.Connection, ids: Sequence[int], tokens: Sequence[uuid.UUID]
+        self, conn: asyncpg.Connection, ids: Sequence[int], token: uuid.UUID
     ) -> list[int]:
-        """Mark events done (fenced); return the ids actually updated."""
-        return [r[0] for r in await conn.fetch(self.complete_done, ids, tokens)]
+        """Mark events of one claim done (fenced by its token); return the ids updated."""
+        return [r[0] for r in await conn.fetch(self.complete_done, ids, token)]
 
     async def complete_batch(
         self,

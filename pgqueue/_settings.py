@@ -81,7 +81,10 @@ class WorkerSettings(BaseModel):
     schema_name: SchemaName = DEFAULT_SCHEMA
     queues: tuple[QueueName, ...] = (DEFAULT_QUEUE,)
     concurrency: int = Field(default=100, ge=1, le=10_000)
-    batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Measured on 2 cores (one no-op handler, 50,000 events): 200 -> 17.6k events/s, 500 ->
+    # 23k, 1000 -> 27k, 2000 -> 34k. Each claim and completion statement has a fixed cost; a
+    # larger batch also holds more events under one worker's lease, so 1000 is the default.
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     poll_interval: float = Field(default=1.0, gt=0, le=3600)
     lease_seconds: float = Field(default=30.0, gt=0, le=86_400)
     heartbeat_seconds: float | None = Field(default=None, gt=0)

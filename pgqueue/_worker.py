@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from pydantic import ValidationError
 
-from ._backoff import decide, is_transient, reconnect_delay
+from ._backoff import is_transient, reconnect_delay
 from ._db import create_pool
 from ._dispatch import (
     Completion,
@@ -51,14 +50,12 @@ from ._dispatch import (
 from ._errors import RegistryError
 from ._listener import Listener
 from ._migrate import check_schema
-from ._models import Context
 from ._queries import ClaimedRow, Queries, queries_for
 from ._registry import Handler, Registry
+from ._runner import Runners
 from ._settings import WorkerSettings, mask_dsn
 
 log = logging.getLogger("pgqueue.worker")
-
-Unit = tuple[Delivery, Handler, int, Any]
 
 
 @dataclass
@@ -75,25 +72,10 @@ class WorkerStats:
     loop_stalls: int = 0
 
 
-def _validation_text(handler: Handler, exc: ValidationError) -> str:
-    # Only locations and messages: pydantic's str() would echo the payload's values.
-    model = handler.model.__name__ if handler.model else "payload"
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-    )
-    return f"ValidationError: payload does not match {model}: {problems}"
-
-
 def _describe(exc: BaseException) -> str:
     """The exception's type and SQLSTATE for logs (never its message: it may quote data)."""
     state = getattr(exc, "sqlstate", None)
     return f"{type(exc).__name__}" + (f" [{state}]" if state else "")
-
-
-def _failure_text(handler: Handler, exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
-    return error_text(exc)
 
 
 class Worker:
@@ -119,11 +101,9 @@ class Worker:
         self._event_types = list(registry.event_types)
         self._max_inflight = 2 * self.settings.batch_size
         self._inflight: dict[int, Delivery] = {}
-        self._units: deque[Unit] = deque()
         self._suspects: deque[Delivery] = deque()
         self._buffer: list[Completion] = []
         self._wakeup = asyncio.Event()
-        self._work = asyncio.Event()
         self._flush = asyncio.Event()
         self._progress = asyncio.Event()
         self._force = asyncio.Event()
@@ -131,6 +111,7 @@ class Worker:
         self._fatal: BaseException | None = None
         self._pool: asyncpg.Pool | None = None
         self._handler_pool: asyncpg.Pool | None = None
+        self._runners: Runners | None = None
 
     # -- control ------------------------------------------------------------------------------
 
@@ -180,9 +161,15 @@ class Worker:
         if not self._event_types:
             raise RegistryError("the registry has no handlers; register one with @registry.on(...)")
         s = self.settings
-        self._pool = await create_pool(self._dsn, min_size=1, max_size=4)
+        # Custom plans for every execution: the batch statements take arrays whose size the
+        # planner must see (a generic plan guesses 10 rows and may hash the whole table).
+        self._pool = await create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=4,
+            server_settings={"plan_cache_mode": "force_custom_plan"},
+        )
         tasks: list[asyncio.Task[Any]] = []
-        runners: list[asyncio.Task[None]] = []
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name)
@@ -199,8 +186,15 @@ class Worker:
                 s.concurrency,
                 s.batch_size,
             )
-            runners = [asyncio.create_task(self._runner()) for _ in range(s.concurrency)]
+            self._runners = Runners(
+                s.concurrency,
+                self._record,
+                lambda: self._stopping,
+                self._handler_pool,
+                s.schema_name,
+            )
             tasks = [
+                *self._runners.start(),
                 asyncio.create_task(self._completer()),
                 asyncio.create_task(self._heartbeat()),
                 asyncio.create_task(self._rescuer()),
@@ -209,16 +203,16 @@ class Worker:
             if s.listen and not s.burst:
                 listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
                 tasks.append(asyncio.create_task(listener.run()))
-            for task in [*runners, *tasks]:
+            for task in tasks:
                 task.add_done_callback(self._supervise)
             await self._claim_loop()
-            await self._drain(runners)
+            await self._drain()
             if self._fatal is not None:
                 raise self._fatal
         finally:
-            for task in [*runners, *tasks]:
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*runners, *tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._close()
         log.info(
             "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
@@ -339,8 +333,6 @@ class Worker:
         # one running kills us. The others go back to pending at once, attempt refunded.
         while len(self._suspects) > 1:
             self._hand_back(self._suspects.pop())
-        if rows:
-            self._work.set()
 
     def _start(self, delivery: Delivery) -> None:
         """Plan an event's handlers and queue them for the runners."""
@@ -359,7 +351,8 @@ class Worker:
                 delivery.waiting = 0
                 self._complete(delivery)
                 return
-            self._units.extend((delivery, h, prior, payload) for h, prior in units)
+            assert self._runners is not None
+            self._runners.submit((delivery, h, prior, payload) for h, prior in units)
         else:
             self._complete(delivery)
 
@@ -385,7 +378,6 @@ class Worker:
                 return
             self._suspects.popleft()
             self._start(suspect)
-            self._work.set()
             await self._wait_until(self._recorded(suspect.row.id))
 
     def _recorded(self, event_id: int) -> Callable[[], bool]:
@@ -399,82 +391,6 @@ class Worker:
             )
 
     # -- running handlers ---------------------------------------------------------------------
-
-    async def _runner(self) -> None:
-        units = self._units
-        while True:
-            while units:
-                delivery, handler, prior, payload = units.popleft()
-                await self._run_unit(delivery, handler, prior, payload)
-            self._work.clear()
-            await self._work.wait()
-
-    async def _run_unit(self, d: Delivery, handler: Handler, prior: int, payload: Any) -> None:
-        outcome: Outcome | None = None
-        attempts = prior
-        last_error: str | None = None
-        try:
-            try:
-                value = handler.parse(payload)
-            except ValidationError as exc:
-                outcome = Outcome(Kind.DEAD, prior + 1, _validation_text(handler, exc))
-            while outcome is None:
-                attempts += 1
-                ctx = Context(
-                    d.row.id,
-                    d.row.event_type,
-                    handler.name,
-                    attempts,
-                    d.row.created_at,
-                    self._handler_pool,
-                    self.settings.schema_name,
-                )
-                try:
-                    if handler.timeout is None:
-                        await handler(value, ctx)
-                    else:
-                        async with asyncio.timeout(handler.timeout):
-                            await handler(value, ctx)
-                    # A success after quick retries keeps the last error for the record.
-                    outcome = Outcome(Kind.DONE, attempts, last_error)
-                except asyncio.CancelledError as exc:
-                    # Only a cancel aimed at this task (shutdown) stops the runner; a handler
-                    # that awaited something cancelled elsewhere simply failed.
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise
-                    outcome = await self._failed(d, handler, attempts, exc)
-                    last_error = _failure_text(handler, exc)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # a custom BaseException is a failure too
-                    outcome = await self._failed(d, handler, attempts, exc)
-                    last_error = _failure_text(handler, exc)
-        except asyncio.CancelledError:
-            # Shutdown past its drain timeout: hand this attempt back, it did not count.
-            self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
-            raise
-        self._record(d, handler, outcome)
-
-    async def _failed(
-        self, d: Delivery, handler: Handler, attempts: int, exc: BaseException
-    ) -> Outcome | None:
-        """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
-        text = _failure_text(handler, exc)
-        verdict = decide(handler.policy, attempts, d.elapsed, exc)
-        if verdict.dead:
-            log.warning(
-                "event %d handler %s is dead after %d attempt(s): %s",
-                d.row.id,
-                handler.name,
-                attempts,
-                type(exc).__name__,
-            )
-            return Outcome(Kind.DEAD, attempts, text)
-        if verdict.delay <= handler.policy.inline_max_wait and not self._stopping and not d.lost:
-            await asyncio.sleep(verdict.delay)
-            return None
-        return Outcome(Kind.RETRY, attempts, text, verdict.delay)
 
     def _record(self, d: Delivery, handler: Handler, outcome: Outcome) -> None:
         d.outcomes[handler.name] = outcome
@@ -523,10 +439,11 @@ class Worker:
         other = [c for c in batch if not c.happy]
         written: list[int] = []
         async with self._pool.acquire() as conn:
-            if happy:
-                written += await self._queries.complete_done_batch(
-                    conn, [c.id for c in happy], [c.token for c in happy]
-                )
+            by_token: dict[uuid.UUID, list[int]] = {}
+            for c in happy:
+                by_token.setdefault(c.token, []).append(c.id)
+            for token, ids in by_token.items():
+                written += await self._queries.complete_done_batch(conn, ids, token)
             if other:
                 written += await self._queries.complete_batch(
                     conn,
@@ -630,7 +547,7 @@ class Worker:
 
     # -- shutdown -----------------------------------------------------------------------------
 
-    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+    async def _drain(self) -> None:
         while self._suspects:  # never started: hand them back now
             self._hand_back(self._suspects.popleft())
         deadline = time.monotonic() + self.settings.shutdown_timeout
@@ -644,11 +561,10 @@ class Worker:
             return
         # Hand back whatever is still running or queued: cancel the runners (each records its
         # unit as interrupted), mark queued units interrupted, and write it all once.
-        for task in runners:
-            task.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
-        while self._units:
-            delivery, handler, prior, _ = self._units.popleft()
+        assert self._runners is not None
+        await self._runners.cancel()
+        while self._runners.units:
+            delivery, handler, prior, _ = self._runners.units.popleft()
             self._record(delivery, handler, Outcome(Kind.INTERRUPTED, prior))
         # The completer writes them; give it a few seconds before leaving it to the leases.
         deadline = time.monotonic() + 5.0

@@ -121,7 +121,7 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
     claim = await _explain(conn, q.claim, "default", ["t"], 500, token, "w", 30.0)
     assert any(n.get("Index Name") == "outbox_ready_idx" for n in claim), claim
     for statement, args in [
-        (q.complete_done, ([1, 2], [token, token])),
+        (q.complete_done, ([1, 2], token)),
         (q.heartbeat, ([1, 2], [token, token], 30.0)),
         (q.rescue, (1000,)),
         (q.next_due, ("default", ["t"])),

@@ -1,0 +1,190 @@
+"""Running (event, handler) units: ``concurrency`` long-lived tasks and one timeout watchdog.
+
+Why not a task per unit and ``asyncio.timeout`` per call: both cost a few microseconds per
+handler (task creation, a timer handle pushed on and cancelled off the loop's heap), which
+at tens of thousands of handler runs per second is a large share of a core. Long-lived runner
+tasks pull units from one deque, and a single watchdog cancels a runner whose handler is
+past its deadline (precision: ``WATCHDOG_TICK``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from ._backoff import decide
+from ._dispatch import Delivery, Kind, Outcome, error_text
+from ._models import Context
+from ._registry import Handler
+
+log = logging.getLogger("pgqueue.worker")
+
+Unit = tuple[Delivery, Handler, int, Any]  # delivery, handler, prior attempts, decoded payload
+WATCHDOG_TICK = 0.05
+
+
+def validation_text(handler: Handler, exc: ValidationError) -> str:
+    """A one-line validation error naming fields, never values (they may be personal data)."""
+    model = handler.model.__name__ if handler.model else "payload"
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+    )
+    return f"ValidationError: payload does not match {model}: {problems}"
+
+
+def failure_text(handler: Handler, exc: BaseException) -> str:
+    """The error stored for a failed attempt."""
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
+    return error_text(exc)
+
+
+class Runners:
+    """Runs units on ``concurrency`` tasks and reports each outcome to ``record``."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        record: Callable[[Delivery, Handler, Outcome], None],
+        stopping: Callable[[], bool],
+        pool: Any,
+        schema: str,
+    ) -> None:
+        self.units: deque[Unit] = deque()
+        self._record = record
+        self._stopping = stopping
+        self._pool = pool
+        self._schema = schema
+        self._work = asyncio.Event()
+        self._deadlines = [math.inf] * concurrency
+        self._timed_out = [False] * concurrency
+        self.tasks: list[asyncio.Task[None]] = []
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start(self) -> list[asyncio.Task[None]]:
+        """Start the runner tasks and the watchdog; return every task started."""
+        self.tasks = [asyncio.create_task(self._run(i)) for i in range(len(self._deadlines))]
+        self._watchdog = asyncio.create_task(self._watch())
+        return [*self.tasks, self._watchdog]
+
+    def submit(self, units: Iterable[Unit]) -> None:
+        """Queue units and wake idle runners."""
+        self.units.extend(units)
+        self._work.set()
+
+    async def cancel(self) -> None:
+        """Cancel every runner: the unit each was running is recorded as interrupted."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadlines, timed_out = self._deadlines, self._timed_out
+        while True:
+            await asyncio.sleep(WATCHDOG_TICK)
+            now = loop.time()
+            for i, deadline in enumerate(deadlines):
+                if deadline < now and not timed_out[i]:
+                    timed_out[i] = True
+                    self.tasks[i].cancel()
+
+    async def _run(self, slot: int) -> None:
+        units = self.units
+        while True:
+            while units:
+                delivery, handler, prior, payload = units.popleft()
+                await self._run_unit(slot, delivery, handler, prior, payload)
+            self._work.clear()
+            await self._work.wait()
+
+    async def _run_unit(
+        self, slot: int, d: Delivery, handler: Handler, prior: int, payload: Any
+    ) -> None:
+        outcome: Outcome | None = None
+        attempts = prior
+        last_error: str | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                value = handler.parse(payload)
+            except ValidationError as exc:
+                outcome = Outcome(Kind.DEAD, prior + 1, validation_text(handler, exc))
+            while outcome is None:
+                attempts += 1
+                ctx = Context(
+                    d.row.id,
+                    d.row.event_type,
+                    handler.name,
+                    attempts,
+                    d.row.created_at,
+                    self._pool,
+                    self._schema,
+                )
+                try:
+                    await self._call(slot, loop, handler, value, ctx)
+                    # A success after quick retries keeps the last error for the record.
+                    outcome = Outcome(Kind.DONE, attempts, last_error)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # custom BaseExceptions are failures too
+                    if isinstance(exc, asyncio.CancelledError):
+                        task = self.tasks[slot]
+                        if not self._timed_out[slot] and task.cancelling():
+                            raise  # shutdown: handled below
+                        if self._timed_out[slot]:
+                            self._timed_out[slot] = False
+                            task.uncancel()
+                            exc = TimeoutError()
+                        # else: the handler awaited something cancelled elsewhere: a failure
+                    outcome = await self._failed(d, handler, attempts, exc)
+                    last_error = failure_text(handler, exc)
+        except asyncio.CancelledError:
+            # Shutdown past its drain timeout: hand this attempt back, it did not count.
+            self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
+            raise
+        self._record(d, handler, outcome)
+
+    async def _call(
+        self,
+        slot: int,
+        loop: asyncio.AbstractEventLoop,
+        handler: Handler,
+        value: Any,
+        ctx: Context,
+    ) -> None:
+        if handler.timeout is not None:
+            self._deadlines[slot] = loop.time() + handler.timeout
+        try:
+            await handler(value, ctx)
+        finally:
+            self._deadlines[slot] = math.inf
+        if self._timed_out[slot]:  # the handler swallowed our cancel and finished anyway
+            self._timed_out[slot] = False
+            self.tasks[slot].uncancel()
+
+    async def _failed(
+        self, d: Delivery, handler: Handler, attempts: int, exc: BaseException
+    ) -> Outcome | None:
+        """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
+        text = failure_text(handler, exc)
+        verdict = decide(handler.policy, attempts, d.elapsed, exc)
+        if verdict.dead:
+            log.warning(
+                "event %d handler %s is dead after %d attempt(s): %s",
+                d.row.id,
+                handler.name,
+                attempts,
+                type(exc).__name__,
+            )
+            return Outcome(Kind.DEAD, attempts, text)
+        if verdict.delay <= handler.policy.inline_max_wait and not self._stopping() and not d.lost:
+            await asyncio.sleep(verdict.delay)
+            return None
+        return Outcome(Kind.RETRY, attempts, text, verdict.delay)
