@@ -123,7 +123,7 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
     for statement, args in [
         (q.complete_done, ([1, 2], token)),
         (q.heartbeat, ([1, 2], [token, token], 30.0)),
-        (q.rescue, (1000,)),
+        (q.rescue, (1000, [token])),
         (q.next_due, ("default", ["t"])),
     ]:
         nodes = await _explain(conn, statement, *args)
