@@ -1,0 +1,138 @@
+"""What every ``pgqueue`` command shares: the click group, common options, database access,
+parsing of durations and times, confirmation and tables."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+
+from ._db import connect
+from ._errors import ConfigurationError
+from ._migrate import check_schema
+from ._settings import DEFAULT_SCHEMA, mask_dsn
+
+T = TypeVar("T")
+EMBEDDED_DIR = Path(".pgqueue") / "pg"
+
+DSN_HELP = (
+    "PostgreSQL DSN (postgresql://user:pass@host:port/db). Default: $PGQUEUE_DSN, then "
+    "$DATABASE_URL."
+)
+
+
+def dsn_option(required_note: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--dsn",
+        envvar=["PGQUEUE_DSN", "DATABASE_URL"],
+        default=None,
+        show_envvar=True,
+        help=DSN_HELP + required_note,
+    )
+
+
+def schema_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--schema",
+        envvar="PGQUEUE_SCHEMA",
+        default=DEFAULT_SCHEMA,
+        show_default=True,
+        show_envvar=True,
+        help="Schema that holds the pgqueue tables.",
+    )(fn)
+
+
+def echo_err(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+
+
+@contextlib.asynccontextmanager
+async def database(dsn: str | None, *, embedded_ok: bool) -> AsyncIterator[str]:
+    """Yield a DSN: the given one, or (where allowed) a bundled server started for this run."""
+    if dsn:
+        yield dsn
+        return
+    if not embedded_ok:
+        raise ConfigurationError(
+            "no database given: pass --dsn postgresql://user@host/db or set PGQUEUE_DSN"
+        )
+    from ._embedded import EmbeddedPostgres  # only needed without a DSN
+
+    server = EmbeddedPostgres(EMBEDDED_DIR.resolve())
+    started = await asyncio.to_thread(server.start)
+    click.echo(f"no --dsn given: {server.description}", err=True)
+    try:
+        yield started
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def with_conn(
+    dsn: str, schema: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, check: bool = True
+) -> T:
+    conn = await connect(dsn)
+    try:
+        if check:
+            await check_schema(conn, schema, dsn_hint=mask_dsn(dsn))
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration; use e.g. 30s, 10m, 2h, 1d")
+    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return float(match.group(1)) * factor
+
+
+def parse_run_at(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 time; use e.g. 2026-12-01T09:00:00+00:00"
+        ) from None
+    if value.tzinfo is None:
+        raise click.BadParameter(f"{text!r} has no time zone; add one, e.g. +00:00 or Z")
+    return value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pgqueue")
+def cli() -> None:
+    """pgqueue: a Postgres-only job queue and transactional outbox.
+
+    Environment variables: PGQUEUE_DSN, then DATABASE_URL (the database); PGQUEUE_SCHEMA
+    (the schema, default pgqueue).
+    """
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+
+
+def confirm(yes: bool, question: str) -> None:
+    """Ask before a destructive operation; without a terminal, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise click.UsageError("no terminal to confirm on: pass --yes (or --dry-run)")
+    if not click.confirm(question, default=False):
+        raise click.exceptions.Abort()

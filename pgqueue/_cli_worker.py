@@ -1,0 +1,269 @@
+"""The worker and demo commands, and the supervisor behind ``--processes``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from ._cli_common import cli, database, dsn_option, schema_option, with_conn
+from ._errors import ConfigurationError
+from ._migrate import migrate
+from ._registry import Registry, load_registry
+from ._settings import WorkerSettings, validate_schema
+from ._worker import Worker
+
+
+@cli.command("worker")
+@dsn_option(" Without any, a bundled PostgreSQL is started (and migrated) for this run.")
+@schema_option
+@click.option(
+    "--handlers",
+    "handlers_path",
+    default="handlers:registry",
+    show_default=True,
+    envvar="PGQUEUE_HANDLERS",
+    show_envvar=True,
+    help="MODULE:ATTRIBUTE of the pgqueue.Registry to serve.",
+)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    default=("default",),
+    show_default=True,
+    help="Queue to serve (repeat for several).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Handlers running at once.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=1000,
+    show_default=True,
+    help="Events claimed per statement.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.001, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between polls when NOTIFY is silent.",
+)
+@click.option(
+    "--lease",
+    "lease_seconds",
+    type=click.FloatRange(0.1, 86_400),
+    default=30.0,
+    show_default=True,
+    help="Seconds a claim lasts without a heartbeat.",
+)
+@click.option(
+    "--heartbeat",
+    "heartbeat_seconds",
+    type=click.FloatRange(0.01, 86_400),
+    default=None,
+    help="Seconds between lease renewals [default: lease / 3].",
+)
+@click.option(
+    "--rescue-interval",
+    type=click.FloatRange(0.01, 3600),
+    default=5.0,
+    show_default=True,
+    help="Seconds between scans for expired leases.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(0, 86_400),
+    default=10.0,
+    show_default=True,
+    help="Seconds to let in-flight handlers finish on SIGINT/SIGTERM.",
+)
+@click.option("--burst", is_flag=True, help="Exit 0 once nothing is ready.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes to run (one event loop each; use one per core).",
+)
+@click.option("--no-listen", is_flag=True, help="Poll only (no LISTEN), e.g. behind PgBouncer.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def worker_cmd(
+    dsn: str | None,
+    schema: str,
+    handlers_path: str,
+    queues: tuple[str, ...],
+    concurrency: int,
+    batch_size: int,
+    poll_interval: float,
+    lease_seconds: float,
+    heartbeat_seconds: float | None,
+    rescue_interval: float,
+    shutdown_timeout: float,
+    burst: bool,
+    processes: int,
+    no_listen: bool,
+    log_level: str,
+) -> None:
+    """Run the handlers of --handlers for every event written to the outbox.
+
+    SIGINT/SIGTERM stop claiming and let in-flight handlers finish (up to
+    --shutdown-timeout); a second signal hands everything back at once.
+    """
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = _settings(
+        schema=schema,
+        queues=queues,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        rescue_interval=rescue_interval,
+        shutdown_timeout=shutdown_timeout,
+        burst=burst,
+        listen=not no_listen,
+    )
+    registry = _load(handlers_path)
+
+    async def main() -> None:
+        async with database(dsn, embedded_ok=True) as real_dsn:
+            if not dsn:
+                await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
+            if processes > 1:
+                await _run_processes(processes, real_dsn)
+                return
+            worker = Worker(real_dsn, registry, settings)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, worker.request_stop)
+            stats = await worker.run()
+        if burst:
+            click.echo(
+                f"burst done: {stats.done} done, {stats.retried} retried later, {stats.dead} dead"
+            )
+
+    asyncio.run(main())
+
+
+async def _run_processes(count: int, dsn: str) -> None:
+    """Run ``count`` copies of this worker command as child processes and supervise them.
+
+    SIGINT/SIGTERM are passed on to every child (a second one too); the parent exits when all
+    children have, with the first non-zero exit code.
+    """
+    args = _child_args(sys.argv[1:])
+    env = {**os.environ, "PGQUEUE_DSN": dsn}  # never on a command line: ps shows those
+    children = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, *args, env=env)
+        for _ in range(count)
+    ]
+    loop = asyncio.get_running_loop()
+
+    def forward(sig: signal.Signals) -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, forward, sig)
+    codes = await asyncio.gather(*(child.wait() for child in children))
+    bad = [c for c in codes if c != 0]
+    if bad:
+        raise SystemExit(bad[0])
+
+
+_CHILD = "from pgqueue._cli import main; main()"
+
+
+def _child_args(argv: list[str]) -> list[str]:
+    """This command line without --processes and --dsn (the child gets the DSN by env)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--processes", "--dsn"):
+            skip = True
+            continue
+        if arg.startswith(("--processes=", "--dsn=")):
+            continue
+        out.append(arg)
+    return out
+
+
+def _settings(**values: Any) -> WorkerSettings:
+    try:
+        return WorkerSettings(schema_name=values.pop("schema"), **values)
+    except ValueError as exc:  # pydantic ValidationError: report the first problem only
+        errors: list[Any] = getattr(exc, "errors", list)()
+        if errors:
+            first = errors[0]
+            cause = first.get("ctx", {}).get("error")
+            raise ConfigurationError(
+                str(cause) if cause else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            ) from None
+        raise ConfigurationError(str(exc)) from None
+
+
+def _load(path: str) -> Registry:
+    # Like uvicorn and celery: the current directory is importable, so `--handlers
+    # handlers:registry` works from a project root even when run as a console script.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return load_registry(path)
+
+
+@cli.command("demo")
+@dsn_option(" Without any, a bundled PostgreSQL is started for the demo.")
+@schema_option
+@click.option(
+    "--demo",
+    "demo_path",
+    default="handlers.demo:run",
+    show_default=True,
+    help="MODULE:FUNCTION of the demo scenario.",
+)
+def demo_cmd(dsn: str | None, schema: str, demo_path: str) -> None:
+    """Checkout with synchronous post-purchase work vs. with the outbox, side by side."""
+    validate_schema(schema)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attr = demo_path.partition(":")
+    try:
+        import importlib
+
+        scenario = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(
+            f"cannot load the demo {demo_path!r} ({exc}); run it from the "
+            "pgqueue source tree or pass --demo MODULE:FUNCTION"
+        ) from exc
+
+    async def main() -> None:
+        async with database(dsn, embedded_ok=True) as real_dsn:
+            await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
+            await scenario(real_dsn, schema, click.echo)
+
+    asyncio.run(main())
