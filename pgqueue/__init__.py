@@ -25,10 +25,10 @@ from ._errors import (
     SchemaError,
 )
 from ._migrate import migrate
-from ._models import Context, Event, EventState, HandlerState
+from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
 from ._settings import WorkerSettings
-from ._worker import Worker, WorkerStats
+from ._worker import Worker
 
 __all__ = [
     "ConfigurationError",

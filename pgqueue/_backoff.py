@@ -128,3 +128,9 @@ def is_transient(error: BaseException) -> bool:
 def reconnect_delay(failures: int) -> float:
     """Seconds to wait before reconnect number ``failures`` (1-based): 0.1 s doubling to 5 s."""
     return float(min(5.0, 0.1 * 2 ** max(failures - 1, 0)))
+
+
+def describe_error(exc: BaseException) -> str:
+    """The exception's type and SQLSTATE for logs (never its message: it may quote data)."""
+    state = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}" + (f" [{state}]" if state else "")

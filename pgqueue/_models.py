@@ -104,3 +104,17 @@ class Event(BaseModel):
     run_at: dt.datetime | None = None
     idempotency_key: str | None = None
     queue: str = "default"
+
+
+@dataclass
+class WorkerStats:
+    """Counters of one worker run (for logs, burst summaries and tests)."""
+
+    claimed: int = 0
+    done: int = 0
+    retried: int = 0
+    dead: int = 0
+    handed_back: int = 0
+    lost_leases: int = 0
+    rescued: int = 0
+    loop_stalls: int = 0

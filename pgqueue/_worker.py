@@ -29,15 +29,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from ._backoff import is_transient, reconnect_delay
+from ._backoff import describe_error, is_transient, reconnect_delay
+from ._completer import Completer
 from ._db import create_pool
 from ._dispatch import (
-    Completion,
     Delivery,
     Kind,
     Outcome,
@@ -48,34 +47,16 @@ from ._dispatch import (
     plan,
 )
 from ._errors import RegistryError
+from ._leases import LeaseKeeper
 from ._listener import Listener
 from ._migrate import check_schema
+from ._models import WorkerStats
 from ._queries import ClaimedRow, Queries, queries_for
 from ._registry import Handler, Registry
 from ._runner import Runners
 from ._settings import WorkerSettings, mask_dsn
 
 log = logging.getLogger("pgqueue.worker")
-
-
-@dataclass
-class WorkerStats:
-    """Counters of one worker run (for logs, burst summaries and tests)."""
-
-    claimed: int = 0
-    done: int = 0
-    retried: int = 0
-    dead: int = 0
-    handed_back: int = 0
-    lost_leases: int = 0
-    rescued: int = 0
-    loop_stalls: int = 0
-
-
-def _describe(exc: BaseException) -> str:
-    """The exception's type and SQLSTATE for logs (never its message: it may quote data)."""
-    state = getattr(exc, "sqlstate", None)
-    return f"{type(exc).__name__}" + (f" [{state}]" if state else "")
 
 
 class Worker:
@@ -102,9 +83,7 @@ class Worker:
         self._max_inflight = 2 * self.settings.batch_size
         self._inflight: dict[int, Delivery] = {}
         self._suspects: deque[Delivery] = deque()
-        self._buffer: list[Completion] = []
         self._wakeup = asyncio.Event()
-        self._flush = asyncio.Event()
         self._progress = asyncio.Event()
         self._force = asyncio.Event()
         self._stopping = False
@@ -112,6 +91,7 @@ class Worker:
         self._pool: asyncpg.Pool | None = None
         self._handler_pool: asyncpg.Pool | None = None
         self._runners: Runners | None = None
+        self._completer: Completer | None = None
 
     # -- control ------------------------------------------------------------------------------
 
@@ -144,7 +124,7 @@ class Worker:
         exc = task.exception()
         if exc is None:
             return
-        log.error("worker task failed (%s); stopping the worker", _describe(exc), exc_info=exc)
+        log.error("worker task failed (%s); stopping the worker", describe_error(exc), exc_info=exc)
         self._fatal = exc
         self.request_stop()
         self.request_stop()
@@ -193,12 +173,21 @@ class Worker:
                 self._handler_pool,
                 s.schema_name,
             )
+            self._completer = Completer(
+                self._pool,
+                self._queries,
+                self._inflight,
+                self.stats,
+                self._progress.set,
+                self._after_error,
+            )
+            leases = LeaseKeeper(
+                self._pool, self._queries, s, self._inflight, self.stats, self._wakeup.set
+            )
             tasks = [
                 *self._runners.start(),
-                asyncio.create_task(self._completer()),
-                asyncio.create_task(self._heartbeat()),
-                asyncio.create_task(self._rescuer()),
-                asyncio.create_task(self._watch_loop()),
+                asyncio.create_task(self._completer.run()),
+                *leases.start(),
             ]
             if s.listen and not s.burst:
                 listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
@@ -253,7 +242,7 @@ class Worker:
                     raise
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning("claim failed (%s); retrying in %.1fs", _describe(exc), delay)
+                log.warning("claim failed (%s); retrying in %.1fs", describe_error(exc), delay)
                 await self._after_error(exc)
                 await self._sleep_or_wake(delay)
                 continue
@@ -400,150 +389,8 @@ class Worker:
 
     def _complete(self, d: Delivery) -> None:
         completion = finish(d, self.registry.handlers_for(d.row.event_type))
-        self._buffer.append(completion)
-        self._flush.set()
-
-    # -- recording outcomes -------------------------------------------------------------------
-
-    async def _completer(self) -> None:
-        while True:
-            await self._flush.wait()
-            self._flush.clear()
-            await self._write_all()
-
-    async def _write_all(self) -> None:
-        failures = 0
-        while self._buffer:
-            batch, self._buffer = self._buffer, []
-            try:
-                await self._write(batch)
-                failures = 0
-            except Exception as exc:
-                # Never give up on recorded outcomes: a dead completer would leave events
-                # running for ever while the heartbeat keeps their leases alive.
-                self._buffer[:0] = batch
-                await self._after_error(exc)
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.log(
-                    logging.WARNING if is_transient(exc) else logging.ERROR,
-                    "recording outcomes failed (%s); retrying in %.1fs",
-                    _describe(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-
-    async def _write(self, batch: list[Completion]) -> None:
-        assert self._pool is not None
-        happy = [c for c in batch if c.happy]
-        other = [c for c in batch if not c.happy]
-        written: list[int] = []
-        async with self._pool.acquire() as conn:
-            by_token: dict[uuid.UUID, list[int]] = {}
-            for c in happy:
-                by_token.setdefault(c.token, []).append(c.id)
-            for token, ids in by_token.items():
-                written += await self._queries.complete_done_batch(conn, ids, token)
-            if other:
-                written += await self._queries.complete_batch(
-                    conn,
-                    [c.id for c in other],
-                    [c.token for c in other],
-                    [c.state for c in other],
-                    [c.delay for c in other],
-                    [c.refund for c in other],
-                    [c.handlers for c in other],
-                    [c.error for c in other],
-                )
-        self._account(batch, set(written))
-
-    def _account(self, batch: list[Completion], written: set[int]) -> None:
-        stats = self.stats
-        for c in batch:
-            self._inflight.pop(c.id, None)
-            if c.id not in written:
-                stats.lost_leases += 1
-                log.warning(
-                    "event %d: lease lost before its outcome was recorded; another "
-                    "worker owns it now, outcome discarded",
-                    c.id,
-                )
-            elif c.state == "done":
-                stats.done += 1
-            elif c.state == "dead":
-                stats.dead += 1
-            elif c.refund:
-                stats.handed_back += 1
-            else:
-                stats.retried += 1
-        self._progress.set()
-
-    # -- leases -------------------------------------------------------------------------------
-
-    async def _heartbeat(self) -> None:
-        assert self._pool is not None
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
-            held = list(self._inflight.values())
-            if not held:
-                continue
-            try:
-                async with self._pool.acquire() as conn:
-                    renewed = set(
-                        await self._queries.extend_leases(
-                            conn,
-                            [d.row.id for d in held],
-                            [d.token for d in held],
-                            self.settings.lease_seconds,
-                        )
-                    )
-            except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
-                log.warning("lease renewal failed (%s); will retry", _describe(exc))
-                continue
-            for d in held:
-                if d.row.id not in renewed and d.row.id in self._inflight and not d.lost:
-                    d.lost = True
-                    log.warning("event %d: lease lost (expired and taken over)", d.row.id)
-
-    async def _rescuer(self) -> None:
-        assert self._pool is not None
-        while True:
-            await asyncio.sleep(self.settings.rescue_interval)
-            try:
-                async with self._pool.acquire() as conn:
-                    held = {d.token for d in self._inflight.values()}
-                    rows = await self._queries.rescue_expired(conn, list(held))
-            except Exception as exc:
-                log.warning("rescue scan failed (%s); will retry", _describe(exc))
-                continue
-            if rows:
-                self.stats.rescued += len(rows)
-                self._wakeup.set()
-                workers = sorted({r["leased_by"] or "?" for r in rows})
-                log.warning(
-                    "rescued %d event(s) whose lease expired (workers: %s)",
-                    len(rows),
-                    ", ".join(workers),
-                )
-
-    async def _watch_loop(self, tick: float = 0.25, limit: float = 1.0) -> None:
-        """Report handlers that block the event loop (no await for ``limit`` seconds).
-
-        A blocked loop stops heartbeats too, so leases may expire under a live worker: the
-        log line names the cure (``asyncio.to_thread`` for blocking calls).
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(tick)
-            stall = loop.time() - before - tick
-            if stall >= limit:
-                self.stats.loop_stalls += 1
-                log.warning(
-                    "event loop blocked for %.1fs: a handler is doing blocking work; run it "
-                    "with asyncio.to_thread (leases are not renewed while the loop is blocked)",
-                    stall,
-                )
+        assert self._completer is not None
+        self._completer.add(completion)
 
     # -- shutdown -----------------------------------------------------------------------------
 

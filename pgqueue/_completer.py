@@ -1,0 +1,121 @@
+"""Recording outcomes: one statement per flush, fenced by lease token.
+
+While one flush runs the next batch accumulates, so batches grow with load and latency stays
+low when idle. A flush that fails is retried for ever (with backoff): a completer that gave up
+would leave events running while the heartbeat keeps their leases alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._backoff import describe_error, is_transient, reconnect_delay
+from ._dispatch import Completion, Delivery
+from ._models import WorkerStats
+from ._queries import Queries
+
+log = logging.getLogger("pgqueue.worker")
+
+
+class Completer:
+    """Buffers finished events and writes them in batches."""
+
+    def __init__(
+        self,
+        pool: Any,
+        queries: Queries,
+        inflight: dict[int, Delivery],
+        stats: WorkerStats,
+        on_progress: Callable[[], None],
+        after_error: Callable[[BaseException], Awaitable[None]],
+    ) -> None:
+        self.buffer: list[Completion] = []
+        self._pool = pool
+        self._queries = queries
+        self._inflight = inflight
+        self._stats = stats
+        self._on_progress = on_progress
+        self._after_error = after_error
+        self._flush = asyncio.Event()
+
+    def add(self, completion: Completion) -> None:
+        """Queue one event's outcome for the next flush."""
+        self.buffer.append(completion)
+        self._flush.set()
+
+    async def run(self) -> None:
+        """Write outcomes as they come, one flush at a time, until cancelled."""
+        while True:
+            await self._flush.wait()
+            self._flush.clear()
+            await self.write_all()
+
+    async def write_all(self) -> None:
+        failures = 0
+        while self.buffer:
+            batch, self.buffer = self.buffer, []
+            try:
+                await self._write(batch)
+                failures = 0
+            except Exception as exc:
+                # Never give up on recorded outcomes: a dead completer would leave events
+                # running for ever while the heartbeat keeps their leases alive.
+                self.buffer[:0] = batch
+                await self._after_error(exc)
+                failures += 1
+                delay = reconnect_delay(failures)
+                log.log(
+                    logging.WARNING if is_transient(exc) else logging.ERROR,
+                    "recording outcomes failed (%s); retrying in %.1fs",
+                    describe_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _write(self, batch: list[Completion]) -> None:
+        happy = [c for c in batch if c.happy]
+        other = [c for c in batch if not c.happy]
+        written: list[int] = []
+        async with self._pool.acquire() as conn:
+            by_token: dict[uuid.UUID, list[int]] = {}
+            for c in happy:
+                by_token.setdefault(c.token, []).append(c.id)
+            for token, ids in by_token.items():
+                written += await self._queries.complete_done_batch(conn, ids, token)
+            if other:
+                written += await self._queries.complete_batch(
+                    conn,
+                    [c.id for c in other],
+                    [c.token for c in other],
+                    [c.state for c in other],
+                    [c.delay for c in other],
+                    [c.refund for c in other],
+                    [c.handlers for c in other],
+                    [c.error for c in other],
+                )
+        self._account(batch, set(written))
+
+    def _account(self, batch: list[Completion], written: set[int]) -> None:
+        stats = self._stats
+        for c in batch:
+            self._inflight.pop(c.id, None)
+            if c.id not in written:
+                stats.lost_leases += 1
+                log.warning(
+                    "event %d: lease lost before its outcome was recorded; another "
+                    "worker owns it now, outcome discarded",
+                    c.id,
+                )
+            elif c.state == "done":
+                stats.done += 1
+            elif c.state == "dead":
+                stats.dead += 1
+            elif c.refund:
+                stats.handed_back += 1
+            else:
+                stats.retried += 1
+        self._on_progress()

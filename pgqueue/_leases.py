@@ -1,0 +1,108 @@
+"""Keeping leases: the heartbeat renews ours, the rescuer frees those of dead workers, and a
+watchdog reports handlers that block the event loop (which would stop the heartbeat)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._backoff import describe_error
+from ._dispatch import Delivery
+from ._models import WorkerStats
+from ._queries import Queries
+from ._settings import WorkerSettings
+
+log = logging.getLogger("pgqueue.worker")
+
+
+class LeaseKeeper:
+    """The worker's lease maintenance tasks."""
+
+    def __init__(
+        self,
+        pool: Any,
+        queries: Queries,
+        settings: WorkerSettings,
+        inflight: dict[int, Delivery],
+        stats: WorkerStats,
+        wake: Callable[[], None],
+    ) -> None:
+        self._pool = pool
+        self._queries = queries
+        self.settings = settings
+        self._inflight = inflight
+        self.stats = stats
+        self._wake = wake
+
+    def start(self) -> list[asyncio.Task[None]]:
+        """Start heartbeat, rescuer and loop watchdog; return the tasks."""
+        return [
+            asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._rescuer()),
+            asyncio.create_task(self._watch_loop()),
+        ]
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            held = list(self._inflight.values())
+            if not held:
+                continue
+            try:
+                async with self._pool.acquire() as conn:
+                    renewed = set(
+                        await self._queries.extend_leases(
+                            conn,
+                            [d.row.id for d in held],
+                            [d.token for d in held],
+                            self.settings.lease_seconds,
+                        )
+                    )
+            except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
+                log.warning("lease renewal failed (%s); will retry", describe_error(exc))
+                continue
+            for d in held:
+                if d.row.id not in renewed and d.row.id in self._inflight and not d.lost:
+                    d.lost = True
+                    log.warning("event %d: lease lost (expired and taken over)", d.row.id)
+
+    async def _rescuer(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.rescue_interval)
+            try:
+                async with self._pool.acquire() as conn:
+                    held = {d.token for d in self._inflight.values()}
+                    rows = await self._queries.rescue_expired(conn, list(held))
+            except Exception as exc:
+                log.warning("rescue scan failed (%s); will retry", describe_error(exc))
+                continue
+            if rows:
+                self.stats.rescued += len(rows)
+                self._wake()
+                workers = sorted({r["leased_by"] or "?" for r in rows})
+                log.warning(
+                    "rescued %d event(s) whose lease expired (workers: %s)",
+                    len(rows),
+                    ", ".join(workers),
+                )
+
+    async def _watch_loop(self, tick: float = 0.25, limit: float = 1.0) -> None:
+        """Report handlers that block the event loop (no await for ``limit`` seconds).
+
+        A blocked loop stops heartbeats too, so leases may expire under a live worker: the
+        log line names the cure (``asyncio.to_thread`` for blocking calls).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(tick)
+            stall = loop.time() - before - tick
+            if stall >= limit:
+                self.stats.loop_stalls += 1
+                log.warning(
+                    "event loop blocked for %.1fs: a handler is doing blocking work; run it "
+                    "with asyncio.to_thread (leases are not renewed while the loop is blocked)",
+                    stall,
+                )
