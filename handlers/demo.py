@@ -95,8 +95,10 @@ async def run(dsn: str, schema: str, echo: Callable[[str], None]) -> None:
             "SELECT (SELECT count(*) FROM shop.emails WHERE order_id = $1) AS emails, "
             "(SELECT count(*) FROM shop.shipments WHERE order_id = $1) AS shipments, "
             "(SELECT count(*) FROM shop.analytics WHERE order_id = $1) AS analytics, "
-            "(SELECT count(*) FROM shop.loyalty WHERE order_id = $1) AS loyalty",
+            "(SELECT count(*) FROM shop.loyalty WHERE order_id = $1) AS loyalty, "
+            "(SELECT count(*) FROM shop.crm_contacts WHERE email = $2) AS crm_contacts",
             order_id,
+            "grace@example.com",
         )
         echo(
             "   effects for order {}: {}".format(
