@@ -47,6 +47,14 @@ ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, idempotency_key
 """
 
+# $1 event types, $2 payloads (JSON text). INSERT_MANY for chunks with every other column
+# defaulted: no ordinality, no conflict arbiter, two arrays instead of five.
+INSERT_PLAIN = """
+INSERT INTO {s}.outbox (event_type, payload)
+SELECT t, p::jsonb FROM unnest($1::text[], $2::text[]) AS i(t, p)
+RETURNING id
+"""
+
 # $1 event id, $2 handler name
 RECORD_EFFECT = """
 INSERT INTO {s}.effects (event_id, handler) VALUES ($1, $2)
@@ -258,6 +266,7 @@ class Queries:
         self.id_by_key = ID_BY_KEY.format(s=s)
         self.ids_by_keys = IDS_BY_KEYS.format(s=s)
         self.insert_many = INSERT_MANY.format(s=s)
+        self.insert_plain = INSERT_PLAIN.format(s=s)
         self.record_effect = RECORD_EFFECT.format(s=s)
         self.claim = CLAIM.format(s=s)
         self.complete_done = COMPLETE_DONE.format(s=s)
@@ -320,6 +329,15 @@ class Queries:
             else:
                 ids.append(existing[key])
         return ids
+
+    async def insert_plain_events(
+        self, conn: asyncpg.Connection, types: Sequence[str], payloads: Sequence[str]
+    ) -> list[int]:
+        """Insert events with default run_at, queue and no key; return ids in input order.
+
+        Identity values are assigned in insertion order, which follows the array order.
+        """
+        return sorted(r[0] for r in await conn.fetch(self.insert_plain, types, payloads))
 
     async def claim_batch(
         self,
