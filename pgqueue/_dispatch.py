@@ -70,6 +70,7 @@ class Delivery:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     waiting: int = 0
     lost: bool = False
+    completed: bool = False  # outcome handed to the completer (its fenced write decides)
 
     @property
     def db_now(self) -> float:

@@ -63,10 +63,26 @@ class LeaseKeeper:
             except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
                 log.warning("lease renewal failed (%s); will retry", describe_error(exc))
                 continue
-            for d in held:
-                if d.row.id not in renewed and d.row.id in self._inflight and not d.lost:
-                    d.lost = True
-                    log.warning("event %d: lease lost (expired and taken over)", d.row.id)
+            # An event whose outcome is already with the completer may be written (done) by
+            # now: not renewed, but not lost either; the completer's fenced write tells.
+            lost = [
+                d
+                for d in held
+                if d.row.id not in renewed
+                and not d.completed
+                and not d.lost
+                and d.row.id in self._inflight
+            ]
+            for d in lost:
+                d.lost = True
+            if lost:
+                shown = ", ".join(str(d.row.id) for d in lost[:10])
+                log.warning(
+                    "lease lost for %d running event(s) (expired and taken over): %s%s",
+                    len(lost),
+                    shown,
+                    " ..." if len(lost) > 10 else "",
+                )
 
     async def _rescuer(self) -> None:
         while True:

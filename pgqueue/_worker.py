@@ -398,6 +398,7 @@ class Worker:
             self._complete(d)
 
     def _complete(self, d: Delivery) -> None:
+        d.completed = True
         completion = finish(d, self._handlers[d.row.event_type])
         assert self._completer is not None
         self._completer.add(completion)
