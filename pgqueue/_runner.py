@@ -61,7 +61,9 @@ class Runners:
         self._stopping = stopping
         self._pool = pool
         self._schema = schema
-        self._work = asyncio.Event()
+        # One future per idle runner: a submit wakes only as many runners as it has units
+        # (one shared Event woke all of them, ~100 task switches per small batch).
+        self._idle: deque[asyncio.Future[None]] = deque()
         self._deadlines = [math.inf] * concurrency
         self._timed_out = [False] * concurrency
         self.tasks: list[asyncio.Task[None]] = []
@@ -75,8 +77,15 @@ class Runners:
 
     def submit(self, units: Iterable[Unit]) -> None:
         """Queue units and wake idle runners."""
+        before = len(self.units)
         self.units.extend(units)
-        self._work.set()
+        wanted = len(self.units) - before
+        idle = self._idle
+        while wanted > 0 and idle:
+            waiter = idle.popleft()
+            if not waiter.done():  # a cancelled runner leaves a done future behind
+                waiter.set_result(None)
+                wanted -= 1
 
     async def cancel(self) -> None:
         """Cancel every runner: the unit each was running is recorded as interrupted."""
@@ -97,12 +106,14 @@ class Runners:
 
     async def _run(self, slot: int) -> None:
         units = self.units
+        loop = asyncio.get_running_loop()
         while True:
             while units:
                 delivery, handler, prior, payload = units.popleft()
                 await self._run_unit(slot, delivery, handler, prior, payload)
-            self._work.clear()
-            await self._work.wait()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._idle.append(waiter)
+            await waiter
 
     async def _run_unit(
         self, slot: int, d: Delivery, handler: Handler, prior: int, payload: Any
