@@ -156,6 +156,7 @@ class Registry:
         return tuple(self._handlers.get(event_type, {}).values())
 
     def __iter__(self) -> typing.Iterator[Handler]:
+        """Every registered handler, type by type."""
         for for_type in self._handlers.values():
             yield from for_type.values()
 

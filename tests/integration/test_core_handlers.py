@@ -33,6 +33,30 @@ class Order(BaseModel):
 # -- 5. fan-out with quick retries ------------------------------------------------------------
 
 
+async def run_until_done(
+    db_dsn: str,
+    registry: pgqueue.Registry,
+    conn: asyncpg.Connection,
+    event_id: int,
+    settings: pgqueue.WorkerSettings,
+    message: str,
+) -> pgqueue.WorkerStats:
+    """Run a long-lived worker until ``event_id`` is done (fails with ``message``), then stop it."""
+    worker = pgqueue.Worker(db_dsn, registry, settings)
+    running = asyncio.create_task(worker.run())
+    try:
+
+        async def done() -> bool:
+            state = await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id)
+            return bool(state == "done")
+
+        await wait_for(done, timeout=15, message=message)
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(running, timeout=15)
+    return worker.stats
+
+
 async def test_fan_out_runs_every_handler_and_retries_only_the_failing_one(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
@@ -117,18 +141,14 @@ async def test_long_wait_becomes_a_durable_retry_and_a_running_worker_finishes_i
     assert row["handlers"]["ledger"]["state"] == "done"
     assert calls == {(event_id, "ledger"): 1, (event_id, "charge"): 1}
 
-    worker = pgqueue.Worker(db_dsn, registry, pgqueue.WorkerSettings(poll_interval=0.5))
-    running = asyncio.create_task(worker.run())
-    try:
-
-        async def done() -> bool:
-            state = await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id)
-            return bool(state == "done")
-
-        await wait_for(done, timeout=15, message="the durable retry never ran")
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(running, timeout=15)
+    await run_until_done(
+        db_dsn,
+        registry,
+        conn,
+        event_id,
+        pgqueue.WorkerSettings(poll_interval=0.5),
+        "the durable retry never ran",
+    )
 
     assert calls == {(event_id, "ledger"): 1, (event_id, "charge"): 2}
     row = await outbox_row(conn, event_id)
@@ -576,19 +596,10 @@ async def _run_until_done(
     db_dsn: str, registry: pgqueue.Registry, conn: asyncpg.Connection, event_id: int
 ) -> None:
     settings = pgqueue.WorkerSettings(rescue_interval=0.05, poll_interval=0.1)
-    worker = pgqueue.Worker(db_dsn, registry, settings)
-    running = asyncio.create_task(worker.run())
-    try:
-
-        async def done() -> bool:
-            state = await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id)
-            return bool(state == "done")
-
-        await wait_for(done, timeout=15, message="the expired lease was never rescued")
-    finally:
-        worker.request_stop()
-        await asyncio.wait_for(running, timeout=15)
-    assert worker.stats.rescued == 1
+    stats = await run_until_done(
+        db_dsn, registry, conn, event_id, settings, "the expired lease was never rescued"
+    )
+    assert stats.rescued == 1
 
 
 async def test_expired_lease_is_rescued_and_the_event_runs(
