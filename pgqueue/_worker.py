@@ -58,6 +58,9 @@ from ._settings import WorkerSettings, mask_dsn
 
 log = logging.getLogger("pgqueue.worker")
 
+# Seconds the claim loop waits for a NOTIFY after a batch shorter than asked for.
+SHORT_BATCH_WAIT = 0.05
+
 
 class Worker:
     """Runs the handlers of a :class:`Registry` against one database until stopped."""
@@ -258,7 +261,17 @@ class Worker:
                 continue
             if full:
                 continue
-            if claimed == 0 and not self._inflight:
+            if claimed and not s.burst:
+                # A short batch took everything ready in the claim's snapshot; rows committed
+                # since then sent a NOTIFY (the wake-up was cleared before the claim). An
+                # immediate second claim would find nothing yet still walk the ready index,
+                # whose dead entries (claimed rows, until VACUUM) grow with every event: at
+                # 10k events/s for 30 s without vacuum that walk reached 1,482 pages (1.4 ms)
+                # per claim (EXPLAIN BUFFERS), and it halves the claims under steady load.
+                # The wait is short so that a delayed event falling due meanwhile (no NOTIFY
+                # announces it) still starts within SHORT_BATCH_WAIT of its run_at.
+                await self._sleep_or_wake(min(s.poll_interval, SHORT_BATCH_WAIT))
+            elif claimed == 0 and not self._inflight:
                 if s.burst:
                     return
                 await self._sleep_or_wake(await self._idle_timeout())
