@@ -308,7 +308,7 @@ def pgqueue_databases(
         run_sync(databases.create_template(pgqueue_schema, pgqueue_setup))
         yield databases
     finally:
-        run_sync(databases.drop_all())
+        databases.close()
 
 
 @pytest.fixture
@@ -318,7 +318,7 @@ def pgqueue_dsn(pgqueue_databases: ScratchDatabases) -> Iterator[str]:
     try:
         yield dsn
     finally:
-        run_sync(pgqueue_databases.drop(name))
+        pgqueue_databases.drop_later(name)
 
 
 @pytest_asyncio.fixture
