@@ -8,6 +8,7 @@ test database name is written to a file, so we can check that every one was drop
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,7 @@ pytest_plugins = ["pytester"]
 
 INNER_CONFTEST = '''
 import pytest
+import re
 from pathlib import Path
 
 pytest_plugins = ["pgqueue.testing"]
@@ -205,3 +207,38 @@ def test_without_a_server_the_database_fixtures_fail_with_what_to_do(
         ]
     )
     assert "Traceback" not in result.stdout.str()
+
+
+# -- the README's example (the checkout handlers of handlers/) --------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_files() -> dict[str, str]:
+    """The README's example files: the python blocks that start with ``# <file name>``."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Testing code that uses pgqueue", 1)[1].split("\n## ", 1)[0]
+    files = {}
+    for block in re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL):
+        first = block.splitlines()[0]
+        match = re.fullmatch(r"# (\w+\.py)\b.*", first)
+        if match:
+            files[match.group(1)] = block
+    return files
+
+
+def test_the_readme_example_tests_the_checkout_handlers(
+    user_suite: pytest.Pytester, admin_dsn: str
+) -> None:
+    files = readme_files()
+    assert sorted(files) == ["conftest.py", "test_checkout.py"]
+    (user_suite.path / "test_checkout.py").unlink()  # the suite above: not this time
+    user_suite.makeini(INNER_INI + f"pythonpath = {ROOT}\n")  # so that `handlers` imports
+    for name, text in files.items():
+        (user_suite.path / name).write_text(text)
+
+    result = user_suite.runpytest_subprocess(
+        "--pgqueue-dsn", admin_dsn, "-n", "0", "-p", "no:cacheprovider", timeout=120
+    )
+
+    result.assert_outcomes(passed=3)
