@@ -292,7 +292,14 @@ class InProcess:
 
     async def _run(self, event: EventResult) -> EventResult:
         handlers = self.registry.handlers_for(event.event_type)
-        results = await asyncio.gather(*(self._run_handler(h, event) for h in handlers))
+        # Running, as a claimed row: a drain started meanwhile (by a handler, or another
+        # task) does not take it again. A cancelled drain hands it back, like a stopping worker.
+        self._events[event.id] = replace(event, state=EventState.RUNNING)
+        try:
+            results = await asyncio.gather(*(self._run_handler(h, event) for h in handlers))
+        except BaseException:
+            self._events[event.id] = event
+            raise
         done = fold(event, handlers, results)
         self._events[event.id] = done
         return done

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,7 @@ from tenacity import stop_after_attempt, stop_after_delay, stop_never, wait_fixe
 import pgqueue
 from pgqueue.testing import assert_dead, assert_enqueued, assert_processed, refute_enqueued
 
+README = Path(__file__).resolve().parents[2] / "README.md"
 QUICK = pgqueue.RetryPolicy(stop=stop_after_attempt(3), wait=wait_none())
 # Waits the worker would make durable (run_at two minutes later).
 SLOW = pgqueue.RetryPolicy(stop=stop_after_attempt(3), wait=wait_fixed(120))
@@ -466,3 +471,56 @@ async def test_testing_assertions_fail_with_what_they_found() -> None:
         await assert_dead(bus, first, handler="fails", error="timeout")
     with pytest.raises(AssertionError, match="no event 5 in the outbox"):
         await assert_processed(bus, 5)
+
+
+async def test_a_drain_inside_a_handler_does_not_run_the_running_event_again() -> None:
+    registry = pgqueue.Registry()
+    bus = pgqueue.InProcess(registry)
+    runs: list[int] = []
+
+    @registry.on("t")
+    async def nested(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
+        runs.append(ctx.event_id)
+        assert bus.event(ctx.event_id).state == "running"
+        await bus.drain()
+
+    await bus.publish("t", {})
+    await drain(bus)
+    assert runs == [1]
+    assert bus.event(1).state == "done"
+
+
+async def test_a_cancelled_drain_hands_the_event_back_and_it_runs_again() -> None:
+    registry = pgqueue.Registry()
+    started = asyncio.Event()
+    release = asyncio.Event()
+    runs: list[int] = []
+
+    @registry.on("t")
+    async def slow(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
+        runs.append(ctx.attempt)
+        started.set()
+        await release.wait()
+
+    bus = pgqueue.InProcess(registry)
+    await bus.publish("t", {})
+    draining = asyncio.create_task(bus.drain())
+    await asyncio.wait_for(started.wait(), timeout=10)
+    draining.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await draining
+
+    assert bus.event(1).state == "pending"
+    release.set()
+    [result] = await drain(bus)
+    assert (result.state, runs) == ("done", [1, 1])
+
+
+def test_the_readme_in_process_example_prints_what_the_readme_shows() -> None:
+    section = README.read_text().split("### In process, without a database", 1)[1]
+    script, output = re.findall(r"```(?:python)?\n(.*?)```", section, flags=re.DOTALL)[:2]
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
