@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import itertools
 import json
@@ -182,7 +183,11 @@ class InProcess:
         self._attempt_limit = attempt_limit
         self._ids = itertools.count(1)
         self._events: dict[int, EventResult] = {}
-        self._staged: list[list[EventResult]] = []  # one list per open transaction()
+        # The open transaction() blocks of the current task (a transaction belongs to one
+        # task, as a database transaction belongs to one connection): one list each.
+        self._staged: contextvars.ContextVar[tuple[list[EventResult], ...]] = (
+            contextvars.ContextVar("pgqueue_inprocess_transactions", default=())
+        )
 
     # -- producing ----------------------------------------------------------------------------
 
@@ -217,8 +222,9 @@ class InProcess:
             created_at=now,
             idempotency_key=idempotency_key,
         )
-        if self._staged:
-            self._staged[-1].append(event)
+        open_blocks = self._staged.get()
+        if open_blocks:
+            open_blocks[-1].append(event)
         else:
             self._events[event.id] = event
         return event.id
@@ -228,23 +234,25 @@ class InProcess:
         """Hold back the events published in the block until it ends without an exception.
 
         An exception discards them (their ids are not reused, like a rolled-back sequence);
-        nested blocks behave like savepoints.
+        nested blocks behave like savepoints. The block belongs to the task that opened it
+        (and tasks started inside it, which inherit its context, like sharing a connection):
+        other tasks publish outside it.
         """
-        self._staged.append([])
+        committed: list[EventResult] = []
+        outer = self._staged.get()
+        token = self._staged.set((*outer, committed))
         try:
             yield
-        except BaseException:
-            self._staged.pop()
-            raise
-        committed = self._staged.pop()
-        if self._staged:
-            self._staged[-1].extend(committed)
+        finally:  # on an exception, `committed` is simply forgotten
+            self._staged.reset(token)
+        if outer:
+            outer[-1].extend(committed)
         else:
             self._events.update((e.id, e) for e in committed)
 
     def _visible(self) -> Iterable[EventResult]:
         yield from self._events.values()
-        for staged in self._staged:
+        for staged in self._staged.get():
             yield from staged
 
     # -- running ------------------------------------------------------------------------------
@@ -265,7 +273,7 @@ class InProcess:
 
     async def perform(self, event_type: str, payload: Payload, **options: Any) -> EventResult:
         """Publish one event and run it now, whatever its ``run_at``; return its result."""
-        if self._staged:
+        if self._staged.get():
             raise RuntimeError(
                 "perform() inside transaction(): events run after the block commits; "
                 "publish() in the block and drain() after it"

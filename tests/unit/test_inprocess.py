@@ -280,6 +280,23 @@ async def test_events_published_in_a_failed_transaction_never_run() -> None:
     assert [(e.id, e.payload) for e in bus.events()] == [(2, {"n": 2})]
 
 
+async def test_a_transaction_belongs_to_the_task_that_opened_it() -> None:
+    bus, _ = recording_bus("t")
+    go = asyncio.Event()
+
+    async def elsewhere() -> int:  # a task started before the block, e.g. a web request
+        await go.wait()
+        return await bus.publish("t", {"from": "another task"})
+
+    other_task = asyncio.create_task(elsewhere())
+    async with bus.transaction():
+        held = await bus.publish("t", {"from": "this task"})
+        go.set()
+        other = await other_task
+        assert [e.id for e in bus.events()] == [other]
+    assert [e.id for e in bus.events()] == sorted([held, other])
+
+
 async def test_idempotency_key_returns_the_first_events_id() -> None:
     bus, ran = recording_bus("t")
     first = await bus.publish("t", {"n": 1}, idempotency_key="order-1")
