@@ -250,6 +250,21 @@ ORDER BY id
 """
 
 
+# $1 event types, $2 queues. pgqueue.testing.drain(with_scheduled=True): make every pending
+# event of these types and queues due now, delayed events and durable retries alike (Oban's
+# `with_scheduled`).
+# A retry's due time also sits in its handler's record (`not_before`), which the worker
+# honours on its own, so it is removed there too.
+TEST_ADVANCE = """
+UPDATE {s}.outbox AS o
+SET run_at = LEAST(o.run_at, now()),
+    handlers = (SELECT jsonb_object_agg(h.key, h.value - 'not_before')
+                FROM jsonb_each(o.handlers) AS h)
+WHERE o.state = 'pending' AND o.event_type = ANY($1::text[]) AND o.queue = ANY($2::text[])
+  AND (o.run_at > now() OR o.handlers @? '$.*.not_before')
+RETURNING o.id
+"""
+
 # $1 name prefix. The scratch databases of one test session (pgqueue.testing), to drop them.
 SCRATCH_DATABASES = "SELECT datname FROM pg_database WHERE starts_with(datname, $1)"
 
@@ -303,6 +318,7 @@ class Queries:
         self.prune_count = PRUNE_COUNT.format(s=s)
         self.prune_batch = PRUNE_BATCH.format(s=s)
         self.test_events = TEST_EVENTS.format(s=s)
+        self.test_advance = TEST_ADVANCE.format(s=s)
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -471,3 +487,10 @@ class Queries:
     async def events_for_tests(self, conn: asyncpg.Connection, event_type: str | None) -> list[Any]:
         """Every outbox row (of ``event_type`` when given), by id, for pgqueue.testing."""
         return list(await conn.fetch(self.test_events, event_type))
+
+    async def advance_scheduled(
+        self, conn: asyncpg.Connection, event_types: Sequence[str], queues: Sequence[str]
+    ) -> int:
+        """Make the scheduled pending events of these types and queues due now; return how
+        many (pgqueue.testing only)."""
+        return len(await conn.fetch(self.test_advance, list(event_types), list(queues)))

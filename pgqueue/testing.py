@@ -25,6 +25,7 @@ pytest-asyncio and a PostgreSQL server whose role may CREATE DATABASE, given by
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -237,24 +238,49 @@ async def drain(
     dsn: str,
     registry: Registry,
     *,
+    with_scheduled: bool = False,
     schema: str = DEFAULT_SCHEMA,
     timeout: float = 30.0,
     **settings: Any,
 ) -> WorkerStats:
     """Run a real worker (``burst``) on ``dsn`` until nothing is ready; return its counters.
 
-    ``settings`` are :class:`pgqueue.WorkerSettings` fields (``queues=("mail",)``, ...). An
-    event whose retry is scheduled later stays pending (burst mode stops at it): give such
-    handlers a short ``wait`` in tests. AssertionError if it takes over ``timeout`` seconds.
+    ``with_scheduled``: also run events scheduled later, delayed ones and durable retries:
+    after each burst they are made due now and another burst runs, until none is left (a
+    handler that keeps failing ends dead after its policy's attempts). Without it they stay
+    pending. ``settings`` are :class:`pgqueue.WorkerSettings` fields (``queues=("mail",)``).
+    AssertionError if it all takes over ``timeout`` seconds.
     """
-    worker = Worker(dsn, registry, WorkerSettings(burst=True, schema_name=schema, **settings))
+    config = WorkerSettings(burst=True, schema_name=schema, **settings)
     try:
-        return await asyncio.wait_for(worker.run(), timeout=timeout)
+        return await asyncio.wait_for(_drain(dsn, registry, config, with_scheduled), timeout)
     except TimeoutError:
         raise AssertionError(
-            f"drain did not finish within {timeout:g}s: a handler hangs, or events keep "
-            "arriving; pass timeout=... for longer runs"
+            f"drain did not finish within {timeout:g}s: a handler hangs, events keep "
+            "arriving, or a retry policy never stops; pass timeout=... for longer runs"
         ) from None
+
+
+async def _drain(
+    dsn: str, registry: Registry, settings: WorkerSettings, with_scheduled: bool
+) -> WorkerStats:
+    total = WorkerStats()
+    while True:
+        stats = await Worker(dsn, registry, settings).run()
+        for counter in dataclasses.fields(stats):
+            name = counter.name
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        if not with_scheduled:
+            return total
+        conn = await asyncpg.connect(dsn)
+        try:
+            advanced = await queries_for(settings.schema_name).advance_scheduled(
+                conn, registry.event_types, settings.queues
+            )
+        finally:
+            await conn.close()
+        if not advanced:
+            return total
 
 
 # -- the pytest plugin ----------------------------------------------------------------------
