@@ -24,6 +24,7 @@ from ._errors import (
     RegistryError,
     SchemaError,
 )
+from ._inprocess import EventResult, HandlerResult, InProcess
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
@@ -36,8 +37,11 @@ __all__ = [
     "DatabaseUnavailableError",
     "Discard",
     "Event",
+    "EventResult",
     "EventState",
+    "HandlerResult",
     "HandlerState",
+    "InProcess",
     "PayloadError",
     "PgQueueError",
     "Registry",

@@ -236,6 +236,44 @@ SELECT count(*) FROM gone
 """
 
 
+# -- testing (pgqueue.testing) ------------------------------------------------------------------
+
+# $1 event type (NULL = every type). What pgqueue.testing's assertions look at; test
+# databases are small, so payload matching happens in Python (one matcher for the outbox and
+# the in-process mode).
+TEST_EVENTS = """
+SELECT id, event_type, payload::text AS payload, state, queue, run_at, created_at,
+       idempotency_key, attempt, handlers::text AS handlers, last_error
+FROM {s}.outbox
+WHERE $1::text IS NULL OR event_type = $1::text
+ORDER BY id
+"""
+
+
+# $1 event types, $2 queues. pgqueue.testing.drain(with_scheduled=True): make every pending
+# event of these types and queues due now, delayed events and durable retries alike (Oban's
+# `with_scheduled`).
+# A retry's due time also sits in its handler's record (`not_before`), which the worker
+# honours on its own, so it is removed there too.
+TEST_ADVANCE = """
+UPDATE {s}.outbox AS o
+SET run_at = LEAST(o.run_at, now()),
+    handlers = (SELECT jsonb_object_agg(h.key, h.value - 'not_before')
+                FROM jsonb_each(o.handlers) AS h)
+WHERE o.state = 'pending' AND o.event_type = ANY($1::text[]) AND o.queue = ANY($2::text[])
+  AND (o.run_at > now() OR o.handlers @? '$.*.not_before')
+RETURNING o.id
+"""
+
+# $1 name prefix. The scratch databases of one test session (pgqueue.testing), to drop them.
+SCRATCH_DATABASES = "SELECT datname FROM pg_database WHERE starts_with(datname, $1)"
+
+
+async def scratch_databases(conn: asyncpg.Connection, prefix: str) -> list[str]:
+    """Names of the databases starting with ``prefix`` (no schema involved)."""
+    return [row[0] for row in await conn.fetch(SCRATCH_DATABASES, prefix)]
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
@@ -279,6 +317,8 @@ class Queries:
         self.retry_dead = RETRY_DEAD.format(s=s)
         self.prune_count = PRUNE_COUNT.format(s=s)
         self.prune_batch = PRUNE_BATCH.format(s=s)
+        self.test_events = TEST_EVENTS.format(s=s)
+        self.test_advance = TEST_ADVANCE.format(s=s)
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -443,3 +483,14 @@ class Queries:
             self.retry_dead, list(ids) if ids is not None else None, event_type, handler
         )
         return [r[0] for r in rows]
+
+    async def events_for_tests(self, conn: asyncpg.Connection, event_type: str | None) -> list[Any]:
+        """Every outbox row (of ``event_type`` when given), by id, for pgqueue.testing."""
+        return list(await conn.fetch(self.test_events, event_type))
+
+    async def advance_scheduled(
+        self, conn: asyncpg.Connection, event_types: Sequence[str], queues: Sequence[str]
+    ) -> int:
+        """Make the scheduled pending events of these types and queues due now; return how
+        many (pgqueue.testing only)."""
+        return len(await conn.fetch(self.test_advance, list(event_types), list(queues)))
