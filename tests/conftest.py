@@ -21,55 +21,39 @@ Fixtures:
   (named with the xdist worker id, pid and a random token), dropped at session end.
 - ``database_factory`` (function): ``create(*, migrated=True) -> str`` returns the DSN of a
   fresh database (cloned from the template, or empty from template0); all are dropped
-  ``WITH (FORCE)`` after the test.
+  ``WITH (FORCE)`` in the background after the test (the session's end waits for them).
 - ``db_dsn`` (function, str): one fresh migrated database.
 - ``conn`` (function, asyncpg.Connection): a connection to ``db_dsn``, closed after the test.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from pgqueue._migrate import migrate
+from pgqueue._scratchdb import run_sync, with_database
 from pgqueue._settings import mask_dsn
 
-T = TypeVar("T")
 _DSN_KEY = "pgqueue_test_dsn"
 _ERROR_KEY = "pgqueue_test_error"
 _LOCAL_DSNS = (
     "postgresql://postgres@127.0.0.1:5432/postgres",
     "postgresql://root@127.0.0.1:5432/postgres",
 )
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to completion on a private loop in a thread.
-
-    Sync fixtures use it so they never touch the event loop pytest-asyncio gives the test.
-    """
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def with_database(dsn: str, name: str) -> str:
-    """``dsn`` pointed at database ``name`` (host, user, password and options kept)."""
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 # --- finding a server (controller process only) ---------------------------------------
@@ -279,6 +263,10 @@ class Databases:
         self.prefix = f"pgq_{worker}_{os.getpid()}_{secrets.token_hex(3)}"
         self.template = f"{self.prefix}_tpl"
         self._numbers = itertools.count(1)
+        # PostgreSQL 15 makes every DROP DATABASE wait for a checkpoint (about 1 s here) and
+        # concurrent drops share one: test databases are dropped in the background.
+        self._dropper = ThreadPoolExecutor(4, thread_name_prefix="test-db-drop")
+        self._drops: list[Future[None]] = []
 
     async def _admin(self, *statements: str) -> None:
         conn = await asyncpg.connect(self.admin_dsn, timeout=10)
@@ -307,6 +295,16 @@ class Databases:
         if drops:
             run_sync(self._admin(*drops))
 
+    def drop_later(self, *names: str) -> None:
+        """Drop in the background; :meth:`close` waits for every such drop."""
+        self._drops.append(self._dropper.submit(self.drop, *names))
+
+    def close(self) -> None:
+        """Wait for the background drops, then drop whatever this process left."""
+        wait(self._drops)  # a failed drop is swept up by the leftovers below
+        self._dropper.shutdown()
+        self.drop(*self.leftovers())
+
     def leftovers(self) -> list[str]:
         async def query() -> list[str]:
             conn = await asyncpg.connect(self.admin_dsn, timeout=10)
@@ -329,7 +327,7 @@ def _databases(admin_dsn: str) -> Iterator[Databases]:
     try:
         yield databases
     finally:
-        databases.drop(*databases.leftovers())
+        databases.close()
 
 
 @pytest.fixture(scope="session")
@@ -351,7 +349,7 @@ def database_factory(_databases: Databases) -> Iterator[Callable[..., str]]:
     try:
         yield create
     finally:
-        _databases.drop(*created)
+        _databases.drop_later(*created)
 
 
 @pytest.fixture
