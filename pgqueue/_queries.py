@@ -8,6 +8,7 @@ Values are always bound parameters.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ RETURNING true
 # -- worker -----------------------------------------------------------------------------------
 
 # $1 queue, $2 event types this worker handles, $3 batch size, $4 lease token, $5 worker id,
-# $6 lease seconds.
+# $6 lease seconds, $7 the lowest run_at to read (epoch seconds; -Infinity = all; see _floor.py).
 # One statement claims a batch: the CTE walks outbox_ready_idx in (run_at, id) order, skips rows
 # another worker has locked, and the UPDATE counts the attempt at claim time (so a handler that
 # kills its worker still uses up attempts). now() is the database clock, returned for the
@@ -81,6 +82,7 @@ SET state = 'running', attempt = o.attempt + 1, lease_token = $4, leased_by = $5
 WHERE o.id = ANY(ARRAY(
     SELECT id FROM {s}.outbox
     WHERE state = 'pending' AND queue = $1 AND run_at <= now() AND event_type = ANY($2::text[])
+      AND run_at >= to_timestamp($7::float8)
     ORDER BY run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -163,11 +165,14 @@ WHERE o.id = e.id
 RETURNING o.id, o.event_type, e.leased_by
 """
 
-# $1 queue, $2 event types. Seconds until the next pending event of these types is due
-# (NULL when none), so an idle worker wakes exactly when a delayed retry is due.
+# $1 queue, $2 event types. Seconds until the next pending event of these types falls due
+# (NULL when none), so an idle worker wakes exactly when a delayed retry is due. Only future
+# rows: a row due now that the claim did not take is locked by someone else (or below the
+# claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
+# a tight loop. `run_at > now()` also starts the index range past the claimed rows' entries.
 NEXT_DUE = """
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM {s}.outbox
-WHERE state = 'pending' AND queue = $1 AND event_type = ANY($2::text[])
+WHERE state = 'pending' AND queue = $1 AND event_type = ANY($2::text[]) AND run_at > now()
 """
 
 # -- admin ------------------------------------------------------------------------------------
@@ -388,10 +393,11 @@ class Queries:
         token: uuid.UUID,
         worker_id: str,
         lease_seconds: float,
+        floor: float = -math.inf,
     ) -> list[ClaimedRow]:
-        """Claim up to ``limit`` ready events under lease ``token``."""
+        """Claim up to ``limit`` ready events with ``run_at >= floor`` under ``token``."""
         rows = await conn.fetch(
-            self.claim, queue, event_types, limit, token, worker_id, lease_seconds
+            self.claim, queue, event_types, limit, token, worker_id, lease_seconds, floor
         )
         return [ClaimedRow(*r) for r in rows]
 
@@ -439,7 +445,7 @@ class Queries:
     async def seconds_until_due(
         self, conn: asyncpg.Connection, queue: str, event_types: Sequence[str]
     ) -> float | None:
-        """Seconds until the next pending event is due (negative: overdue; None: none)."""
+        """Seconds until the next pending event falls due (None: nothing in the future)."""
         value: float | None = await conn.fetchval(self.next_due, queue, event_types)
         return value
 

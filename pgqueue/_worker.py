@@ -47,6 +47,7 @@ from ._dispatch import (
     plan,
 )
 from ._errors import RegistryError
+from ._floor import ReadyFloor
 from ._leases import LeaseKeeper
 from ._listener import Listener
 from ._migrate import check_schema
@@ -86,6 +87,8 @@ class Worker:
         # The handlers per type, fixed for this run (and looked up twice per event).
         self._handlers = {t: registry.handlers_for(t) for t in self._event_types}
         self._max_inflight = 2 * self.settings.batch_size
+        # Burst mode decides "nothing is ready" from a claim, so its claims read everything.
+        self._floor = ReadyFloor(self.settings.poll_interval, enabled=not self.settings.burst)
         self._inflight: dict[int, Delivery] = {}
         self._suspects: deque[Delivery] = deque()
         self._wakeup = asyncio.Event()
@@ -323,7 +326,9 @@ class Worker:
                     token,
                     self.worker_id,
                     s.lease_seconds,
+                    self._floor.bound(queue),
                 )
+                self._floor.claimed(queue, rows, limit - total)
                 self._dispatch(rows, token)
                 total += len(rows)
                 full = full or len(rows) == limit
