@@ -273,7 +273,7 @@ async def test_producers_enqueue_through_pgbouncer(
 # -- migrations ------------------------------------------------------------------------------
 
 
-async def test_migrate_cli_through_pgbouncer(
+async def test_migrate_and_admin_commands_through_pgbouncer(
     bouncer: Bouncer, database_factory: Callable[..., str]
 ) -> None:
     pooled = bouncer.dsn(database_factory(migrated=False))
@@ -283,6 +283,15 @@ async def test_migrate_cli_through_pgbouncer(
     again = run_cli("migrate", "--dsn", pooled)
     assert again.returncode == 0, again.stderr
     assert "up to date" in again.stdout
+    for command in (
+        ["enqueue", "fault", "{}"],
+        ["status"],
+        ["prune", "--older-than", "1d", "--yes"],
+    ):
+        result = run_cli(*command, "--dsn", pooled)
+        assert result.returncode == 0, (command, result.stderr)
+    status = run_cli("status", "--dsn", pooled)
+    assert status.stdout.split("\n")[1].split()[:2] == ["fault", "1"]
 
 
 async def test_concurrent_migrations_through_pgbouncer_apply_once_and_leave_no_lock(
