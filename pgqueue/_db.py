@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
@@ -21,17 +22,19 @@ from ._settings import mask_dsn
 log = logging.getLogger("pgqueue")
 
 # The worker's claim, completion and lease statements, on a direct connection.
-CONTROL_SETTINGS = {
-    # Custom plans for every execution: the batch statements take arrays whose size the
-    # planner must see (a generic plan guesses 10 rows and may hash the whole table).
-    # Through a pooler the cache is off: every statement is parsed (and planned) afresh.
-    "plan_cache_mode": "force_custom_plan",
-    # Claims, outcomes and leases only: if the server crashes before one of these commits
-    # reaches disk, the event simply runs again (delivery is at least once). Handlers' own
-    # writes (ctx.pool) keep the server's setting. Measured: +10% drain with batches of 1000,
-    # more with small batches. A pooler drops it: set it per role instead (README).
-    "synchronous_commit": "off",
-}
+CONTROL_SETTINGS = MappingProxyType(
+    {
+        # Custom plans for every execution: the batch statements take arrays whose size the
+        # planner must see (a generic plan guesses 10 rows and may hash the whole table).
+        # Through a pooler the cache is off: every statement is parsed (and planned) afresh.
+        "plan_cache_mode": "force_custom_plan",
+        # Claims, outcomes and leases only: if the server crashes before one of these commits
+        # reaches disk, the event simply runs again (delivery is at least once). Handlers' own
+        # writes (ctx.pool) keep the server's setting. Measured: +10% drain with batches of 1000,
+        # more with small batches. A pooler drops it: set it per role instead (README).
+        "synchronous_commit": "off",
+    }
+)
 
 
 def describe_connect_error(dsn: str, exc: BaseException) -> Exception:
@@ -104,7 +107,7 @@ def pool_options(*, pooled: bool, control: bool) -> dict[str, Any]:
         # asyncpg then sends every statement as an unnamed one, parsed in the same round trip
         # as its execution: nothing is left on the server connection for the next transaction.
         return {"statement_cache_size": 0}
-    return {"server_settings": CONTROL_SETTINGS} if control else {}
+    return {"server_settings": dict(CONTROL_SETTINGS)} if control else {}
 
 
 async def behind_pooler(conn: asyncpg.Connection) -> bool:
