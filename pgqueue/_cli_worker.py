@@ -15,7 +15,7 @@ from ._cli_common import cli, database, dsn_option, schema_option, with_conn
 from ._errors import ConfigurationError
 from ._migrate import migrate
 from ._registry import Registry, load_registry
-from ._settings import WorkerSettings, validate_schema
+from ._settings import WorkerSettings, check_listen, validate_schema
 from ._worker import Worker
 
 
@@ -97,7 +97,32 @@ from ._worker import Worker
     show_default=True,
     help="Worker processes to run (one event loop each; use one per core).",
 )
-@click.option("--no-listen", is_flag=True, help="Poll only (no LISTEN), e.g. behind PgBouncer.")
+@click.option(
+    "--pooled",
+    is_flag=True,
+    envvar="PGQUEUE_POOLED",
+    show_envvar=True,
+    help="--dsn goes through a transaction-mode pooler (PgBouncer pool_mode = transaction): "
+    "no statement cache, no session settings. Needs --listen-dsn or --poll-only.",
+)
+@click.option(
+    "--listen-dsn",
+    envvar="PGQUEUE_LISTEN_DSN",
+    show_envvar=True,
+    default=None,
+    help="DSN of a direct connection to PostgreSQL for LISTEN (one per worker process) "
+    "[default: --dsn].",
+)
+@click.option(
+    "--poll-only",
+    "--no-listen",
+    "poll_only",
+    is_flag=True,
+    envvar="PGQUEUE_POLL_ONLY",
+    show_envvar=True,
+    help="No LISTEN: find events by polling every --poll-interval (when no direct "
+    "connection is possible).",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -118,7 +143,9 @@ def worker_cmd(
     shutdown_timeout: float,
     burst: bool,
     processes: int,
-    no_listen: bool,
+    pooled: bool,
+    listen_dsn: str | None,
+    poll_only: bool,
     log_level: str,
 ) -> None:
     """Run the handlers of --handlers for every event written to the outbox.
@@ -142,8 +169,12 @@ def worker_cmd(
         rescue_interval=rescue_interval,
         shutdown_timeout=shutdown_timeout,
         burst=burst,
-        listen=not no_listen,
+        listen=not poll_only,
+        pooled=pooled,
     )
+    if listen_dsn and not dsn:
+        raise ConfigurationError("--listen-dsn needs --dsn (the database it listens on)")
+    check_listen(settings, listen_dsn)
     registry = _load(handlers_path)
 
     async def main() -> None:
@@ -151,9 +182,9 @@ def worker_cmd(
             if not dsn:
                 await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
             if processes > 1:
-                await _run_processes(processes, real_dsn)
+                await _run_processes(processes, real_dsn, listen_dsn)
                 return
-            worker = Worker(real_dsn, registry, settings)
+            worker = Worker(real_dsn, registry, settings, listen_dsn=listen_dsn)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, worker.request_stop)
@@ -166,7 +197,7 @@ def worker_cmd(
     asyncio.run(main())
 
 
-async def _run_processes(count: int, dsn: str) -> None:
+async def _run_processes(count: int, dsn: str, listen_dsn: str | None) -> None:
     """Run ``count`` copies of this worker command as child processes and supervise them.
 
     SIGINT/SIGTERM are passed on to every child (a second one too); the parent exits when all
@@ -174,6 +205,8 @@ async def _run_processes(count: int, dsn: str) -> None:
     """
     args = _child_args(sys.argv[1:])
     env = {**os.environ, "PGQUEUE_DSN": dsn}  # never on a command line: ps shows those
+    if listen_dsn:
+        env["PGQUEUE_LISTEN_DSN"] = listen_dsn
     children = [
         await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, *args, env=env)
         for _ in range(count)
@@ -194,20 +227,21 @@ async def _run_processes(count: int, dsn: str) -> None:
 
 
 _CHILD = "from pgqueue._cli import main; main()"
+_BY_ENV = ("--processes", "--dsn", "--listen-dsn")
 
 
 def _child_args(argv: list[str]) -> list[str]:
-    """This command line without --processes and --dsn (the child gets the DSN by env)."""
+    """This command line without --processes and the DSNs (the child gets those by env)."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg in ("--processes", "--dsn"):
+        if arg in _BY_ENV:
             skip = True
             continue
-        if arg.startswith(("--processes=", "--dsn=")):
+        if arg.startswith(tuple(f"{name}=" for name in _BY_ENV)):
             continue
         out.append(arg)
     return out

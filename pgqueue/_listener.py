@@ -16,9 +16,13 @@ from typing import Any
 import asyncpg
 
 from ._backoff import reconnect_delay
-from ._db import connect
+from ._db import connect, warn_if_pooler
 
 log = logging.getLogger("pgqueue.worker")
+LISTEN_THROUGH_POOLER = (
+    "if it pools by transaction, LISTEN there receives no notification and events wait for "
+    "the poll interval; give --listen-dsn a direct connection to PostgreSQL"
+)
 
 
 class Listener:
@@ -40,6 +44,7 @@ class Listener:
         self._probe_interval = probe_interval
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
+        self._checked = False
         self.reconnects = 0
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -51,9 +56,12 @@ class Listener:
 
     async def _open(self) -> None:
         conn = await connect(self._dsn)
+        self._conn = conn
+        if not self._checked:  # once per run: the DSN does not change
+            await warn_if_pooler(conn, self._dsn, LISTEN_THROUGH_POOLER)
+            self._checked = True
         conn.add_termination_listener(self._on_terminate)
         await conn.add_listener(self._channel, self._on_notify)
-        self._conn = conn
         self._lost.clear()
 
     async def run(self) -> None:

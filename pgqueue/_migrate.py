@@ -2,9 +2,10 @@
 
 Files are ``sql/NNNN_name.sql`` (shipped inside the wheel as the ``pgqueue.sql`` package).
 Each runs in its own transaction with ``search_path`` set to the target schema and records
-its own version, so the same files also work when applied with psql alone. A session-level
-advisory lock makes two concurrent ``pgqueue migrate`` runs safe: the second waits, then
-finds nothing left to do.
+its own version, so the same files also work when applied with psql alone. A transaction-level
+advisory lock taken by each of those transactions makes two concurrent ``pgqueue migrate``
+runs safe (the second waits, then finds nothing left to do), also through a transaction-mode
+pooler such as PgBouncer.
 """
 
 from __future__ import annotations
@@ -74,8 +75,13 @@ def latest_version() -> int:
 async def applied_version(conn: asyncpg.Connection, schema: str) -> int | None:
     """The newest version applied in ``schema``, or None when it was never migrated."""
     validate_schema(schema)
+    # A query on pg_class, not to_regclass(): after waiting on the migration lock, the name
+    # lookup may still answer from this session's catalog cache and miss the table that the
+    # migration we waited for has just created; a query sees what is committed.
     exists = await conn.fetchval(
-        "SELECT to_regclass(format('%I.migrations', $1::text)) IS NOT NULL", schema
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = 'migrations')",
+        schema,
     )
     if not exists:
         return None
@@ -96,29 +102,47 @@ async def migrate(conn: asyncpg.Connection, schema: str = "pgqueue") -> list[int
     """
     validate_schema(schema)
     migrations = load_migrations()
-    # The migration files set search_path for their session; give the caller theirs back.
-    saved_path = await conn.fetchval("SELECT current_setting('search_path')")
-    await conn.execute("SELECT pg_advisory_lock(hashtext($1))", _lock_key(schema))
-    try:
-        current = await applied_version(conn, schema) or 0
-        if current > migrations[-1].version:
-            raise SchemaError(
-                f"schema {schema!r} is at version {current}, newer than this pgqueue "
-                f"(knows up to {migrations[-1].version}): upgrade pgqueue"
-            )
-        applied = []
-        for migration in migrations:
-            if migration.version <= current:
-                continue
-            async with conn.transaction():
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-                await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
-                await conn.execute(migration.sql)
+    current = await applied_version(conn, schema) or 0  # checked again under the lock
+    _refuse_ahead(schema, current, migrations[-1].version)
+    applied = []
+    for migration in migrations:
+        if migration.version > current and await _apply(
+            conn, schema, migration, migrations[-1].version
+        ):
             applied.append(migration.version)
-        return applied
-    finally:
+    return applied
+
+
+async def _apply(conn: asyncpg.Connection, schema: str, migration: Migration, latest: int) -> bool:
+    """Apply ``migration`` in a transaction of its own unless it is there; True if applied.
+
+    Lock and version check sit inside that transaction: a concurrent migrate waits on the
+    lock, then sees the version and skips. A transaction-level lock (not a session one) is
+    also what works through a transaction-mode pooler, where the next statement may run in
+    another server session; and nothing set here outlives the transaction for the same reason.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", _lock_key(schema))
+        current = await applied_version(conn, schema) or 0
+        _refuse_ahead(schema, current, latest)
+        if migration.version <= current:
+            return False
+        # The migration files set search_path for the session: give the caller theirs back
+        # before the commit makes it stick.
+        saved_path = await conn.fetchval("SELECT current_setting('search_path')")
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        await conn.execute(migration.sql)
         await conn.execute("SELECT set_config('search_path', $1, false)", saved_path)
-        await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _lock_key(schema))
+    return True
+
+
+def _refuse_ahead(schema: str, current: int, latest: int) -> None:
+    if current > latest:
+        raise SchemaError(
+            f"schema {schema!r} is at version {current}, newer than this pgqueue "
+            f"(knows up to {latest}): upgrade pgqueue"
+        )
 
 
 async def check_schema(conn: asyncpg.Connection, schema: str, dsn_hint: str = "") -> None:
@@ -132,8 +156,4 @@ async def check_schema(conn: asyncpg.Connection, schema: str, dsn_hint: str = ""
         raise SchemaError(
             f"schema {schema!r} is at version {current}, this pgqueue needs {expected}; {fix}"
         )
-    if current > expected:
-        raise SchemaError(
-            f"schema {schema!r} is at version {current}, newer than this pgqueue "
-            f"(knows up to {expected}): upgrade pgqueue"
-        )
+    _refuse_ahead(schema, current, expected)

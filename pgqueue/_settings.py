@@ -91,7 +91,12 @@ class WorkerSettings(BaseModel):
     rescue_interval: float = Field(default=5.0, gt=0, le=3600)
     shutdown_timeout: float = Field(default=10.0, ge=0, le=86_400)
     burst: bool = False
+    # False: poll only (``--poll-only``). Without a direct connection for LISTEN (see
+    # ``Worker(listen_dsn=)``), a worker behind a transaction-mode pooler must poll.
     listen: bool = True
+    # True: the DSN goes through a transaction-mode pooler (PgBouncer, pgcat, Supavisor, RDS
+    # Proxy): no statement cache, no startup parameters, nothing kept in the session.
+    pooled: bool = False
     worker_id: str | None = None
 
     @model_validator(mode="after")
@@ -107,3 +112,13 @@ class WorkerSettings(BaseModel):
     def heartbeat_interval(self) -> float:
         """Seconds between lease renewals: a third of the lease unless set."""
         return self.heartbeat_seconds or self.lease_seconds / 3
+
+
+def check_listen(settings: WorkerSettings, listen_dsn: str | None) -> None:
+    """Refuse LISTEN through a transaction-mode pooler: it would silently receive nothing."""
+    if settings.pooled and settings.listen and not settings.burst and not listen_dsn:
+        raise ConfigurationError(
+            "LISTEN does not work through a transaction-mode pooler (notifications never "
+            "arrive): pass --listen-dsn (listen_dsn=) with a direct connection to "
+            "PostgreSQL, or --poll-only (listen=False)"
+        )

@@ -35,7 +35,7 @@ import asyncpg
 
 from ._backoff import describe_error, is_transient, reconnect_delay
 from ._completer import Completer
-from ._db import create_pool
+from ._db import create_pool, pool_options, warn_if_pooler
 from ._dispatch import (
     Delivery,
     Kind,
@@ -55,16 +55,22 @@ from ._models import WorkerStats
 from ._queries import ClaimedRow, Queries, queries_for
 from ._registry import Handler, Registry
 from ._runner import Runners
-from ._settings import WorkerSettings, mask_dsn
+from ._settings import WorkerSettings, check_listen, mask_dsn
 
 log = logging.getLogger("pgqueue.worker")
+POOLED_ADVICE = "if it pools by transaction (pool_mode = transaction), run with --pooled"
 
 # Seconds the claim loop waits for a NOTIFY after a batch shorter than asked for.
 SHORT_BATCH_WAIT = 0.05
 
 
 class Worker:
-    """Runs the handlers of a :class:`Registry` against one database until stopped."""
+    """Runs the handlers of a :class:`Registry` against one database until stopped.
+
+    ``listen_dsn``: a connection for LISTEN other than ``dsn``; needed when ``dsn`` goes
+    through a transaction-mode pooler (``settings.pooled``), where LISTEN receives nothing.
+    It must reach PostgreSQL directly (or through a session-mode pooler).
+    """
 
     def __init__(
         self,
@@ -73,14 +79,17 @@ class Worker:
         settings: WorkerSettings | None = None,
         *,
         handler_pool_size: int = 10,
+        listen_dsn: str | None = None,
     ) -> None:
         self.settings = settings or WorkerSettings()
+        check_listen(self.settings, listen_dsn)
         self.registry = registry
         self.stats = WorkerStats()
         self.worker_id = self.settings.worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self._dsn = dsn
+        self._listen_dsn = listen_dsn
         self._handler_pool_size = handler_pool_size
         self._queries: Queries = queries_for(self.settings.schema_name)
         self._event_types = list(registry.event_types)
@@ -150,27 +159,19 @@ class Worker:
             raise RegistryError("the registry has no handlers; register one with @registry.on(...)")
         s = self.settings
         self._pool = await create_pool(
-            self._dsn,
-            min_size=1,
-            max_size=4,
-            server_settings={
-                # Custom plans for every execution: the batch statements take arrays whose
-                # size the planner must see (a generic plan guesses 10 rows and may hash the
-                # whole table).
-                "plan_cache_mode": "force_custom_plan",
-                # Claims, outcomes and leases only: if the server crashes before one of these
-                # commits reaches disk, the event simply runs again (delivery is at least
-                # once). Handlers' own writes (ctx.pool) keep the server's setting. Measured:
-                # +10% drain with batches of 1000, more with small batches.
-                "synchronous_commit": "off",
-            },
+            self._dsn, min_size=1, max_size=4, **pool_options(pooled=s.pooled, control=True)
         )
         tasks: list[asyncio.Task[Any]] = []
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name)
+                if not s.pooled:
+                    await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
             self._handler_pool = await create_pool(
-                self._dsn, min_size=0, max_size=self._handler_pool_size
+                self._dsn,
+                min_size=0,
+                max_size=self._handler_pool_size,
+                **pool_options(pooled=s.pooled, control=False),
             )
             log.info(
                 "worker %s started: %s schema=%s queues=%s types=%s concurrency=%d batch=%d",
@@ -206,7 +207,12 @@ class Worker:
                 *leases.start(),
             ]
             if s.listen and not s.burst:
-                listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
+                listener = Listener(
+                    self._listen_dsn or self._dsn,
+                    self._queries.channel,
+                    s.queues,
+                    self._wakeup.set,
+                )
                 tasks.append(asyncio.create_task(listener.run()))
             for task in tasks:
                 task.add_done_callback(self._supervise)

@@ -1,0 +1,58 @@
+"""Pooled mode (PgBouncer in transaction mode) at the edge: settings, pool options, --processes.
+
+The real thing runs in tests/integration/test_pgbouncer.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pgqueue import ConfigurationError, WorkerSettings
+from pgqueue._cli_worker import _child_args
+from pgqueue._db import CONTROL_SETTINGS, pool_options
+from pgqueue._settings import check_listen
+
+
+def test_pooled_listen_needs_a_listen_dsn() -> None:
+    with pytest.raises(ConfigurationError, match=r"--listen-dsn .* or --poll-only"):
+        check_listen(WorkerSettings(pooled=True), None)
+
+
+@pytest.mark.parametrize(
+    ("settings", "listen_dsn"),
+    [
+        (WorkerSettings(pooled=True), "postgresql://direct/db"),
+        (WorkerSettings(pooled=True, listen=False), None),
+        (WorkerSettings(pooled=True, burst=True), None),  # a burst run never listens
+        (WorkerSettings(), None),
+    ],
+)
+def test_pooled_listen_is_accepted_with_a_direct_connection_or_without_listen(
+    settings: WorkerSettings, listen_dsn: str | None
+) -> None:
+    check_listen(settings, listen_dsn)
+
+
+def test_pooled_pools_keep_nothing_in_the_session() -> None:
+    assert pool_options(pooled=True, control=True) == {"statement_cache_size": 0}
+    assert pool_options(pooled=True, control=False) == {"statement_cache_size": 0}
+
+
+def test_direct_pools_are_unchanged() -> None:
+    """The default path keeps its statement cache and startup settings (the drain depends
+    on both)."""
+    assert pool_options(pooled=False, control=True) == {"server_settings": CONTROL_SETTINGS}
+    assert CONTROL_SETTINGS == {
+        "plan_cache_mode": "force_custom_plan",
+        "synchronous_commit": "off",
+    }
+    assert pool_options(pooled=False, control=False) == {}
+
+
+def test_children_of_processes_get_no_dsn_on_their_command_line() -> None:
+    argv = [
+        "worker", "--dsn", "postgresql://u:secret@pooler/db", "--pooled",
+        "--listen-dsn", "postgresql://u:secret@direct/db", "--processes=2",
+        "--listen-dsn=postgresql://u:secret@direct/db", "--poll-interval", "5",
+    ]  # fmt: skip
+    assert _child_args(argv) == ["worker", "--pooled", "--poll-interval", "5"]
