@@ -316,10 +316,11 @@ FROM (SELECT 1) AS one
 LEFT JOIN {s}.replays AS r ON r.filter = $1::jsonb AND r.finished_at IS NULL
 """
 
-# $1 filter (JSON text), $2 started_at. Creates the replay unless one with this filter is
-# unfinished (then the caller finds that one with REPLAY_FIND and resumes it).
+# $1 filter (JSON text), $2 started_at, $3 the id to start after (below the lowest selected).
+# Creates the replay unless one with this filter is unfinished (then the caller finds that one
+# with REPLAY_FIND and resumes it).
 REPLAY_START = """
-INSERT INTO {s}.replays (filter, started_at) VALUES ($1::jsonb, $2)
+INSERT INTO {s}.replays (filter, started_at, last_id) VALUES ($1::jsonb, $2, $3)
 ON CONFLICT (filter) WHERE finished_at IS NULL DO NOTHING
 """
 
@@ -349,8 +350,12 @@ WITH run AS (
     WHERE id = $7 AND finished_at IS NULL
     FOR UPDATE
 ), picked AS (
-    SELECT o.id FROM {s}.outbox AS o, run
-    WHERE o.state = 'done' AND o.processed_at < run.started_at AND o.id > run.last_id AND"""
+    -- Scalar subqueries, not a join with run: only then is `id > last_id` an index condition
+    -- (joined, the primary-key scan started at id 1 every batch: 310 ms per batch of 1000
+    -- at id 200,000, measured; now each batch starts where the last one stopped).
+    SELECT o.id FROM {s}.outbox AS o
+    WHERE o.state = 'done' AND o.processed_at < (SELECT started_at FROM run)
+      AND o.id > (SELECT last_id FROM run) AND"""
     + _selection("$1", "$2", "$3", "$5", "$6")
     + """
     ORDER BY o.id LIMIT $8
@@ -637,10 +642,10 @@ class Queries:
         return await conn.fetchrow(self.replay_find, filter_json)
 
     async def start_replay(
-        self, conn: asyncpg.Connection, filter_json: str, started_at: dt.datetime
+        self, conn: asyncpg.Connection, filter_json: str, started_at: dt.datetime, after: int
     ) -> None:
         """Create the replay row unless an unfinished one has this filter."""
-        await conn.execute(self.replay_start, filter_json, started_at)
+        await conn.execute(self.replay_start, filter_json, started_at, after)
 
     async def replay_counts(
         self,

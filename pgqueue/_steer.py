@@ -50,6 +50,11 @@ class Selection:
         highs = [hi for _, hi in self.ids] if self.ids is not None else None
         return lows, highs, self.event_type, self.handler, since, until
 
+    @property
+    def start_after(self) -> int:
+        """An id below every selected one: where an id-ordered walk starts."""
+        return min(lo for lo, _ in self.ids) - 1 if self.ids else 0
+
     def key(self) -> str:
         """Canonical JSON of the selection as given: a replay rerun with it resumes."""
         return json.dumps(
@@ -145,7 +150,7 @@ async def _walk(
     queries = queries_for(schema)
     args = sel.args(await queries.database_now(conn))
     touched: list[int] = []
-    after = 0
+    after = sel.start_after
     while True:
         ids = await step(queries, conn, args, after, batch_size)
         touched += ids
@@ -254,7 +259,7 @@ async def preview_replay(
     queries = queries_for(schema)
     found = await queries.find_replay(conn, sel.key())
     started_at = found["started_at"] if found["id"] is not None else found["now"]
-    after = found["last_id"] if found["id"] is not None else 0
+    after = found["last_id"] if found["id"] is not None else sel.start_after
     counts = await queries.replay_counts(conn, sel.args(started_at), started_at, after)
     return ReplayPreview(
         found["id"],
@@ -299,7 +304,7 @@ async def replay(
     found = await queries.find_replay(conn, key)
     resumed = found["id"] is not None
     if not resumed:
-        await queries.start_replay(conn, key, found["now"])
+        await queries.start_replay(conn, key, found["now"], sel.start_after)
         found = await queries.find_replay(conn, key)
         if found["id"] is None:  # finished by a concurrent run between the two statements
             return ReplayResult(0, 0, 0, False)

@@ -8,7 +8,8 @@
 --
 -- NOT VALID: the old constraint was stricter, so every existing row already satisfies the new
 -- one; validating would scan the whole outbox under the ACCESS EXCLUSIVE lock that DROP takes
--- (measured: 2.1 s for 2 million rows, with every worker blocked). New rows are checked.
+-- (measured on 1 million rows: 220-520 ms with every worker blocked, against 2 ms NOT VALID).
+-- New rows are checked.
 ALTER TABLE outbox DROP CONSTRAINT outbox_state_check;
 ALTER TABLE outbox ADD CONSTRAINT outbox_state_check
     CHECK (state IN ('pending', 'running', 'done', 'dead', 'discarded')) NOT VALID;
