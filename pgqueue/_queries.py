@@ -266,12 +266,14 @@ SET state = 'pending', run_at = now(), last_error = NULL,
     handlers = (
         SELECT jsonb_object_agg(h.key, CASE
             WHEN h.value ->> 'state' = 'dead' AND ($4::text IS NULL OR h.key = $4::text)
-            THEN jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt)
+            THEN jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt,
+                                    'updated_at', extract(epoch FROM now()))
             ELSE h.value END)
         FROM jsonb_each(o.handlers) AS h)
         || CASE WHEN $4::text IS NULL OR o.handlers ? '*' THEN '{{}}'::jsonb
            ELSE jsonb_build_object('*', jsonb_build_object(
-               'state', 'done', 'attempts', 0, 'seen', o.attempt)) END
+               'state', 'done', 'attempts', 0, 'seen', o.attempt,
+               'updated_at', extract(epoch FROM now()))) END
 FROM picked
 WHERE o.id = picked.id
 RETURNING o.id
@@ -366,8 +368,10 @@ WITH run AS (
         attempt = CASE WHEN $4::text IS NULL THEN 0 ELSE o.attempt END,
         handlers = CASE WHEN $4::text IS NULL THEN NULL
             ELSE COALESCE(o.handlers, '{{}}'::jsonb) || jsonb_build_object(
-                '*', jsonb_build_object('state', 'done', 'attempts', 0, 'seen', o.attempt),
-                $4::text, jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt))
+                '*', jsonb_build_object('state', 'done', 'attempts', 0, 'seen', o.attempt,
+                                        'updated_at', extract(epoch FROM now())),
+                $4::text, jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt,
+                                             'updated_at', extract(epoch FROM now())))
             END
     FROM picked
     WHERE o.id = picked.id
