@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import click
 
-from ._cli_common import cli, dsn_option, parse_duration, parse_run_at, schema_option
+from ._cli_common import cli, dsn_option, echo_err, parse_duration, parse_run_at, schema_option
 from ._cli_progress import preview, progress, run
 from ._steer import (
     DEFAULT_BATCH,
@@ -263,4 +263,9 @@ def replay_cmd(
             )
         click.echo(f"replay #{result.id}: {result.replayed} event(s) replayed to {target}")
 
-    run(dsn, schema, body)
+    try:
+        run(dsn, schema, body)
+    except KeyboardInterrupt:
+        # Every committed batch is recorded with the replay; nothing is lost or doubled.
+        echo_err("replay interrupted; run the same command again to resume it")
+        raise

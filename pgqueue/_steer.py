@@ -303,11 +303,12 @@ async def replay(
     key = sel.key()
     found = await queries.find_replay(conn, key)
     resumed = found["id"] is not None
-    if not resumed:
+    while found["id"] is None:
+        # Start one. If a concurrent run of the same command started one first, the INSERT
+        # does nothing and this finds (and joins) theirs; if that one even finished in
+        # between, the next round starts a fresh one.
         await queries.start_replay(conn, key, found["now"], sel.start_after)
         found = await queries.find_replay(conn, key)
-        if found["id"] is None:  # finished by a concurrent run between the two statements
-            return ReplayResult(0, 0, 0, False)
     args = sel.args(found["started_at"])
     replayed = 0
     while True:

@@ -197,13 +197,13 @@ def cli_process(*args: str) -> Iterator[subprocess.Popen[str]]:
         proc.communicate(timeout=10)
 
 
-async def test_cli_replay_killed_after_one_batch_resumes_on_rerun(
+async def test_cli_replay_interrupted_after_one_batch_resumes_on_rerun(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
     registry = recording("a")
     ids = await processed(conn, db_dsn, registry, 6)
     # Hold the third event so the replay stops inside its second batch, after the first
-    # batch committed; then kill it there, as an operator's Ctrl-C or a lost session would.
+    # batch committed; then interrupt it there, as an operator's Ctrl-C would.
     blocker = await asyncpg.connect(db_dsn)
     try:
         async with blocker.transaction():
@@ -217,8 +217,10 @@ async def test_cli_replay_killed_after_one_batch_resumes_on_rerun(
                     "AND wait_event_type = 'Lock'"
                 )
                 await wait_for(lambda: _equals(conn, waiting, 1), 30, message="never blocked")
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=10)
+                proc.send_signal(signal.SIGINT)  # Ctrl-C
+                _, err = proc.communicate(timeout=30)
+                assert proc.returncode == 130, err
+                assert "run the same command again to resume it" in err
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
