@@ -48,7 +48,12 @@ def parse_bound(text: str | None, option: str) -> TimeBound | None:
     if text is None:
         return None
     if re.fullmatch(r"\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*", text):
-        return dt.timedelta(seconds=parse_duration(text))
+        try:
+            return dt.timedelta(seconds=parse_duration(text))
+        except OverflowError:
+            raise click.BadParameter(
+                f"{text!r} is too long ago", param_hint=f"'{option}'"
+            ) from None
     try:
         return parse_run_at(text)
     except click.BadParameter:
@@ -95,6 +100,30 @@ def selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _dead_filters(
+    name: str,
+    ids: tuple[int, ...],
+    id_texts: tuple[str, ...],
+    event_type: str | None,
+    handler: str | None,
+    since: str | None,
+    until: str | None,
+) -> tuple[dict[str, Any], bool]:
+    """The API keyword arguments, and whether the operator named every event with --id."""
+    ranges = parse_ids(id_texts)
+    filters: dict[str, Any] = {
+        "ids": [*ids, *(ranges or [])] or None,
+        "event_type": event_type,
+        "handler": handler,
+        "since": parse_bound(since, "--since"),
+        "until": parse_bound(until, "--until"),
+    }
+    # Events named one by one with --id need no question for retry (its behaviour before
+    # there were filters); any filter or range may reach more than the operator pictured.
+    named = name == "retry" and bool(ids) and not (ranges or event_type or handler)
+    return filters, named and not (since or until)
+
+
 def _dead_command(name: str, verb: str) -> Callable[..., None]:
     """The body shared by retry and discard: filters -> count -> confirm -> batches."""
     action = {"retry": retry, "discard": discard}[name]
@@ -113,34 +142,21 @@ def _dead_command(name: str, verb: str) -> Callable[..., None]:
         dsn: str | None,
         schema: str,
     ) -> None:
-        ranges = parse_ids(id_texts)
-        if not (ids or ranges or event_type or handler or since or until or all_dead):
+        filters, named = _dead_filters(name, ids, id_texts, event_type, handler, since, until)
+        if not (filters["ids"] or event_type or handler or since or until or all_dead):
             raise click.UsageError(
                 f"say which dead events to {name}: --id, --ids, --type, --handler, --since, "
                 "--until or --all"
             )
-        filters: dict[str, Any] = {
-            "ids": [*ids, *(ranges or [])] or None,
-            "event_type": event_type,
-            "handler": handler,
-            "since": parse_bound(since, "--since"),
-            "until": parse_bound(until, "--until"),
-            "schema": schema,
-        }
-        # Events named one by one with --id need no question (the pre-existing behaviour);
-        # any filter or range may reach more than the operator pictured.
-        named = (
-            name == "retry"
-            and bool(ids)
-            and not (ranges or event_type or handler or since or until or all_dead)
-        )
+        filters["schema"] = schema
         what = "dead event(s)" + (f" with dead handler {handler}" if handler else "")
 
         async def body(conn: asyncpg.Connection) -> None:
             total = await count_dead(conn, **filters)
             message = f"{total} {what} to {name}"
+            ask = all_dead or not named
             if not preview(
-                message, total, dry_run=dry_run, yes=yes, question=f"{name} {total}?", ask=not named
+                message, total, dry_run=dry_run, yes=yes, question=f"{name} {total}?", ask=ask
             ):
                 return
             with progress(verb, total) as update:

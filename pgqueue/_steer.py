@@ -71,14 +71,20 @@ class Selection:
 
 def _resolve(bound: TimeBound | None, now: dt.datetime) -> dt.datetime | None:
     if isinstance(bound, dt.timedelta):
-        return now - bound
+        try:
+            return now - bound
+        except OverflowError:
+            raise ConfigurationError(f"{bound} ago is before year 1; give a shorter age") from None
     return bound
 
 
-def _bound_key(bound: TimeBound | None) -> str | float | None:
+def _bound_key(bound: TimeBound | None) -> str | None:
     if isinstance(bound, dt.timedelta):
         return f"{bound.total_seconds()}s ago"
     return bound.isoformat() if bound is not None else None
+
+
+MAX_ID = 2**63 - 1  # outbox.id is a bigint
 
 
 def _id_ranges(ids: Sequence[IdSpec]) -> tuple[tuple[int, int], ...]:
@@ -87,11 +93,14 @@ def _id_ranges(ids: Sequence[IdSpec]) -> tuple[tuple[int, int], ...]:
         if isinstance(item, range):
             if item.step != 1 or len(item) == 0:
                 raise ConfigurationError(f"id range {item!r} must be non-empty with step 1")
-            ranges.append((item.start, item.stop - 1))
+            low, high = item.start, item.stop - 1
         elif isinstance(item, int) and not isinstance(item, bool):
-            ranges.append((item, item))
+            low = high = item
         else:
             raise ConfigurationError(f"event id must be an int or a range, not {item!r}")
+        if not 1 <= low <= high <= MAX_ID:
+            raise ConfigurationError(f"event ids are between 1 and {MAX_ID}, got {item!r}")
+        ranges.append((low, high))
     return tuple(ranges)
 
 
