@@ -11,7 +11,6 @@ from ._api import (
     enqueue_many,
     once,
     prune,
-    retry,
     status,
 )
 from ._backoff import RetryPolicy
@@ -29,6 +28,15 @@ from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
 from ._settings import WorkerSettings
+from ._steer import (
+    ReplayPreview,
+    ReplayResult,
+    count_dead,
+    discard,
+    preview_replay,
+    replay,
+    retry,
+)
 from ._worker import Worker
 
 __all__ = [
@@ -46,19 +54,25 @@ __all__ = [
     "PgQueueError",
     "Registry",
     "RegistryError",
+    "ReplayPreview",
+    "ReplayResult",
     "RetryPolicy",
     "SchemaError",
     "StatusReport",
     "Worker",
     "WorkerSettings",
     "WorkerStats",
+    "count_dead",
     "count_prunable",
+    "discard",
     "enqueue",
     "enqueue_many",
     "load_registry",
     "migrate",
     "once",
+    "preview_replay",
     "prune",
+    "replay",
     "retry",
     "status",
 ]

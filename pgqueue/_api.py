@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,22 +157,6 @@ async def enqueue_many(
     return ids
 
 
-async def retry(
-    conn: asyncpg.Connection,
-    *,
-    ids: Sequence[int] | None = None,
-    event_type: str | None = None,
-    handler: str | None = None,
-    schema: str = DEFAULT_SCHEMA,
-) -> list[int]:
-    """Move dead events back to pending; return their ids.
-
-    Only dead handlers run again (only ``handler`` when given); handlers that succeeded stay
-    done. With no filter at all, every dead event is retried.
-    """
-    return await queries_for(schema).retry_dead_events(conn, ids, event_type, handler)
-
-
 async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str | None = None) -> bool:
     """Record that ``ctx``'s (event, handler) has had its effect; True the first time only.
 
@@ -226,17 +210,21 @@ async def prune(
     batch_size: int = 10_000,
     schema: str = DEFAULT_SCHEMA,
     progress: Callable[[int], None] | None = None,
+    include_discarded: bool = False,
 ) -> int:
     """Delete done events processed more than ``older_than`` ago; return how many.
 
-    Dead events (created more than ``older_than`` ago) only with ``include_dead``. Deletes in
+    Dead events (created more than ``older_than`` ago) only with ``include_dead``, discarded
+    ones (see :func:`discard`) only with ``include_discarded``. Deletes in
     batches of ``batch_size``, each its own statement: call it outside a transaction so every
     batch commits and no lock is held long. Safe to interrupt and run again.
     """
     queries = queries_for(schema)
     total = 0
     while True:
-        deleted = await queries.prune_once(conn, older_than, include_dead, batch_size)
+        deleted = await queries.prune_once(
+            conn, older_than, include_dead, batch_size, include_discarded
+        )
         total += deleted
         if progress is not None and deleted:
             progress(total)
@@ -250,6 +238,9 @@ async def count_prunable(
     *,
     include_dead: bool = False,
     schema: str = DEFAULT_SCHEMA,
+    include_discarded: bool = False,
 ) -> int:
     """How many events :func:`prune` with the same arguments would delete now."""
-    return await queries_for(schema).count_prunable(conn, older_than, include_dead)
+    return await queries_for(schema).count_prunable(
+        conn, older_than, include_dead, include_discarded
+    )

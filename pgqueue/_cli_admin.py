@@ -1,4 +1,4 @@
-"""Commands that inspect and steer the outbox: migrate, roles, enqueue, status, retry, prune."""
+"""Commands that set up and inspect the outbox: migrate, roles, enqueue, status, prune."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import datetime as dt
 import json
 from typing import Any
 
+import asyncpg
 import click
 
-from ._api import count_prunable, enqueue, prune, retry, status
+from ._api import count_prunable, enqueue, prune, status
 from ._cli_common import (
     cli,
-    confirm,
     database,
     dsn_option,
     parse_duration,
@@ -21,9 +21,9 @@ from ._cli_common import (
     schema_option,
     with_conn,
 )
-from ._db import connect
-from ._migrate import check_schema, latest_version, migrate, roles_sql
-from ._settings import mask_dsn, validate_schema
+from ._cli_progress import preview, progress, run
+from ._migrate import latest_version, migrate, roles_sql
+from ._settings import validate_schema
 
 
 @cli.command("migrate")
@@ -135,7 +135,7 @@ def status_cmd(dsn: str | None, schema: str) -> None:
 
     report = asyncio.run(main())
     types = sorted({r.event_type for r in report.counts})
-    states = ["pending", "running", "done", "dead"]
+    states = ["pending", "running", "done", "dead", "discarded"]
     table = [["event type", *states, "oldest ready"]]
     for t in types:
         rows = {r.state: r for r in report.counts if r.event_type == t}
@@ -161,40 +161,6 @@ def status_cmd(dsn: str | None, schema: str) -> None:
         )
 
 
-@cli.command("retry")
-@click.option("--id", "ids", type=int, multiple=True, help="Event id (repeat for several).")
-@click.option("--type", "event_type", default=None, help="Only events of this type.")
-@click.option("--handler", default=None, help="Only this dead handler (others stay dead).")
-@click.option("--all", "all_dead", is_flag=True, help="Every dead event.")
-@dsn_option()
-@schema_option
-def retry_cmd(
-    ids: tuple[int, ...],
-    event_type: str | None,
-    handler: str | None,
-    all_dead: bool,
-    dsn: str | None,
-    schema: str,
-) -> None:
-    """Send dead events back to pending: only their dead handlers run again."""
-    validate_schema(schema)
-    if not (ids or event_type or handler or all_dead):
-        raise click.UsageError("say which dead events to retry: --id, --type, --handler or --all")
-
-    async def main() -> list[int]:
-        async with database(dsn, embedded_ok=False) as real_dsn:
-            return await with_conn(
-                real_dsn,
-                schema,
-                lambda c: retry(
-                    c, ids=list(ids) or None, event_type=event_type, handler=handler, schema=schema
-                ),
-            )
-
-    done = asyncio.run(main())
-    click.echo(f"{len(done)} dead event(s) sent back to pending")
-
-
 @cli.command("prune")
 @click.option(
     "--older-than",
@@ -206,6 +172,12 @@ def retry_cmd(
     "include_dead",
     is_flag=True,
     help="Also delete dead events created longer ago than --older-than.",
+)
+@click.option(
+    "--discarded",
+    "include_discarded",
+    is_flag=True,
+    help="Also delete discarded events created longer ago than --older-than.",
 )
 @click.option(
     "--batch-size",
@@ -221,6 +193,7 @@ def retry_cmd(
 def prune_cmd(
     older_than: str,
     include_dead: bool,
+    include_discarded: bool,
     batch_size: int,
     dry_run: bool,
     yes: bool,
@@ -230,29 +203,21 @@ def prune_cmd(
     """Delete old processed events in small batches (never holds long locks)."""
     validate_schema(schema)
     age = dt.timedelta(seconds=parse_duration(older_than))
-    what = "done" + (" and dead" if include_dead else "")
+    states = ["done"] + ["dead"] * include_dead + ["discarded"] * include_discarded
+    what = ", ".join(states[:-1]) + (" and " if len(states) > 1 else "") + states[-1]
+    kinds = {"include_dead": include_dead, "include_discarded": include_discarded}
 
-    async def main() -> None:
-        async with database(dsn, embedded_ok=False) as real_dsn:
-            conn = await connect(real_dsn)
-            try:
-                await check_schema(conn, schema, dsn_hint=mask_dsn(real_dsn))
-                total = await count_prunable(conn, age, include_dead=include_dead, schema=schema)
-                click.echo(f"{total} {what} event(s) older than {older_than} to delete")
-                if dry_run or total == 0:
-                    return
-                confirm(yes, f"delete {total} event(s)?")
-                deleted = await prune(
-                    conn,
-                    age,
-                    include_dead=include_dead,
-                    batch_size=batch_size,
-                    schema=schema,
-                    progress=lambda n: click.echo(f"\rdeleted {n}/{total}", nl=False, err=True),
-                )
-                click.echo("", err=True)
-                click.echo(f"deleted {deleted} event(s)")
-            finally:
-                await conn.close()
+    async def body(conn: asyncpg.Connection) -> None:
+        total = await count_prunable(conn, age, schema=schema, **kinds)
+        message = f"{total} {what} event(s) older than {older_than} to delete"
+        if not preview(
+            message, total, dry_run=dry_run, yes=yes, question=f"delete {total} event(s)?"
+        ):
+            return
+        with progress("deleted", total) as update:
+            deleted = await prune(
+                conn, age, batch_size=batch_size, schema=schema, progress=update, **kinds
+            )
+        click.echo(f"deleted {deleted} event(s)")
 
-    asyncio.run(main())
+    run(dsn, schema, body)

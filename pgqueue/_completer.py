@@ -112,7 +112,7 @@ class Completer:
                 )
             elif c.state == "done":
                 stats.done += 1
-            elif c.state == "dead":
+            elif c.state in ("dead", "discarded"):  # discarded: a handler an operator gave up on
                 stats.dead += 1
             elif c.refund:
                 stats.handed_back += 1

@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from ._backoff import exhausted
-from ._models import HandlerRecord, HandlerState
+from ._models import ANY_HANDLER, HandlerRecord, HandlerState
 from ._queries import ClaimedRow
 from ._registry import Handler
 
@@ -110,6 +110,12 @@ def prior_attempts(record: HandlerRecord | None, attempt: int, written_at: int =
     return record.attempts + max(0, attempt - 1 - record.seen)
 
 
+def record_of(records: dict[str, HandlerRecord], name: str) -> HandlerRecord | None:
+    """The handler's own record, else the wildcard record that covers it (see ANY_HANDLER)."""
+    record = records.get(name)
+    return record if record is not None else records.get(ANY_HANDLER)
+
+
 def lost_claims(delivery: Delivery) -> bool:
     """True when an earlier claim of this event never wrote back (its worker died)."""
     records = delivery.records or {}
@@ -132,7 +138,7 @@ def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handle
     attempt = delivery.row.attempt
     written_at = max((r.seen for r in records.values()), default=0)
     for handler in handlers:
-        record = records.get(handler.name)
+        record = record_of(records, handler.name)
         if record is not None and record.state is not HandlerState.PENDING:
             continue
         prior = prior_attempts(record, attempt, written_at)
@@ -179,6 +185,8 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
         outcome = outcomes.get(handler.name)
         old = records.get(handler.name)
         if outcome is None:
+            if old is None and ANY_HANDLER in records:
+                continue  # covered by the wildcard record, which stays as it is
             if old is None:  # never ran before and not run now: cannot happen, but be safe
                 records[handler.name] = HandlerRecord(HandlerState.PENDING, 0, seen, updated_at=now)
             continue
@@ -211,9 +219,11 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
     body = json.dumps({name: r.to_json() for name, r in records.items()}, separators=(",", ":"))
     # Only this registry's handlers decide the event's fate: a record left by a handler that
     # was since removed from the code must not keep the event pending for ever.
-    current = [(h.name, records[h.name]) for h in handlers if h.name in records]
+    found = ((h.name, record_of(records, h.name)) for h in handlers)
+    current = [(name, r) for name, r in found if r is not None]
     pending = [r for _, r in current if r.state is HandlerState.PENDING]
     dead = [(n, r) for n, r in current if r.state is HandlerState.DEAD]
+    discarded = any(r.state is HandlerState.DISCARDED for _, r in current)
     last_error = None
     failing = [(n, r) for n, r in current if r.error and r.state is not HandlerState.DONE]
     if failing:
@@ -226,4 +236,6 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
         return Completion(row.id, delivery.token, "pending", delay, 0, body, last_error)
     if dead:
         return Completion(row.id, delivery.token, "dead", 0.0, 0, body, last_error)
+    if discarded:  # an operator gave up on a handler (pgqueue discard); the rest are done
+        return Completion(row.id, delivery.token, "discarded", 0.0, 0, body, last_error)
     return Completion(row.id, delivery.token, "done", 0.0, 0, body, None)

@@ -11,12 +11,16 @@ from pydantic import BaseModel, ConfigDict
 
 
 class EventState(StrEnum):
-    """The states of an outbox row (mirrors the ``outbox_state_check`` constraint)."""
+    """The states of an outbox row (mirrors the ``outbox_state_check`` constraint).
+
+    ``discarded``: a dead event an operator gave up on (``pgqueue discard``); never claimed.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
     DEAD = "dead"
+    DISCARDED = "discarded"
 
 
 class HandlerState(StrEnum):
@@ -25,6 +29,13 @@ class HandlerState(StrEnum):
     PENDING = "pending"
     DONE = "done"
     DEAD = "dead"
+    DISCARDED = "discarded"
+
+
+# The record key that stands for "every handler without a record of its own". `pgqueue replay
+# --handler X` and `pgqueue retry --handler X` write it as done next to X's pending record, so
+# only X runs, even though neither command knows which handlers the workers register.
+ANY_HANDLER = "*"
 
 
 @dataclass(slots=True)

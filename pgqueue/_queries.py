@@ -194,36 +194,18 @@ GROUP BY o.event_type, h.key
 ORDER BY o.event_type, h.key
 """
 
-# $1 ids (NULL = any), $2 event type (NULL = any), $3 handler (NULL = every dead handler).
-# Dead handlers become pending with a fresh attempt budget; handlers that succeeded stay done
-# and do not run again.
-RETRY_DEAD = """
-UPDATE {s}.outbox AS o
-SET state = 'pending', run_at = now(), last_error = NULL,
-    handlers = (
-        SELECT jsonb_object_agg(h.key, CASE
-            WHEN h.value ->> 'state' = 'dead' AND ($3::text IS NULL OR h.key = $3::text)
-            THEN jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt)
-            ELSE h.value END)
-        FROM jsonb_each(o.handlers) AS h)
-WHERE o.state = 'dead'
-  AND ($1::bigint[] IS NULL OR o.id = ANY($1::bigint[]))
-  AND ($2::text IS NULL OR o.event_type = $2::text)
-  AND ($3::text IS NULL OR o.handlers -> $3::text ->> 'state' = 'dead')
-RETURNING o.id
-"""
-
-
-# $1 age (interval), $2 include dead events. What prune would delete.
+# $1 age (interval), $2 include dead events, $3 include discarded events. What prune would
+# delete.
 PRUNE_COUNT = """
 SELECT count(*) FROM {s}.outbox
 WHERE (state = 'done' AND processed_at < now() - $1::interval)
    OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
+   OR ($3::boolean AND state = 'discarded' AND created_at < now() - $1::interval)
 """
 
-# $1 age (interval), $2 include dead events, $3 batch size. One batch, in its own transaction:
-# short transactions keep locks and the xmin horizon short on a busy queue. The effects ledger
-# rows of the deleted events go with them.
+# $1 age (interval), $2 include dead events, $3 include discarded events, $4 batch size. One
+# batch, in its own transaction: short transactions keep locks and the xmin horizon short on a
+# busy queue. The effects ledger rows of the deleted events go with them.
 PRUNE_BATCH = """
 WITH gone AS (
     DELETE FROM {s}.outbox
@@ -231,7 +213,8 @@ WITH gone AS (
         SELECT id FROM {s}.outbox
         WHERE (state = 'done' AND processed_at < now() - $1::interval)
            OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
-        LIMIT $3
+           OR ($3::boolean AND state = 'discarded' AND created_at < now() - $1::interval)
+        LIMIT $4
         FOR UPDATE SKIP LOCKED)
     RETURNING id
 ), ledger AS (
@@ -279,10 +262,195 @@ async def scratch_databases(conn: asyncpg.Connection, prefix: str) -> list[str]:
     return [row[0] for row in await conn.fetch(SCRATCH_DATABASES, prefix)]
 
 
+# -- steer: retry / discard / replay ---------------------------------------------------------
+
+
+# The selection shared by retry, discard and replay, on the outbox alias o. Ids come as
+# inclusive ranges (two arrays, lows and highs: `--ids 1..1000000` stays two numbers, not a
+# million-element array); since/until bound created_at (since inclusive, until exclusive).
+def _selection(lows: str, highs: str, event_type: str, since: str, until: str) -> str:
+    return f"""
+    ({lows}::bigint[] IS NULL OR EXISTS (
+        SELECT 1 FROM unnest({lows}::bigint[], {highs}::bigint[]) AS r(lo, hi)
+        WHERE o.id BETWEEN r.lo AND r.hi))
+    AND ({event_type}::text IS NULL OR o.event_type = {event_type}::text)
+    AND ({since}::timestamptz IS NULL OR o.created_at >= {since}::timestamptz)
+    AND ({until}::timestamptz IS NULL OR o.created_at < {until}::timestamptz)"""
+
+
+# Dead events of the selection; with a handler, only those where that handler is dead.
+_DEAD = (
+    "o.state = 'dead' AND"
+    + _selection("$1", "$2", "$3", "$5", "$6")
+    + "\n    AND ($4::text IS NULL OR o.handlers -> $4::text ->> 'state' = 'dead')"
+)
+
+# $1 id lows, $2 id highs, $3 event type, $4 dead handler, $5 since, $6 until (NULL = any).
+COUNT_DEAD = "SELECT count(*) FROM {s}.outbox AS o WHERE " + _DEAD
+
+# The next batch of dead events after id $7, at most $8, in id order. Walking by id (instead
+# of "whatever is still dead") means an event that dies again while the command runs is not
+# picked a second time.
+_DEAD_BATCH = (
+    "SELECT o.id FROM {s}.outbox AS o WHERE " + _DEAD + "\n    AND o.id > $7"
+    " ORDER BY o.id LIMIT $8 FOR UPDATE"
+)
+
+# $1-$6 as COUNT_DEAD, $7 after id, $8 batch size. Dead handlers (only $4 when given) become
+# pending with a fresh attempt budget; handlers that succeeded stay done and do not run again.
+# With $4, a wildcard record (see _models.ANY_HANDLER) also keeps handlers that have no record
+# yet (registered since the event died) from running: only $4 runs.
+RETRY_BATCH = (
+    "WITH picked AS ("
+    + _DEAD_BATCH
+    + """)
+UPDATE {s}.outbox AS o
+SET state = 'pending', run_at = now(), last_error = NULL,
+    handlers = (
+        SELECT jsonb_object_agg(h.key, CASE
+            WHEN h.value ->> 'state' = 'dead' AND ($4::text IS NULL OR h.key = $4::text)
+            THEN jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt,
+                                    'updated_at', extract(epoch FROM now()))
+            ELSE h.value END)
+        FROM jsonb_each(o.handlers) AS h)
+        || CASE WHEN $4::text IS NULL OR o.handlers ? '*' THEN '{{}}'::jsonb
+           ELSE jsonb_build_object('*', jsonb_build_object(
+               'state', 'done', 'attempts', 0, 'seen', o.attempt,
+               'updated_at', extract(epoch FROM now()))) END
+FROM picked
+WHERE o.id = picked.id
+RETURNING o.id
+"""
+)
+
+# $1-$6 as COUNT_DEAD, $7 after id, $8 batch size. Dead handlers (only $4 when given) become
+# 'discarded' (kept, with their error, for audit); the event becomes 'discarded' when no dead
+# handler is left, else it stays dead for the others.
+DISCARD_BATCH = (
+    "WITH picked AS ("
+    + _DEAD_BATCH
+    + """), marked AS (
+    SELECT o.id, (
+        SELECT jsonb_object_agg(h.key, CASE
+            WHEN h.value ->> 'state' = 'dead' AND ($4::text IS NULL OR h.key = $4::text)
+            THEN h.value || jsonb_build_object(
+                'state', 'discarded', 'updated_at', extract(epoch FROM now()))
+            ELSE h.value END)
+        FROM jsonb_each(o.handlers) AS h) AS handlers
+    FROM {s}.outbox AS o JOIN picked ON o.id = picked.id
+)
+UPDATE {s}.outbox AS o
+SET handlers = m.handlers,
+    state = CASE WHEN EXISTS (SELECT 1 FROM jsonb_each(m.handlers) AS h
+                              WHERE h.value ->> 'state' = 'dead')
+            THEN 'dead' ELSE 'discarded' END
+FROM marked AS m
+WHERE o.id = m.id
+RETURNING o.id
+"""
+)
+
+# Relative --since / --until are resolved on the database clock, like every time in pgqueue.
+DB_NOW = "SELECT now()"
+
+# $1 filter (JSON text). The unfinished replay with this filter, if any, and the database
+# clock (the start time of a new replay).
+REPLAY_FIND = """
+SELECT now() AS now, r.id, r.started_at, r.last_id, r.touched
+FROM (SELECT 1) AS one
+LEFT JOIN {s}.replays AS r ON r.filter = $1::jsonb AND r.finished_at IS NULL
+"""
+
+# $1 filter (JSON text), $2 started_at, $3 the id to start after (below the lowest selected).
+# Creates the replay unless one with this filter is unfinished (then the caller finds that one
+# with REPLAY_FIND and resumes it).
+REPLAY_START = """
+INSERT INTO {s}.replays (filter, started_at, last_id) VALUES ($1::jsonb, $2, $3)
+ON CONFLICT (filter) WHERE finished_at IS NULL DO NOTHING
+"""
+
+# $1 id lows, $2 id highs, $3 event type, $4 since, $5 until, $6 replay start, $7 after id.
+# Events of the selection per state: done ones (processed before the replay started) are
+# replayed, the others are reported as skipped.
+REPLAY_COUNT = (
+    "SELECT o.state, count(*) AS events FROM {s}.outbox AS o WHERE "
+    + _selection("$1", "$2", "$3", "$4", "$5")
+    + """
+    AND o.id > $7 AND (o.state <> 'done' OR o.processed_at < $6)
+GROUP BY o.state
+"""
+)
+
+# $1 id lows, $2 id highs, $3 event type, $4 handler (NULL = every handler), $5 since,
+# $6 until, $7 replay id, $8 batch size.
+# One statement per batch, so the events, their ledger rows and the replay's progress commit
+# together: rerun after an interruption, the replay continues after last_id and never replays
+# a batch twice. The replay row is locked first, so two runs of one replay take turns.
+# To every handler: back to a first delivery. To one handler: a fresh pending record for it
+# and a done wildcard for the others (plan() then runs only it), attempt kept (seen = attempt).
+REPLAY_BATCH = (
+    """
+WITH run AS (
+    SELECT id, started_at, last_id FROM {s}.replays
+    WHERE id = $7 AND finished_at IS NULL
+    FOR UPDATE
+), picked AS (
+    -- Scalar subqueries, not a join with run: only then is `id > last_id` an index condition
+    -- (joined, the primary-key scan started at id 1 every batch: 310 ms per batch of 1000
+    -- at id 200,000, measured; now each batch starts where the last one stopped).
+    SELECT o.id FROM {s}.outbox AS o
+    WHERE o.state = 'done' AND o.processed_at < (SELECT started_at FROM run)
+      AND o.id > (SELECT last_id FROM run) AND"""
+    + _selection("$1", "$2", "$3", "$5", "$6")
+    + """
+    ORDER BY o.id LIMIT $8
+    FOR UPDATE OF o
+), replayed AS (
+    UPDATE {s}.outbox AS o
+    SET state = 'pending', run_at = now(), processed_at = NULL, last_error = NULL,
+        attempt = CASE WHEN $4::text IS NULL THEN 0 ELSE o.attempt END,
+        handlers = CASE WHEN $4::text IS NULL THEN NULL
+            ELSE COALESCE(o.handlers, '{{}}'::jsonb) || jsonb_build_object(
+                '*', jsonb_build_object('state', 'done', 'attempts', 0, 'seen', o.attempt,
+                                        'updated_at', extract(epoch FROM now())),
+                $4::text, jsonb_build_object('state', 'pending', 'attempts', 0, 'seen', o.attempt,
+                                             'updated_at', extract(epoch FROM now())))
+            END
+    FROM picked
+    WHERE o.id = picked.id
+    RETURNING o.id
+), ledger AS (
+    DELETE FROM {s}.effects AS e USING replayed
+    WHERE e.event_id = replayed.id AND ($4::text IS NULL OR e.handler = $4::text)
+), progress AS (
+    UPDATE {s}.replays AS r
+    SET last_id = COALESCE((SELECT max(id) FROM replayed), r.last_id),
+        touched = r.touched + (SELECT count(*) FROM replayed),
+        finished_at = CASE WHEN (SELECT count(*) FROM replayed) < $8 THEN now() END
+    FROM run
+    WHERE r.id = run.id
+    RETURNING r.touched, r.finished_at IS NOT NULL AS finished
+)
+SELECT (SELECT count(*) FROM replayed) AS replayed, touched, finished FROM progress
+"""
+)
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
     return Queries(schema)
+
+
+# lows, highs, event type, handler, since, until: the parameters $1-$6 of the steer statements.
+SelectionArgs = tuple[
+    list[int] | None,
+    list[int] | None,
+    str | None,
+    str | None,
+    dt.datetime | None,
+    dt.datetime | None,
+]
 
 
 @dataclass(frozen=True)
@@ -319,11 +487,18 @@ class Queries:
         self.next_due = NEXT_DUE.format(s=s)
         self.status = STATUS.format(s=s)
         self.dead_handlers = DEAD_HANDLERS.format(s=s)
-        self.retry_dead = RETRY_DEAD.format(s=s)
         self.prune_count = PRUNE_COUNT.format(s=s)
         self.prune_batch = PRUNE_BATCH.format(s=s)
         self.test_events = TEST_EVENTS.format(s=s)
         self.test_advance = TEST_ADVANCE.format(s=s)
+        self.db_now = DB_NOW
+        self.count_dead = COUNT_DEAD.format(s=s)
+        self.retry_batch = RETRY_BATCH.format(s=s)
+        self.discard_batch = DISCARD_BATCH.format(s=s)
+        self.replay_find = REPLAY_FIND.format(s=s)
+        self.replay_start = REPLAY_START.format(s=s)
+        self.replay_count = REPLAY_COUNT.format(s=s)
+        self.replay_batch = REPLAY_BATCH.format(s=s)
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -464,31 +639,86 @@ class Queries:
         return list(await conn.fetch(self.dead_handlers))
 
     async def count_prunable(
-        self, conn: asyncpg.Connection, age: dt.timedelta, include_dead: bool
+        self,
+        conn: asyncpg.Connection,
+        age: dt.timedelta,
+        include_dead: bool,
+        include_discarded: bool = False,
     ) -> int:
         """How many events a prune with these settings would delete now."""
-        count: int = await conn.fetchval(self.prune_count, age, include_dead)
+        count: int = await conn.fetchval(self.prune_count, age, include_dead, include_discarded)
         return count
 
     async def prune_once(
-        self, conn: asyncpg.Connection, age: dt.timedelta, include_dead: bool, limit: int
-    ) -> int:
-        """Delete one batch of old events (and their ledger rows); return how many."""
-        deleted: int = await conn.fetchval(self.prune_batch, age, include_dead, limit)
-        return deleted
-
-    async def retry_dead_events(
         self,
         conn: asyncpg.Connection,
-        ids: Sequence[int] | None,
-        event_type: str | None,
-        handler: str | None,
-    ) -> list[int]:
-        """Dead -> pending for the matching events; return their ids."""
-        rows = await conn.fetch(
-            self.retry_dead, list(ids) if ids is not None else None, event_type, handler
+        age: dt.timedelta,
+        include_dead: bool,
+        limit: int,
+        include_discarded: bool = False,
+    ) -> int:
+        """Delete one batch of old events (and their ledger rows); return how many."""
+        deleted: int = await conn.fetchval(
+            self.prune_batch, age, include_dead, include_discarded, limit
         )
-        return [r[0] for r in rows]
+        return deleted
+
+    # -- steer ------------------------------------------------------------------------------
+
+    async def database_now(self, conn: asyncpg.Connection) -> dt.datetime:
+        """The database clock."""
+        now: dt.datetime = await conn.fetchval(self.db_now)
+        return now
+
+    async def count_dead_events(self, conn: asyncpg.Connection, sel: SelectionArgs) -> int:
+        """How many dead events match (with a handler: where that handler is dead)."""
+        count: int = await conn.fetchval(self.count_dead, *sel)
+        return count
+
+    async def retry_dead_batch(
+        self, conn: asyncpg.Connection, sel: SelectionArgs, after: int, limit: int
+    ) -> list[int]:
+        """Dead -> pending for the next batch after id ``after``; return their ids, sorted."""
+        return sorted(r[0] for r in await conn.fetch(self.retry_batch, *sel, after, limit))
+
+    async def discard_dead_batch(
+        self, conn: asyncpg.Connection, sel: SelectionArgs, after: int, limit: int
+    ) -> list[int]:
+        """Discard the dead handlers of the next batch after id ``after``; return the ids."""
+        return sorted(r[0] for r in await conn.fetch(self.discard_batch, *sel, after, limit))
+
+    async def find_replay(self, conn: asyncpg.Connection, filter_json: str) -> Any:
+        """(now, id, started_at, last_id, touched); id NULL when no unfinished replay."""
+        return await conn.fetchrow(self.replay_find, filter_json)
+
+    async def start_replay(
+        self, conn: asyncpg.Connection, filter_json: str, started_at: dt.datetime, after: int
+    ) -> None:
+        """Create the replay row unless an unfinished one has this filter."""
+        await conn.execute(self.replay_start, filter_json, started_at, after)
+
+    async def replay_counts(
+        self,
+        conn: asyncpg.Connection,
+        sel: SelectionArgs,
+        started_at: dt.datetime,
+        after: int,
+    ) -> dict[str, int]:
+        """Events of the selection per state (done: processed before ``started_at``)."""
+        lows, highs, event_type, _handler, since, until = sel
+        rows = await conn.fetch(
+            self.replay_count, lows, highs, event_type, since, until, started_at, after
+        )
+        return {r["state"]: r["events"] for r in rows}
+
+    async def replay_once(
+        self, conn: asyncpg.Connection, sel: SelectionArgs, replay_id: int, limit: int
+    ) -> tuple[int, bool]:
+        """Replay one batch; return (events replayed, whether the replay is finished)."""
+        row = await conn.fetchrow(self.replay_batch, *sel, replay_id, limit)
+        if row is None:  # finished meanwhile (by another run of the same replay)
+            return 0, True
+        return row["replayed"], row["finished"]
 
     async def events_for_tests(self, conn: asyncpg.Connection, event_type: str | None) -> list[Any]:
         """Every outbox row (of ``event_type`` when given), by id, for pgqueue.testing."""

@@ -71,8 +71,7 @@ CREATE TABLE pgqueue.outbox (
     CONSTRAINT outbox_payload_size CHECK ((octet_length((payload)::text) <= 1048576)),
     CONSTRAINT outbox_processed_iff_done CHECK (((state = 'done'::text) = (processed_at IS NOT NULL))),
     CONSTRAINT outbox_queue_format CHECK ((queue ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$'::text)),
-    CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at)),
-    CONSTRAINT outbox_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text])))
+    CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 
@@ -109,6 +108,26 @@ ALTER TABLE pgqueue.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE pgqueue.replays (
+    id bigint NOT NULL,
+    filter jsonb NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_id bigint DEFAULT 0 NOT NULL,
+    touched bigint DEFAULT 0 NOT NULL,
+    finished_at timestamp with time zone
+);
+
+ALTER TABLE pgqueue.replays OWNER TO <owner>;
+
+ALTER TABLE pgqueue.replays ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME pgqueue.replays_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 ALTER TABLE ONLY pgqueue.effects
     ADD CONSTRAINT effects_pkey PRIMARY KEY (event_id, handler);
 
@@ -117,6 +136,12 @@ ALTER TABLE ONLY pgqueue.migrations
 
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
+
+ALTER TABLE pgqueue.outbox
+    ADD CONSTRAINT outbox_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text]))) NOT VALID;
+
+ALTER TABLE ONLY pgqueue.replays
+    ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
 
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'dead'::text);
 
@@ -127,6 +152,8 @@ CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) W
 CREATE INDEX outbox_processed_idx ON pgqueue.outbox USING btree (processed_at) WHERE (state = 'done'::text);
 
 CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, run_at, id) WHERE (state = 'pending'::text);
+
+CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filter) WHERE (finished_at IS NULL);
 
 CREATE TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_outbox();
 

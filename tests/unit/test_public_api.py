@@ -8,7 +8,7 @@ from pathlib import Path
 import pgqueue
 from pgqueue import EventState, HandlerState
 
-SQL = Path(__file__).resolve().parents[2] / "sql" / "0001_outbox.sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 EXPECTED_ALL = [
     "ConfigurationError",
@@ -25,19 +25,25 @@ EXPECTED_ALL = [
     "PgQueueError",
     "Registry",
     "RegistryError",
+    "ReplayPreview",
+    "ReplayResult",
     "RetryPolicy",
     "SchemaError",
     "StatusReport",
     "Worker",
     "WorkerSettings",
     "WorkerStats",
+    "count_dead",
     "count_prunable",
+    "discard",
     "enqueue",
     "enqueue_many",
     "load_registry",
     "migrate",
     "once",
+    "preview_replay",
     "prune",
+    "replay",
     "retry",
     "status",
 ]
@@ -70,15 +76,19 @@ def test_library_errors_share_one_base() -> None:
 
 
 def _check_values(constraint: str) -> list[str]:
-    text = SQL.read_text()
-    match = re.search(rf"CONSTRAINT {constraint} CHECK \(state IN \(([^)]*)\)\)", text)
-    assert match, f"constraint {constraint} not found in {SQL.name}"
-    return re.findall(r"'([^']*)'", match.group(1))
+    """The values of the newest definition of ``constraint`` across the migrations."""
+    found = []
+    for path in sorted(SQL_DIR.glob("0*.sql")):
+        found += re.findall(
+            rf"CONSTRAINT {constraint}\s+CHECK \(state IN \(([^)]*)\)\)", path.read_text()
+        )
+    assert found, f"constraint {constraint} not found in {SQL_DIR}"
+    return re.findall(r"'([^']*)'", found[-1])
 
 
 def test_event_states_mirror_the_sql_check_constraint() -> None:
     allowed = _check_values("outbox_state_check")
-    assert allowed == ["pending", "running", "done", "dead"]
+    assert allowed == ["pending", "running", "done", "dead", "discarded"]
     assert [s.value for s in EventState] == allowed
 
 
