@@ -15,12 +15,14 @@ from ._cli_common import (
     confirm,
     database,
     dsn_option,
+    format_age,
     parse_duration,
     parse_run_at,
     print_table,
     schema_option,
     with_conn,
 )
+from ._cli_watch import watch_status
 from ._db import connect
 from ._migrate import check_schema, latest_version, migrate, roles_sql
 from ._settings import mask_dsn, validate_schema
@@ -112,22 +114,32 @@ def enqueue_cmd(
     click.echo(asyncio.run(main()))
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 @cli.command("status")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh until Ctrl-C: pending / running / dead per type and handler, events done "
+    "per second, oldest ready age. Counts only recent done events, so it stays cheap.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=None,
+    help="Seconds between refreshes with --watch (also the throughput window) [default: 2].",
+)
 @dsn_option()
 @schema_option
-def status_cmd(dsn: str | None, schema: str) -> None:
-    """Show events per type and state, the oldest ready age, and dead handlers."""
+def status_cmd(watch: bool, interval: float | None, dsn: str | None, schema: str) -> None:
+    """Show events per type and state, the oldest ready age, and dead handlers.
+
+    Without --watch it counts every event (one scan of the outbox).
+    """
     validate_schema(schema)
+    if interval is not None and not watch:
+        raise click.UsageError("--interval only applies with --watch")
+    if watch:
+        watch_status(dsn, schema, interval or 2.0)
+        return
 
     async def main() -> Any:
         async with database(dsn, embedded_ok=False) as real_dsn:
@@ -144,7 +156,7 @@ def status_cmd(dsn: str | None, schema: str) -> None:
             [
                 t,
                 *(str(rows[s].events) if s in rows else "0" for s in states),
-                _age(max(ages) if ages else None),
+                format_age(max(ages) if ages else None),
             ]
         )
     if len(table) == 1:

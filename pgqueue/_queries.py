@@ -236,6 +236,93 @@ SELECT count(*) FROM gone
 """
 
 
+# -- inspect ----------------------------------------------------------------------------------
+
+# $1 event types (NULL = any), $2 states (NULL = any), $3 handler name (NULL = any),
+# $4 handler state (NULL = any), $5 created at or after (timestamptz), $6 created at most this
+# long ago (interval), $7 created before (timestamptz), $8 created longer ago than (interval),
+# $9 idempotency key, $10 queues, $11 ids below this (keyset pagination), $12 rows.
+# Never the payload: listings end up in terminals, logs and tickets.
+#
+# Newest first by id, so the usual plan walks the primary key backwards and stops after $12
+# rows; a filter with a partial index of its own (dead, pending, running, an idempotency key,
+# per-handler records) lets the planner read only that index and sort the few rows it finds.
+# Every filter is `$n IS NULL OR ...`: the caller runs the statement with a custom plan (see
+# Queries.list_events), where the NULL tests fold away and the partial indexes' predicates
+# match. Measured on 100,000 rows: see the comment in sql/0002_inspect.sql.
+LIST_EVENTS = """
+SELECT id, event_type, queue, state, attempt, created_at, run_at, processed_at,
+       idempotency_key, leased_by, lease_expires_at, left(last_error, 500) AS last_error,
+       (SELECT jsonb_object_agg(h.key, h.value ->> 'state')
+        FROM jsonb_each(handlers) AS h)::text AS handler_states,
+       now() AS db_now
+FROM {s}.outbox
+WHERE ($1::text[] IS NULL OR event_type = ANY($1::text[]))
+  AND ($2::text[] IS NULL OR state = ANY($2::text[]))
+  AND (($3::text IS NULL AND $4::text IS NULL) OR (handlers IS NOT NULL AND (
+        ($4::text IS NULL AND handlers ? $3::text)
+        OR ($3::text IS NOT NULL AND handlers -> $3::text ->> 'state' = $4::text)
+        OR ($3::text IS NULL AND EXISTS (
+            SELECT FROM jsonb_each(handlers) AS h WHERE h.value ->> 'state' = $4::text)))))
+  AND ($5::timestamptz IS NULL OR created_at >= $5::timestamptz)
+  AND ($6::interval IS NULL OR created_at >= now() - $6::interval)
+  AND ($7::timestamptz IS NULL OR created_at < $7::timestamptz)
+  AND ($8::interval IS NULL OR created_at < now() - $8::interval)
+  AND ($9::text IS NULL OR idempotency_key = $9::text)
+  AND ($10::text[] IS NULL OR queue = ANY($10::text[]))
+  AND ($11::bigint IS NULL OR id < $11::bigint)
+ORDER BY id DESC
+LIMIT $12
+"""
+
+# $1 event id. Everything about one event, payload included (only `events show` prints it),
+# and the handlers whose effects the `once` ledger recorded.
+GET_EVENT = """
+SELECT o.id, o.event_type, o.queue, o.state, o.attempt, o.created_at, o.run_at,
+       o.processed_at, o.idempotency_key, o.lease_token, o.leased_by, o.lease_expires_at,
+       o.last_error, o.payload::text AS payload, o.handlers::text AS handlers,
+       ARRAY(SELECT e.handler FROM {s}.effects AS e WHERE e.event_id = o.id
+             ORDER BY e.handler) AS effects,
+       now() AS db_now
+FROM {s}.outbox AS o
+WHERE o.id = $1
+"""
+
+# $1 window in seconds. One refresh of `status --watch`: exact counts of the active states
+# (each arm reads its own partial index: outbox_ready_idx, outbox_lease_idx, outbox_dead_idx),
+# events done within the window (outbox_processed_idx), never a count of every done row, so a
+# refresh costs the same with 1,000 or 100,000,000 done events kept.
+LIVE_COUNTS = """
+SELECT event_type, 'pending' AS state, count(*) AS events,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
+           AS oldest_ready_age
+FROM {s}.outbox WHERE state = 'pending' GROUP BY event_type
+UNION ALL
+SELECT event_type, 'running', count(*), NULL FROM {s}.outbox
+WHERE state = 'running' GROUP BY event_type
+UNION ALL
+SELECT event_type, 'dead', count(*), NULL FROM {s}.outbox
+WHERE state = 'dead' GROUP BY event_type
+UNION ALL
+SELECT event_type, 'done', count(*), NULL FROM {s}.outbox
+WHERE state = 'done' AND processed_at > now() - make_interval(secs => $1)
+GROUP BY event_type
+"""
+
+# Per (event type, handler, handler state) for events not yet done: only rows with records,
+# read through outbox_handlers_idx (the happy path writes none).
+LIVE_HANDLERS = """
+SELECT o.event_type, h.key AS handler, h.value ->> 'state' AS state, count(*) AS events
+FROM {s}.outbox AS o, jsonb_each(o.handlers) AS h
+WHERE o.handlers IS NOT NULL AND o.state <> 'done'
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+"""
+
+# The database clock, for ages shown next to rows read in an earlier statement.
+DB_NOW = "SELECT now()"
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
@@ -279,6 +366,11 @@ class Queries:
         self.retry_dead = RETRY_DEAD.format(s=s)
         self.prune_count = PRUNE_COUNT.format(s=s)
         self.prune_batch = PRUNE_BATCH.format(s=s)
+        self.list_events = LIST_EVENTS.format(s=s)
+        self.get_event = GET_EVENT.format(s=s)
+        self.live_counts = LIVE_COUNTS.format(s=s)
+        self.live_handlers = LIVE_HANDLERS.format(s=s)
+        self.db_now = DB_NOW
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -443,3 +535,49 @@ class Queries:
             self.retry_dead, list(ids) if ids is not None else None, event_type, handler
         )
         return [r[0] for r in rows]
+
+    async def event_rows(
+        self,
+        conn: asyncpg.Connection,
+        types: Sequence[str] | None,
+        states: Sequence[str] | None,
+        handler: str | None,
+        handler_state: str | None,
+        times: tuple[
+            dt.datetime | None, dt.timedelta | None, dt.datetime | None, dt.timedelta | None
+        ],
+        key: str | None,
+        queues: Sequence[str] | None,
+        before_id: int | None,
+        limit: int,
+    ) -> list[Any]:
+        """Events matching the filters (None = any), newest first, without payloads.
+
+        ``times``: created at or after, at most this long ago, before, longer ago than.
+        """
+        # A fresh prepared statement always gets a custom plan, in which the `$n IS NULL`
+        # tests fold away and partial indexes can match; through the statement cache the
+        # sixth call on one connection may switch to a generic plan that cannot use them.
+        statement = await conn.prepare(self.list_events)
+        return list(
+            await statement.fetch(
+                types, states, handler, handler_state, *times, key, queues, before_id, limit
+            )
+        )
+
+    async def event_row(self, conn: asyncpg.Connection, event_id: int) -> Any:
+        """One event's row, payload included, or None."""
+        return await conn.fetchrow(self.get_event, event_id)
+
+    async def live_count_rows(self, conn: asyncpg.Connection, window: float) -> list[Any]:
+        """Active counts per type and state, and events done in the last ``window`` s."""
+        return list(await conn.fetch(self.live_counts, window))
+
+    async def live_handler_rows(self, conn: asyncpg.Connection) -> list[Any]:
+        """Handler states of unfinished events, per event type and handler."""
+        return list(await conn.fetch(self.live_handlers))
+
+    async def database_now(self, conn: asyncpg.Connection) -> dt.datetime:
+        """The database's current time (the clock every pgqueue time comes from)."""
+        now: dt.datetime = await conn.fetchval(self.db_now)
+        return now
