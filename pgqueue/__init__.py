@@ -15,6 +15,15 @@ from ._api import (
     status,
 )
 from ._backoff import RetryPolicy
+from ._errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    Discard,
+    PayloadError,
+    PgQueueError,
+    RegistryError,
+    SchemaError,
+)
 from ._inspect import (
     EventDetail,
     EventPage,
@@ -26,15 +35,6 @@ from ._inspect import (
     get_event,
     list_events,
     live_status,
-)
-from ._errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    Discard,
-    PayloadError,
-    PgQueueError,
-    RegistryError,
-    SchemaError,
 )
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
