@@ -19,12 +19,23 @@ from ._cli_common import (
     table_lines,
     with_conn,
 )
-from ._inspect import EventDetail, EventPage, EventSummary, get_event, list_events
+from ._inspect import (
+    EventDetail,
+    EventPage,
+    EventSummary,
+    TimeBound,
+    get_event,
+    list_events,
+)
 from ._models import EventState, HandlerState
 from ._settings import validate_queue, validate_schema
 
 MAX_ID = 2**63 - 1  # bigint: a larger id would overflow in the driver, not say "not found"
 ERROR_WIDTH = 60
+
+
+def _time_bound(ctx: click.Context, param: click.Parameter, value: str | None) -> TimeBound | None:
+    return parse_time_bound(value) if value else None
 
 
 @cli.group("events")
@@ -33,7 +44,9 @@ def events_group() -> None:
 
 
 @events_group.command("list")
-@click.option("--type", "event_types", multiple=True, help="Event type (repeat for several).")
+@click.option(
+    "--type", "event_types", metavar="TYPE", multiple=True, help="Event type (repeat for several)."
+)
 @click.option(
     "--state",
     "states",
@@ -43,6 +56,7 @@ def events_group() -> None:
 )
 @click.option(
     "--handler",
+    metavar="NAME",
     default=None,
     help="Only events with a per-handler record for this handler (events that succeeded "
     "at the first try keep none).",
@@ -53,10 +67,24 @@ def events_group() -> None:
     default=None,
     help="Only events whose --handler (without it: any handler) is in this state.",
 )
-@click.option("--since", default=None, help="Created at or after: 10m / 2h / 3d ago, or ISO time.")
-@click.option("--until", default=None, help="Created before: 10m / 2h / 3d ago, or ISO time.")
-@click.option("--key", default=None, help="Idempotency key.")
-@click.option("--queue", "queues", multiple=True, help="Queue (repeat for several).")
+@click.option(
+    "--since",
+    metavar="WHEN",
+    default=None,
+    callback=_time_bound,
+    help="Created at or after: 10m / 2h / 3d (that long ago) or an ISO time with zone.",
+)
+@click.option(
+    "--until",
+    metavar="WHEN",
+    default=None,
+    callback=_time_bound,
+    help="Created before: 10m / 2h / 3d (that long ago) or an ISO time with zone.",
+)
+@click.option("--key", metavar="KEY", default=None, help="Idempotency key.")
+@click.option(
+    "--queue", "queues", metavar="NAME", multiple=True, help="Queue (repeat for several)."
+)
 @click.option(
     "--limit",
     type=click.IntRange(1, 10_000),
@@ -66,6 +94,7 @@ def events_group() -> None:
 )
 @click.option(
     "--before-id",
+    metavar="ID",
     type=click.IntRange(1, MAX_ID),
     default=None,
     help="Only events with a smaller id: the next (older) page.",
@@ -83,8 +112,8 @@ def list_cmd(
     states: tuple[str, ...],
     handler: str | None,
     handler_state: str | None,
-    since: str | None,
-    until: str | None,
+    since: TimeBound | None,
+    until: TimeBound | None,
     key: str | None,
     queues: tuple[str, ...],
     limit: int,
@@ -106,8 +135,8 @@ def list_cmd(
         states=states,
         handler=handler,
         handler_state=handler_state,
-        since=parse_time_bound(since) if since else None,
-        until=parse_time_bound(until) if until else None,
+        since=since,
+        until=until,
         idempotency_key=key,
         queues=queues,
         before_id=before_id,

@@ -39,6 +39,7 @@ async def _watch(dsn: str | None, schema: str, interval: float, tty: bool) -> No
     async with database(dsn, embedded_ok=False) as real_dsn:
 
         async def refresh(conn: asyncpg.Connection) -> None:
+            due = loop.time()
             while not stop.is_set():
                 try:
                     snapshot = await live_status(conn, window=interval, schema=schema)
@@ -49,8 +50,11 @@ async def _watch(dsn: str | None, schema: str, interval: float, tty: bool) -> No
                     ) from exc
                 text = "\n".join(render(snapshot, interval))
                 click.echo(CLEAR + text if tty else text + "\n")
+                # A fixed cadence (not interval + query time), so the blocks stay `interval`
+                # apart, as the throughput window assumes.
+                due = max(due + interval, loop.time())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
+                    await asyncio.wait_for(stop.wait(), due - loop.time())
 
         await with_conn(real_dsn, schema, refresh)
 
