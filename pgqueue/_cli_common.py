@@ -83,6 +83,13 @@ async def with_conn(
         if check:
             await check_schema(conn, schema, dsn_hint=mask_dsn(dsn))
         return await fn(conn)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # A role without the grants a command needs is a setup matter, not a bug.
+        raise ConfigurationError(
+            f"{exc.args[0] if exc.args else exc} for the role of {mask_dsn(dsn)}: this command "
+            "needs more privileges; see 'pgqueue roles' (pgqueue_ops reads, pgqueue_worker "
+            "runs and retries)"
+        ) from exc
     finally:
         await conn.close()
 

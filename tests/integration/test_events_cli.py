@@ -18,8 +18,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+from tenacity import stop_after_attempt, wait_fixed
 
 import pgqueue
+from pgqueue._migrate import roles_sql
 from pgqueue._queries import queries_for
 from tests.integration.core_support import QUICK, Calls, counting, run_burst
 from tests.integration.test_core_cli import ROOT, assert_one_line_error, cli
@@ -293,6 +295,68 @@ async def test_bad_input_is_one_error_line(
 ) -> None:
     result = await cli(*args, "--dsn", db_dsn)
     assert_one_line_error(result, code, fragment)
+
+
+async def test_a_durable_retry_shows_as_a_pending_handler_with_its_due_time(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    registry, calls = pgqueue.Registry(), Calls()
+    later = pgqueue.RetryPolicy(stop=stop_after_attempt(5), wait=wait_fixed(600))
+    counting(registry, calls, "order.placed", "crm", behaviour=_fail, retry=later)
+    counting(registry, calls, "order.placed", "email")
+    event_id = await pgqueue.enqueue(conn, "order.placed", {"email": SECRET})
+    await run_burst(db_dsn, registry)  # crm fails once and is due again in 10 minutes
+
+    assert await listed_ids(db_dsn, "--handler", "crm", "--handler-state", "pending") == [event_id]
+    assert await listed_ids(db_dsn, "--handler-state", "done") == [event_id]  # email
+    shown = await cli("events", "show", str(event_id), "--dsn", db_dsn)
+    assert shown.returncode == 0, shown.stderr
+    crm = next(line.split() for line in shown.stdout.splitlines() if line.startswith("  crm"))
+    assert crm[1:4] == ["pending", "1", "in"] and 5 < float(crm[4].rstrip("m")) <= 10, crm
+    detail = json.loads(
+        (await cli("events", "show", str(event_id), "--json", "--dsn", db_dsn)).stdout
+    )
+    run_at = await conn.fetchval("SELECT run_at FROM pgqueue.outbox WHERE id = $1", event_id)
+    crm_record = next(h for h in detail["handler_records"] if h["name"] == "crm")
+    assert abs(dt.datetime.fromisoformat(crm_record["not_before"]) - run_at) < dt.timedelta(
+        seconds=1
+    )
+
+
+async def test_help_of_the_events_commands(db_dsn: str) -> None:
+    for command, fragment in [("list", "JSON Lines"), ("show", "payload")]:
+        result = await cli("events", command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert f"pgqueue events {command}" in result.stdout and fragment in result.stdout
+        assert "PGQUEUE_DSN" in result.stdout
+    status = await cli("status", "--help")
+    assert "--watch" in status.stdout and "--interval" in status.stdout
+
+
+async def test_an_ops_role_may_inspect_and_a_producer_gets_one_error_line(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    s = await seed(db_dsn, conn)
+    await conn.execute(roles_sql("pgqueue"))
+    for role, group in [
+        ("pgqueue_test_ops", "pgqueue_ops"),
+        ("pgqueue_test_producer", "pgqueue_producer"),
+    ]:
+        await conn.execute(
+            f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') "
+            f"THEN CREATE ROLE {role} LOGIN; END IF; END $$"
+        )
+        await conn.execute(f"GRANT {group} TO {role}")
+    host = db_dsn.split("@", 1)[1] if "@" in db_dsn else db_dsn.split("://", 1)[1]
+
+    ops = await cli("events", "list", "--json", "--dsn", f"postgresql://pgqueue_test_ops@{host}")
+    assert sorted(e["id"] for e in json_lines(ops)) == sorted(s.all)
+    shown = await cli(
+        "events", "show", str(s.dead1), "--dsn", f"postgresql://pgqueue_test_ops@{host}"
+    )
+    assert shown.returncode == 0 and SECRET in shown.stdout, shown.stderr
+    producer = await cli("events", "list", "--dsn", f"postgresql://pgqueue_test_producer@{host}")
+    assert_one_line_error(producer, 1, "permission denied", "pgqueue roles")
 
 
 # -- the Python API ---------------------------------------------------------------------------
