@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._api import count_prunable, enqueue, prune, retry, status
+from ._api import EXACT_STATUS_ROWS, StatusRow, count_prunable, enqueue, prune, retry, status
 from ._cli_common import (
     cli,
     confirm,
@@ -127,12 +127,20 @@ def enqueue_cmd(
     default=None,
     help="Seconds between refreshes with --watch (also the throughput window) [default: 2].",
 )
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Count every done event, however large the outbox (one scan of the table).",
+)
 @dsn_option()
 @schema_option
-def status_cmd(watch: bool, interval: float | None, dsn: str | None, schema: str) -> None:
+def status_cmd(
+    watch: bool, interval: float | None, exact: bool, dsn: str | None, schema: str
+) -> None:
     """Show events per type and state, the oldest ready age, and dead handlers.
 
-    Without --watch it counts every event (one scan of the outbox).
+    Pending, running and dead counts are exact. Done counts are exact up to 1,000,000 rows
+    in the outbox and estimated from a sample above that (shown as ~N) unless --exact.
     """
     validate_schema(schema)
     if interval is not None and not watch:
@@ -140,10 +148,13 @@ def status_cmd(watch: bool, interval: float | None, dsn: str | None, schema: str
     if watch:
         watch_status(dsn, schema, interval or 2.0)
         return
+    limit = None if exact else EXACT_STATUS_ROWS
 
     async def main() -> Any:
         async with database(dsn, embedded_ok=False) as real_dsn:
-            return await with_conn(real_dsn, schema, lambda c: status(c, schema=schema))
+            return await with_conn(
+                real_dsn, schema, lambda c: status(c, schema=schema, exact_limit=limit)
+            )
 
     report = asyncio.run(main())
     types = sorted({r.event_type for r in report.counts})
@@ -155,7 +166,7 @@ def status_cmd(watch: bool, interval: float | None, dsn: str | None, schema: str
         table.append(
             [
                 t,
-                *(str(rows[s].events) if s in rows else "0" for s in states),
+                *(_count(rows[s]) if s in rows else "0" for s in states),
                 format_age(max(ages) if ages else None),
             ]
         )
@@ -163,6 +174,8 @@ def status_cmd(watch: bool, interval: float | None, dsn: str | None, schema: str
         click.echo("the outbox is empty")
     else:
         print_table(table)
+    if any(r.estimated for r in report.counts):
+        click.echo("~ done counts estimated from a sample of the table; --exact counts all")
     if report.dead_handlers:
         click.echo("")
         print_table(
@@ -171,6 +184,10 @@ def status_cmd(watch: bool, interval: float | None, dsn: str | None, schema: str
                 *([t, h, str(n)] for t, h, n in report.dead_handlers),
             ]
         )
+
+
+def _count(row: StatusRow) -> str:
+    return f"~{row.events}" if row.estimated else str(row.events)
 
 
 @cli.command("retry")

@@ -421,6 +421,58 @@ async def test_live_status_counts_active_states_and_recent_throughput(
     }
 
 
+# -- status: exact where cheap, sampled done counts on a big outbox ---------------------------
+
+
+async def _seed_done(conn: asyncpg.Connection, n: int) -> None:
+    await conn.execute(
+        "INSERT INTO pgqueue.outbox (event_type, state, processed_at) "
+        "SELECT 'bulk.done', 'done', now() FROM generate_series(1, $1)",
+        n,
+    )
+    await pgqueue.enqueue(conn, "bulk.done", {})
+    await conn.execute("ANALYZE pgqueue.outbox")
+
+
+async def test_status_estimates_done_counts_above_the_exact_limit(
+    conn: asyncpg.Connection,
+) -> None:
+    await _seed_done(conn, 5000)
+
+    exact = await pgqueue.status(conn)
+    sampled = await pgqueue.status(conn, exact_limit=1000)
+
+    assert [(r.state, r.events, r.estimated) for r in exact.counts] == [
+        ("done", 5000, False),
+        ("pending", 1, False),
+    ]
+    # 5,000 rows is below the sample size, so the "sample" reads every page: same counts.
+    assert [(r.state, r.events, r.estimated) for r in sampled.counts] == [
+        ("done", 5000, True),
+        ("pending", 1, False),
+    ]
+
+
+async def test_status_cli_marks_estimates_and_exact_counts_all(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    await _seed_done(conn, 50_000)
+    # Make the planner's row count say 1.5 million (after ANALYZE, so nothing resets it).
+    await conn.execute(
+        "UPDATE pg_class SET reltuples = 1500000 WHERE oid = 'pgqueue.outbox'::regclass"
+    )
+
+    sampled = await cli("status", "--dsn", db_dsn)
+    exact = await cli("status", "--exact", "--dsn", db_dsn)
+
+    assert sampled.returncode == exact.returncode == 0, sampled.stderr + exact.stderr
+    done = sampled.stdout.splitlines()[1].split()[3]  # event type, pending, running, done
+    assert done.startswith("~") and 20_000 < int(done[1:]) < 125_000, sampled.stdout
+    assert "~ done counts estimated from a sample" in sampled.stdout
+    assert exact.stdout.splitlines()[1].split()[:5] == ["bulk.done", "1", "0", "50000", "0"]
+    assert "~" not in exact.stdout
+
+
 # -- status --watch ---------------------------------------------------------------------------
 
 
