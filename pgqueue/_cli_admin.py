@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import Any
 
 import click
 
-from ._api import EXACT_STATUS_ROWS, StatusRow, count_prunable, enqueue, prune, retry, status
+from ._api import (
+    EXACT_STATUS_ROWS,
+    StatusReport,
+    StatusRow,
+    count_prunable,
+    enqueue,
+    prune,
+    retry,
+    status,
+)
 from ._cli_common import (
     cli,
     confirm,
@@ -145,18 +153,23 @@ def status_cmd(
     validate_schema(schema)
     if interval is not None and not watch:
         raise click.UsageError("--interval only applies with --watch")
+    if exact and watch:
+        raise click.UsageError("--exact does not apply with --watch (it counts no done totals)")
     if watch:
         watch_status(dsn, schema, interval or 2.0)
         return
     limit = None if exact else EXACT_STATUS_ROWS
 
-    async def main() -> Any:
+    async def main() -> StatusReport:
         async with database(dsn, embedded_ok=False) as real_dsn:
             return await with_conn(
                 real_dsn, schema, lambda c: status(c, schema=schema, exact_limit=limit)
             )
 
-    report = asyncio.run(main())
+    _print_status(asyncio.run(main()))
+
+
+def _print_status(report: StatusReport) -> None:
     types = sorted({r.event_type for r in report.counts})
     states = ["pending", "running", "done", "dead"]
     table = [["event type", *states, "oldest ready"]]

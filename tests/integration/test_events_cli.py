@@ -288,6 +288,7 @@ async def test_show_of_a_missing_event_is_one_error_line(db_dsn: str) -> None:
         (("events", "list", "--queue", "no spaces"), 1, "invalid queue name"),
         (("status", "--interval", "1"), 2, "--interval only applies with --watch"),
         (("status", "--watch", "--interval", "0"), 2, "--interval"),
+        (("status", "--watch", "--exact"), 2, "--exact does not apply with --watch"),
     ],
 )  # fmt: skip
 async def test_bad_input_is_one_error_line(
@@ -330,7 +331,7 @@ async def test_help_of_the_events_commands(db_dsn: str) -> None:
         assert f"pgqueue events {command}" in result.stdout and fragment in result.stdout
         assert "PGQUEUE_DSN" in result.stdout
     status = await cli("status", "--help")
-    assert "--watch" in status.stdout and "--interval" in status.stdout
+    assert all(option in status.stdout for option in ("--watch", "--interval", "--exact"))
 
 
 async def test_an_ops_role_may_inspect_and_a_producer_gets_one_error_line(
