@@ -22,8 +22,14 @@ from ._settings import mask_dsn
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: what watch(1) does
 BLOCK_HEADER = "pgqueue status at"
-# The connection broke under us (server restart, network): one line, not a traceback.
-LOST = (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError)
+# The connection broke under us (server restart, terminated backend, network): one line,
+# not a traceback.
+LOST = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+)
 
 
 def watch_status(dsn: str | None, schema: str, interval: float) -> None:

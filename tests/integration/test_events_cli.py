@@ -554,6 +554,30 @@ async def test_status_watch_redraws_in_place_on_a_terminal(
     assert b"order.placed" in screen.split(b"\x1b[H\x1b[2J")[1]
 
 
+async def test_status_watch_losing_its_connection_is_one_error_line(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "status", "--watch", "--interval", "0.2", "--dsn", db_dsn,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        await asyncio.wait_for(_read_blocks(proc.stdout, 1), timeout=30)
+        terminated = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert terminated == 1
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    result = subprocess.CompletedProcess([], proc.returncode, "", err.decode())
+    assert_one_line_error(result, 1, "lost the connection", "run the command again")
+
+
 # -- plans: the listing reads indexes, not the table --------------------------------------------
 
 
