@@ -24,6 +24,18 @@ from ._errors import (
     SchemaError,
 )
 from ._inprocess import EventResult, HandlerResult, InProcess
+from ._inspect import (
+    EventDetail,
+    EventPage,
+    EventSummary,
+    HandlerDetail,
+    LiveHandlerCount,
+    LiveStatus,
+    LiveTypeCounts,
+    get_event,
+    list_events,
+    live_status,
+)
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
@@ -45,11 +57,18 @@ __all__ = [
     "DatabaseUnavailableError",
     "Discard",
     "Event",
+    "EventDetail",
+    "EventPage",
     "EventResult",
     "EventState",
+    "EventSummary",
+    "HandlerDetail",
     "HandlerResult",
     "HandlerState",
     "InProcess",
+    "LiveHandlerCount",
+    "LiveStatus",
+    "LiveTypeCounts",
     "PayloadError",
     "PgQueueError",
     "Registry",
@@ -67,6 +86,9 @@ __all__ = [
     "discard",
     "enqueue",
     "enqueue_many",
+    "get_event",
+    "list_events",
+    "live_status",
     "load_registry",
     "migrate",
     "once",

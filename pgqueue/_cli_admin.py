@@ -5,16 +5,24 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-from typing import Any
 
 import asyncpg
 import click
 
-from ._api import count_prunable, enqueue, prune, status
+from ._api import (
+    EXACT_STATUS_ROWS,
+    StatusReport,
+    StatusRow,
+    count_prunable,
+    enqueue,
+    prune,
+    status,
+)
 from ._cli_common import (
     cli,
     database,
     dsn_option,
+    format_age,
     parse_duration,
     parse_run_at,
     print_table,
@@ -22,6 +30,7 @@ from ._cli_common import (
     with_conn,
 )
 from ._cli_progress import preview, progress, run
+from ._cli_watch import watch_status
 from ._migrate import latest_version, migrate, roles_sql
 from ._settings import validate_schema
 
@@ -112,28 +121,54 @@ def enqueue_cmd(
     click.echo(asyncio.run(main()))
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 @cli.command("status")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh until Ctrl-C: pending / running / dead per type and handler, events done "
+    "per second, oldest ready age. Counts only recent done events, so it stays cheap.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=None,
+    help="Seconds between refreshes with --watch (also the throughput window) [default: 2].",
+)
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Count every done event, however large the outbox (one scan of the table).",
+)
 @dsn_option()
 @schema_option
-def status_cmd(dsn: str | None, schema: str) -> None:
-    """Show events per type and state, the oldest ready age, and dead handlers."""
+def status_cmd(
+    watch: bool, interval: float | None, exact: bool, dsn: str | None, schema: str
+) -> None:
+    """Show events per type and state, the oldest ready age, and dead handlers.
+
+    Pending, running and dead counts are exact. Done counts are exact up to 1,000,000 rows
+    in the outbox and estimated from a sample above that (shown as ~N) unless --exact.
+    """
     validate_schema(schema)
+    if interval is not None and not watch:
+        raise click.UsageError("--interval only applies with --watch")
+    if exact and watch:
+        raise click.UsageError("--exact does not apply with --watch (it counts no done totals)")
+    if watch:
+        watch_status(dsn, schema, interval or 2.0)
+        return
+    limit = None if exact else EXACT_STATUS_ROWS
 
-    async def main() -> Any:
+    async def main() -> StatusReport:
         async with database(dsn, embedded_ok=False) as real_dsn:
-            return await with_conn(real_dsn, schema, lambda c: status(c, schema=schema))
+            return await with_conn(
+                real_dsn, schema, lambda c: status(c, schema=schema, exact_limit=limit)
+            )
 
-    report = asyncio.run(main())
+    _print_status(asyncio.run(main()))
+
+
+def _print_status(report: StatusReport) -> None:
     types = sorted({r.event_type for r in report.counts})
     states = ["pending", "running", "done", "dead", "discarded"]
     table = [["event type", *states, "oldest ready"]]
@@ -143,14 +178,16 @@ def status_cmd(dsn: str | None, schema: str) -> None:
         table.append(
             [
                 t,
-                *(str(rows[s].events) if s in rows else "0" for s in states),
-                _age(max(ages) if ages else None),
+                *(_count(rows[s]) if s in rows else "0" for s in states),
+                format_age(max(ages) if ages else None),
             ]
         )
     if len(table) == 1:
         click.echo("the outbox is empty")
     else:
         print_table(table)
+    if any(r.estimated for r in report.counts):
+        click.echo("~ done counts estimated from a sample of the table; --exact counts all")
     if report.dead_handlers:
         click.echo("")
         print_table(
@@ -159,6 +196,10 @@ def status_cmd(dsn: str | None, schema: str) -> None:
                 *([t, h, str(n)] for t, h, n in report.dead_handlers),
             ]
         )
+
+
+def _count(row: StatusRow) -> str:
+    return f"~{row.events}" if row.estimated else str(row.events)
 
 
 @cli.command("prune")

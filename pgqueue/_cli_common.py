@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +83,13 @@ async def with_conn(
         if check:
             await check_schema(conn, schema, dsn_hint=mask_dsn(dsn))
         return await fn(conn)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        # A role without the grants a command needs is a setup matter, not a bug.
+        raise ConfigurationError(
+            f"{exc.args[0] if exc.args else exc} for the role of {mask_dsn(dsn)}: this command "
+            "needs more privileges; see 'pgqueue roles' (pgqueue_ops reads, pgqueue_worker "
+            "runs and retries)"
+        ) from exc
     finally:
         await conn.close()
 
@@ -107,6 +114,36 @@ def parse_run_at(text: str) -> dt.datetime:
     return value
 
 
+def parse_time_bound(text: str) -> dt.datetime | dt.timedelta:
+    """``10m`` / ``2h`` / ``3d`` (that long ago) or an ISO 8601 time with a zone."""
+    try:
+        return dt.timedelta(seconds=parse_duration(text))
+    except click.BadParameter:
+        pass
+    try:
+        return parse_run_at(text)
+    except click.BadParameter as exc:
+        if "no time zone" in exc.message:
+            raise
+    raise click.BadParameter(
+        f"{text!r} is neither a duration (e.g. 10m, 2h, 3d: that long ago) nor an ISO 8601 "
+        "time with zone (e.g. 2026-12-01T09:00:00Z)"
+    )
+
+
+def format_age(seconds: float | None) -> str:
+    """A duration in seconds for humans: 4.2s, 12.5m, 3.1h, 2.0d ('-' for None)."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="pgqueue")
 def cli() -> None:
@@ -117,15 +154,22 @@ def cli() -> None:
     """
 
 
-def print_table(rows: list[list[str]]) -> None:
+def table_lines(rows: list[list[str]], right: Container[int]) -> list[str]:
+    """Rows as aligned lines, columns two spaces apart; columns in ``right`` right-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        click.echo(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+    return [
+        "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def print_table(rows: list[list[str]]) -> None:
+    """Print rows with the first column left-aligned and the others right-aligned."""
+    for line in table_lines(rows, right=range(1, len(rows[0]))):
+        click.echo(line)
 
 
 def confirm(yes: bool, question: str) -> None:

@@ -284,9 +284,7 @@ class InProcess:
             return event
         return await self._run(event)
 
-    def _next_ready(
-        self, with_scheduled: bool, queues: Sequence[str] | None
-    ) -> EventResult | None:
+    def _next_ready(self, with_scheduled: bool, queues: Sequence[str] | None) -> EventResult | None:
         now = dt.datetime.now(dt.UTC)
         ready = [
             e

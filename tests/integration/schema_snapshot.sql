@@ -145,6 +145,8 @@ ALTER TABLE ONLY pgqueue.replays
 
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'dead'::text);
 
+CREATE INDEX outbox_handlers_idx ON pgqueue.outbox USING btree (id) WHERE (handlers IS NOT NULL);
+
 CREATE UNIQUE INDEX outbox_idempotency_key_idx ON pgqueue.outbox USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) WHERE (state = 'running'::text);
