@@ -60,7 +60,14 @@ def roles_cmd(schema: str) -> None:
 @click.option("--run-at", type=str, default=None, help="ISO 8601 time with zone to run at.")
 @click.option("--delay", type=str, default=None, help="Run after a delay, e.g. 30s, 10m, 2h.")
 @click.option("--key", default=None, help="Idempotency key: a second enqueue is a no-op.")
-@click.option("--queue", default="default", show_default=True)
+@click.option("--queue", default="default", show_default=True, help="Queue to write to.")
+@click.option(
+    "--priority",
+    type=click.IntRange(-32768, 32767),
+    default=0,
+    show_default=True,
+    help="Of the ready events in a queue, higher priorities are claimed first.",
+)
 @dsn_option()
 @schema_option
 def enqueue_cmd(
@@ -70,6 +77,7 @@ def enqueue_cmd(
     delay: str | None,
     key: str | None,
     queue: str,
+    priority: int,
     dsn: str | None,
     schema: str,
 ) -> None:
@@ -105,6 +113,7 @@ def enqueue_cmd(
                     run_at=when,
                     idempotency_key=key,
                     queue=queue,
+                    priority=priority,
                     schema=schema,
                 ),
             )

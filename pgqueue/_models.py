@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EventState(StrEnum):
@@ -104,6 +104,8 @@ class Event(BaseModel):
     run_at: dt.datetime | None = None
     idempotency_key: str | None = None
     queue: str = "default"
+    # Higher runs first (see enqueue); -32768..32767.
+    priority: int = Field(default=0, ge=-32768, le=32767)
 
 
 @dataclass

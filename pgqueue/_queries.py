@@ -20,10 +20,11 @@ from ._settings import quote_ident
 
 # -- producer ---------------------------------------------------------------------------------
 
-# $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 idempotency key, $5 queue
+# $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 idempotency key, $5 queue,
+# $6 priority
 INSERT_ONE = """
-INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue)
-VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5)
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority)
+VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -34,21 +35,22 @@ ID_BY_KEY = "SELECT id FROM {s}.outbox WHERE idempotency_key = $1"
 # $1 idempotency keys
 IDS_BY_KEYS = "SELECT idempotency_key, id FROM {s}.outbox WHERE idempotency_key = ANY($1::text[])"
 
-# $1 event types, $2 payloads (JSON text), $3 run_at (NULL = now), $4 keys, $5 queues.
+# $1 event types, $2 payloads (JSON text), $3 run_at (NULL = now), $4 keys, $5 queues,
+# $6 priorities.
 # One statement per chunk: unnest is ~15x faster than row-at-a-time inserts, and the
 # statement-level trigger sends one NOTIFY for the whole chunk.
 INSERT_MANY = """
-INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue)
-SELECT t, p::jsonb, COALESCE(r, now()), k, q
-FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
-     WITH ORDINALITY AS i(t, p, r, k, q, n)
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority)
+SELECT t, p::jsonb, COALESCE(r, now()), k, q, pr
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::smallint[])
+     WITH ORDINALITY AS i(t, p, r, k, q, pr, n)
 ORDER BY n
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, idempotency_key
 """
 
 # $1 event types, $2 payloads (JSON text). INSERT_MANY for chunks with every other column
-# defaulted: no ordinality, no conflict arbiter, two arrays instead of five.
+# defaulted (priority 0 included): no ordinality, no conflict arbiter, two arrays instead of five.
 INSERT_PLAIN = """
 INSERT INTO {s}.outbox (event_type, payload)
 SELECT t, p::jsonb FROM unnest($1::text[], $2::text[]) AS i(t, p)
@@ -66,7 +68,8 @@ RETURNING true
 
 # $1 queue, $2 event types this worker handles, $3 batch size, $4 lease token, $5 worker id,
 # $6 lease seconds.
-# One statement claims a batch: the CTE walks outbox_ready_idx in (run_at, id) order, skips rows
+# One statement claims a batch: the pick walks outbox_ready_idx in (priority DESC, run_at, id)
+# order (sql/0002_schedule.sql: how priority and run_at interact), skips rows
 # another worker has locked, and the UPDATE counts the attempt at claim time (so a handler that
 # kills its worker still uses up attempts). now() is the database clock, returned for the
 # worker's retry arithmetic.
@@ -81,7 +84,7 @@ SET state = 'running', attempt = o.attempt + 1, lease_token = $4, leased_by = $5
 WHERE o.id = ANY(ARRAY(
     SELECT id FROM {s}.outbox
     WHERE state = 'pending' AND queue = $1 AND run_at <= now() AND event_type = ANY($2::text[])
-    ORDER BY run_at, id
+    ORDER BY priority DESC, run_at, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ))
@@ -165,9 +168,28 @@ RETURNING o.id, o.event_type, e.leased_by
 
 # $1 queue, $2 event types. Seconds until the next pending event of these types is due
 # (NULL when none), so an idle worker wakes exactly when a delayed retry is due.
+# outbox_ready_idx leads with priority, so a plain min(run_at) would read every pending entry
+# of the queue (100,000 delayed events: every idle poll of every worker). Instead, a loose
+# index scan: the recursive part jumps from one distinct priority to the next, and per
+# priority the first row in run_at order is one short index probe.
 NEXT_DUE = """
-SELECT extract(epoch FROM min(run_at) - now())::float8 FROM {s}.outbox
-WHERE state = 'pending' AND queue = $1 AND event_type = ANY($2::text[])
+WITH RECURSIVE p(priority) AS (
+    (SELECT priority FROM {s}.outbox WHERE state = 'pending' AND queue = $1
+     ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.priority FROM {s}.outbox AS o
+            WHERE o.state = 'pending' AND o.queue = $1 AND o.priority < p.priority
+            ORDER BY o.priority DESC LIMIT 1)
+    FROM p WHERE p.priority IS NOT NULL
+)
+SELECT extract(epoch FROM min(d.run_at) - now())::float8
+FROM p CROSS JOIN LATERAL (
+    SELECT o.run_at FROM {s}.outbox AS o
+    WHERE o.state = 'pending' AND o.queue = $1 AND o.priority = p.priority
+      AND o.event_type = ANY($2::text[])
+    ORDER BY o.run_at, o.id
+    LIMIT 1
+) AS d
 """
 
 # -- admin ------------------------------------------------------------------------------------
@@ -289,10 +311,11 @@ class Queries:
         run_at: dt.datetime | None,
         key: str | None,
         queue: str,
+        priority: int = 0,
     ) -> int:
         """Insert one event; with a key already used, return the existing event's id."""
         new_id: int | None = await conn.fetchval(
-            self.insert_one, event_type, payload_json, run_at, key, queue
+            self.insert_one, event_type, payload_json, run_at, key, queue, priority
         )
         if new_id is None:
             new_id = await conn.fetchval(self.id_by_key, key)
@@ -308,9 +331,12 @@ class Queries:
         run_ats: Sequence[dt.datetime | None],
         keys: Sequence[str | None],
         queues: Sequence[str],
+        priorities: Sequence[int],
     ) -> list[int]:
         """Insert many events in one statement; return ids in input order."""
-        rows = await conn.fetch(self.insert_many, types, payloads, run_ats, keys, queues)
+        rows = await conn.fetch(
+            self.insert_many, types, payloads, run_ats, keys, queues, priorities
+        )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
         # inserted rows sorted by id line up with the input rows that were not skipped.
         rows.sort(key=lambda r: r[0])
@@ -443,3 +469,120 @@ class Queries:
             self.retry_dead, list(ids) if ids is not None else None, event_type, handler
         )
         return [r[0] for r in rows]
+
+
+# -- schedule (periodic events) ---------------------------------------------------------------
+
+# $1 name, $2 expression, $3 time zone, $4 event type, $5 payload (JSON text), $6 queue,
+# $7 priority. A worker registers its code's schedules at start. A changed expression or time
+# zone restarts the schedule from now (its first tick is the next one of the new expression:
+# no catch-up of ticks the new expression would have had before it existed). Returns the
+# previous expression and time zone (NULL: the schedule is new).
+UPSERT_SCHEDULE = """
+WITH old AS (SELECT expression, timezone FROM {s}.schedules WHERE name = $1)
+INSERT INTO {s}.schedules AS sc (name, expression, timezone, event_type, payload, queue, priority)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
+ON CONFLICT (name) DO UPDATE SET
+    expression = EXCLUDED.expression, timezone = EXCLUDED.timezone,
+    event_type = EXCLUDED.event_type, payload = EXCLUDED.payload, queue = EXCLUDED.queue,
+    priority = EXCLUDED.priority, synced_at = now(),
+    last_tick = CASE
+        WHEN (sc.expression, sc.timezone) IS DISTINCT FROM (EXCLUDED.expression, EXCLUDED.timezone)
+        THEN greatest(now(), sc.last_tick) ELSE sc.last_tick END
+RETURNING (SELECT expression FROM old) AS old_expression,
+          (SELECT timezone FROM old) AS old_timezone, sc.last_tick
+"""
+
+# $1 name, $2 tick, $3 expression, $4 time zone, $5 tick as ISO text, $6 idempotency key.
+# Emits one tick, exactly once among any number of workers: the UPDATE moves last_tick forward
+# only if nobody did yet (a racing worker blocks on the row, re-checks `last_tick < $2` after
+# the winner commits, and matches nothing), and the INSERT takes the event from the updated
+# row in the same statement, so both commit or neither does. The expression and time zone
+# must match, so a worker still running older code (a rolling deploy) emits nothing for a
+# schedule whose definition has changed. The key `cron:<name>:<tick>` also makes a replayed
+# tick a no-op. The event's payload is the schedule's plus "tick"; its run_at is the tick.
+EMIT_TICK = """
+WITH won AS (
+    UPDATE {s}.schedules SET last_tick = $2
+    WHERE name = $1 AND last_tick < $2 AND expression = $3 AND timezone = $4
+    RETURNING event_type, payload, queue, priority
+)
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority)
+SELECT event_type, payload || jsonb_build_object('tick', $5::text), $2, $6, queue, priority
+FROM won
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# The schedules with the database clock, for `pgqueue schedules`.
+LIST_SCHEDULES = """
+SELECT name, expression, timezone, event_type, queue, priority, last_tick, synced_at,
+       now() AS db_now
+FROM {s}.schedules ORDER BY name
+"""
+
+# $1 name. Forget a schedule (removed from code; a worker that still has it recreates it).
+DELETE_SCHEDULE = "DELETE FROM {s}.schedules WHERE name = $1 RETURNING name"
+
+DB_NOW = "SELECT now()"
+
+
+@lru_cache(maxsize=32)
+def schedule_queries_for(schema: str) -> ScheduleQueries:
+    """The schedule statements for ``schema``."""
+    return ScheduleQueries(schema)
+
+
+class ScheduleQueries:
+    """The schedule statements above, with the schema filled in."""
+
+    def __init__(self, schema: str) -> None:
+        s = quote_ident(schema)
+        self.upsert = UPSERT_SCHEDULE.format(s=s)
+        self.emit = EMIT_TICK.format(s=s)
+        self.list = LIST_SCHEDULES.format(s=s)
+        self.delete = DELETE_SCHEDULE.format(s=s)
+
+    async def upsert_schedule(
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        expression: str,
+        timezone: str,
+        event_type: str,
+        payload_json: str,
+        queue: str,
+        priority: int,
+    ) -> Any:
+        """Create or update one schedule; return (old_expression, old_timezone, last_tick)."""
+        return await conn.fetchrow(
+            self.upsert, name, expression, timezone, event_type, payload_json, queue, priority
+        )
+
+    async def emit_tick(
+        self,
+        conn: asyncpg.Connection,
+        name: str,
+        tick: dt.datetime,
+        expression: str,
+        timezone: str,
+    ) -> int | None:
+        """Emit the event of ``tick`` unless someone did; return its id (None: not ours)."""
+        text = tick.astimezone(dt.UTC).isoformat()
+        new_id: int | None = await conn.fetchval(
+            self.emit, name, tick, expression, timezone, text, f"cron:{name}:{text}"
+        )
+        return new_id
+
+    async def db_now(self, conn: asyncpg.Connection) -> dt.datetime:
+        """The database clock."""
+        now: dt.datetime = await conn.fetchval(DB_NOW)
+        return now
+
+    async def schedule_rows(self, conn: asyncpg.Connection) -> list[Any]:
+        """Every schedule row, with the database clock as ``db_now``."""
+        return list(await conn.fetch(self.list))
+
+    async def delete_schedule(self, conn: asyncpg.Connection, name: str) -> bool:
+        """Delete one schedule row; False when there was none."""
+        return await conn.fetchval(self.delete, name) is not None
