@@ -27,6 +27,7 @@ from ._errors import (
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
+from ._scheduler import Schedule
 from ._settings import WorkerSettings
 from ._worker import Worker
 
@@ -43,6 +44,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RetryPolicy",
+    "Schedule",
     "SchemaError",
     "StatusReport",
     "Worker",

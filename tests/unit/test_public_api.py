@@ -23,6 +23,7 @@ EXPECTED_ALL = [
     "Registry",
     "RegistryError",
     "RetryPolicy",
+    "Schedule",
     "SchemaError",
     "StatusReport",
     "Worker",
