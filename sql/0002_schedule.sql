@@ -7,17 +7,24 @@ SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_catalog,
 -- River and graphile-worker count the other way (lower first). smallint: a rank, not a count.
 ALTER TABLE outbox ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 
--- The claim takes ready rows by priority, then run_at, then id (`ORDER BY priority DESC,
--- run_at, id`), and this index hands them over in that order, so the claim stays an index walk
--- that stops after LIMIT rows.
+-- The claim takes ready rows by priority, then run_at, then id. Priority leads the index so
+-- that, per priority, `queue = $1 AND priority = p AND run_at <= now()` is one bounded index
+-- range, already in (run_at, id) order; the claim visits the distinct priorities present one
+-- index probe each (a loose index scan: CLAIM in pgqueue/_queries.py).
 --
--- Priority and run_at: only READY rows compete (`run_at <= now()` is a filter of the walk, not
--- its order). An event of priority 10 due tomorrow does not hold back a ready event of
--- priority 0: the walk steps over the future entries of priority 10 (checked on the index
--- entry itself, no heap visit) and goes on to priority 0. The price, unlike the (queue,
--- run_at, id) index of 0001: a claim that does NOT fill its batch reads every future-dated
--- pending index entry of its queue (delayed events, durable retries) instead of stopping at
--- the first one. Measured on this machine: see the README (Delays, queues, priorities).
+-- Priority and run_at: only READY rows compete. `run_at <= now()` bounds each range, so an
+-- event of priority 10 due tomorrow does not hold back a ready event of priority 0, and the
+-- claim never reads future-dated rows (delayed events, durable retries).
+--
+-- Measured on 2 cores, claims of up to 1,000 rows, median of 150, alternating with 0001's
+-- (queue, run_at, id) index on one database: 200,000 ready rows, 12-22 ms with either (noise
+-- bigger than the difference); 100,000 rows due tomorrow + 200 ready, 3-8 ms with either. A
+-- plain `ORDER BY priority DESC, run_at, id` LIMIT over this index took 60 ms in that second
+-- case (PostgreSQL 15 cannot skip a leading column, so it stepped over every future entry),
+-- hence the per-priority claim.
+--
+-- On upgrade, CREATE INDEX reads the whole outbox under a SHARE lock (inserts wait meanwhile;
+-- CONCURRENTLY cannot run inside a migration's transaction): prune first on a big table.
 DROP INDEX outbox_ready_idx;
 CREATE INDEX outbox_ready_idx ON outbox (queue, priority DESC, run_at, id) WHERE state = 'pending';
 

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+from pgqueue._migrate import latest_version
 from pgqueue._queries import schedule_queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import run_burst
@@ -373,3 +374,48 @@ async def test_schedules_command_lists_and_deletes(db_dsn: str, conn: asyncpg.Co
     assert await conn.fetchval("SELECT array_agg(name) FROM pgqueue.schedules") == ["fresh"]
     missing = run_cli("schedules", "--delete", "nightly", "--dsn", db_dsn)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no schedule named")
+
+
+async def test_upgrade_from_0001_keeps_the_roles_privileges(
+    database_factory: Callable[..., str],
+) -> None:
+    """A database at version 1 with the roles of the time: after migrating, the producer may
+    call the new enqueue() (priority included), the worker may keep schedules, ops may read."""
+    conn = await asyncpg.connect(database_factory(migrated=False))
+    try:
+        await conn.execute("CREATE SCHEMA pgqueue; SET search_path TO pgqueue")
+        await conn.execute((ROOT / "sql" / "0001_outbox.sql").read_text())
+        await conn.execute(
+            """
+            DO $$ BEGIN
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_producer') THEN
+                    CREATE ROLE pgqueue_producer NOLOGIN; END IF;
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_worker') THEN
+                    CREATE ROLE pgqueue_worker NOLOGIN; END IF;
+                IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_ops') THEN
+                    CREATE ROLE pgqueue_ops NOLOGIN; END IF;
+            END $$;
+            RESET search_path;
+            GRANT USAGE ON SCHEMA pgqueue TO pgqueue_producer, pgqueue_worker, pgqueue_ops;
+            GRANT EXECUTE ON FUNCTION pgqueue.enqueue(text, jsonb, timestamptz, text, text)
+                TO pgqueue_producer;
+            GRANT INSERT (event_type, payload, run_at, idempotency_key, queue)
+                ON pgqueue.outbox TO pgqueue_producer;
+            GRANT SELECT, UPDATE ON pgqueue.outbox TO pgqueue_worker;
+            GRANT SELECT ON ALL TABLES IN SCHEMA pgqueue TO pgqueue_ops;
+            """
+        )
+        assert await pgqueue.migrate(conn) == list(range(2, latest_version() + 1))
+        await conn.execute("SET ROLE pgqueue_producer")
+        await conn.fetchval("SELECT pgqueue.enqueue('a.b', '{}', priority => 2)")
+        await conn.execute("INSERT INTO pgqueue.outbox (event_type, priority) VALUES ('a.b', 1)")
+        await conn.execute("SET ROLE pgqueue_worker")
+        queries = schedule_queries_for("pgqueue")
+        await queries.upsert_schedule(conn, "s", "* * * * *", "UTC", "t", "{}", "default", 0)
+        await conn.execute("SET ROLE pgqueue_ops")
+        assert await conn.fetchval("SELECT count(*) FROM pgqueue.schedules") == 1
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("DELETE FROM pgqueue.schedules")
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.close()
