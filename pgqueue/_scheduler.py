@@ -33,7 +33,7 @@ import asyncpg
 from cronsim import CronSim, CronSimError
 
 from ._backoff import describe_error, is_transient, reconnect_delay
-from ._errors import RegistryError
+from ._errors import ConfigurationError, RegistryError
 from ._queries import ScheduleQueries, schedule_queries_for
 
 log = logging.getLogger("pgqueue.scheduler")
@@ -133,17 +133,17 @@ class Scheduler:
         # Per schedule, the last tick this worker emitted or saw taken: saves an UPDATE per
         # schedule per loop; the database still decides who emits.
         self._seen: dict[str, dt.datetime] = {}
+        self._synced = False
         self.emitted = 0
 
     async def run(self) -> None:
-        """Register the schedules, then emit due ticks until cancelled."""
+        """Emit due ticks until cancelled (registering the schedules first, unless
+        :meth:`sync` already did)."""
         failures = 0
-        synced = False
         while True:
             try:
-                if not synced:
-                    await self._sync()
-                    synced = True
+                if not self._synced:
+                    await self.sync()
                 delay = await self._step()
                 failures = 0
             except Exception as exc:
@@ -154,7 +154,19 @@ class Scheduler:
                 log.warning("scheduler: %s; retrying in %.1fs", describe_error(exc), delay)
             await asyncio.sleep(delay)
 
-    async def _sync(self) -> None:
+    async def sync(self) -> None:
+        """Create or update this registry's schedules in the database."""
+        try:
+            await self._upsert_all()
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise ConfigurationError(
+                f"this worker's database role may not keep the schedules ({exc}); grant it "
+                "pgqueue_worker (see 'pgqueue roles') or SELECT, INSERT, UPDATE on the "
+                "schema's schedules table"
+            ) from None
+        self._synced = True
+
+    async def _upsert_all(self) -> None:
         async with self._pool.acquire() as conn:
             for s in self._schedules:
                 row = await self._queries.upsert_schedule(

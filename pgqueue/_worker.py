@@ -166,6 +166,10 @@ class Worker:
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name)
+            scheduler = None
+            if self.registry.schedules and not s.burst:
+                scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
+                await scheduler.sync()  # a role that may not keep schedules stops us here
             self._handler_pool = await create_pool(
                 self._dsn, min_size=0, max_size=self._handler_pool_size
             )
@@ -205,8 +209,7 @@ class Worker:
             if s.listen and not s.burst:
                 listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
                 tasks.append(asyncio.create_task(listener.run()))
-            if self.registry.schedules and not s.burst:
-                scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
+            if scheduler is not None:
                 tasks.append(asyncio.create_task(scheduler.run()))
             for task in tasks:
                 task.add_done_callback(self._supervise)

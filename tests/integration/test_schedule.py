@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 import pgqueue
-from pgqueue._migrate import latest_version
+from pgqueue._migrate import latest_version, roles_sql
 from pgqueue._queries import schedule_queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import run_burst
@@ -272,7 +272,7 @@ async def test_three_workers_emit_each_tick_exactly_once(
 
 
 async def _serve(
-    dsn: str, registry: pgqueue.Registry, until: Callable[[], Any], message: str
+    dsn: str, registry: pgqueue.Registry, until: Callable[[], Awaitable[bool]], message: str
 ) -> None:
     """Run a long-lived worker in process until ``until()`` holds, then stop it."""
     worker = pgqueue.Worker(dsn, registry, pgqueue.WorkerSettings(poll_interval=0.2))
@@ -419,3 +419,29 @@ async def test_upgrade_from_0001_keeps_the_roles_privileges(
     finally:
         await conn.execute("RESET ROLE")
         await conn.close()
+
+
+async def test_worker_role_keeps_schedules_and_a_role_without_the_grant_stops_at_start(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """With sql/roles.sql, a worker logged in as a pgqueue_worker member emits ticks; without
+    the grant on schedules it stops at start with one clear ConfigurationError."""
+    await conn.execute(roles_sql("pgqueue"))
+    await conn.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_test_worker')"
+        " THEN CREATE ROLE pgqueue_test_worker LOGIN; END IF; END $$"
+    )
+    await conn.execute("GRANT pgqueue_worker TO pgqueue_test_worker")
+    worker_dsn = "postgresql://pgqueue_test_worker@" + db_dsn.split("://", 1)[1].split("@")[-1]
+    registry = pgqueue.Registry()
+    registry.schedule("* * * * * *", "pulse")
+    registry.add("pulse", _noop, name="noop")
+
+    async def pulsed() -> bool:
+        return bool(await conn.fetchval("SELECT count(*) FROM pgqueue.outbox"))
+
+    await _serve(worker_dsn, registry, pulsed, "no tick from the worker role")
+    await conn.execute("REVOKE ALL ON pgqueue.schedules FROM pgqueue_worker")
+    worker = pgqueue.Worker(worker_dsn, registry)
+    with pytest.raises(pgqueue.ConfigurationError, match="may not keep the schedules"):
+        await asyncio.wait_for(worker.run(), timeout=20)
