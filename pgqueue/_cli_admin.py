@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from typing import Any
 
+import asyncpg
 import click
 
 from ._api import count_prunable, enqueue, prune, retry, status
@@ -23,6 +24,7 @@ from ._cli_common import (
 )
 from ._db import connect
 from ._migrate import check_schema, latest_version, migrate, roles_sql
+from ._queries import database_now
 from ._settings import mask_dsn, validate_schema
 
 
@@ -98,25 +100,25 @@ def enqueue_cmd(
     if run_at and delay:
         raise click.BadParameter("give --run-at or --delay, not both")
     when = parse_run_at(run_at) if run_at else None
-    if delay:
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=parse_duration(delay))
+    wait = dt.timedelta(seconds=parse_duration(delay)) if delay else None
+
+    async def write(conn: asyncpg.Connection) -> int:
+        # --delay counts from the database clock, like every due time (not this host's).
+        due = await database_now(conn) + wait if wait is not None else when
+        return await enqueue(
+            conn,
+            event_type,
+            payload,
+            run_at=due,
+            idempotency_key=key,
+            queue=queue,
+            priority=priority,
+            schema=schema,
+        )
 
     async def main() -> int:
         async with database(dsn, embedded_ok=False) as real_dsn:
-            return await with_conn(
-                real_dsn,
-                schema,
-                lambda c: enqueue(
-                    c,
-                    event_type,
-                    payload,
-                    run_at=when,
-                    idempotency_key=key,
-                    queue=queue,
-                    priority=priority,
-                    schema=schema,
-                ),
-            )
+            return await with_conn(real_dsn, schema, write)
 
     click.echo(asyncio.run(main()))
 

@@ -554,6 +554,12 @@ DELETE_SCHEDULE = "DELETE FROM {s}.schedules WHERE name = $1 RETURNING name"
 DB_NOW = "SELECT now()"
 
 
+async def database_now(conn: asyncpg.Connection) -> dt.datetime:
+    """The database clock (the start of the current transaction)."""
+    now: dt.datetime = await conn.fetchval(DB_NOW)
+    return now
+
+
 @lru_cache(maxsize=32)
 def schedule_queries_for(schema: str) -> ScheduleQueries:
     """The schedule statements for ``schema``."""
@@ -600,11 +606,6 @@ class ScheduleQueries:
             self.emit, name, tick, expression, timezone, text, f"cron:{name}:{text}"
         )
         return new_id
-
-    async def db_now(self, conn: asyncpg.Connection) -> dt.datetime:
-        """The database clock."""
-        now: dt.datetime = await conn.fetchval(DB_NOW)
-        return now
 
     async def schedule_rows(self, conn: asyncpg.Connection) -> list[Any]:
         """Every schedule row, with the database clock as ``db_now``."""

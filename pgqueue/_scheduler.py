@@ -34,7 +34,7 @@ from cronsim import CronSim, CronSimError
 
 from ._backoff import describe_error, is_transient, reconnect_delay
 from ._errors import ConfigurationError, RegistryError
-from ._queries import ScheduleQueries, schedule_queries_for
+from ._queries import ScheduleQueries, database_now, schedule_queries_for
 
 log = logging.getLogger("pgqueue.scheduler")
 
@@ -134,7 +134,6 @@ class Scheduler:
         # schedule per loop; the database still decides who emits.
         self._seen: dict[str, dt.datetime] = {}
         self._synced = False
-        self.emitted = 0
 
     async def run(self) -> None:
         """Emit due ticks until cancelled (registering the schedules first, unless
@@ -192,7 +191,7 @@ class Scheduler:
     async def _step(self) -> float:
         """Emit every due tick; return the seconds to sleep until the next one."""
         async with self._pool.acquire() as conn:
-            now = await self._queries.db_now(conn)
+            now = await database_now(conn)
             started = time.monotonic()
             for s in self._schedules:
                 tick, seen = s.latest_tick(now), self._seen.get(s.name)
@@ -203,7 +202,6 @@ class Scheduler:
                 )
                 self._seen[s.name] = tick
                 if event_id is not None:
-                    self.emitted += 1
                     log.info("schedule %s: tick %s emitted as event %d", s.name, tick, event_id)
         upcoming = [t for s in self._schedules if (t := s.next_tick(now)) is not None]
         if not upcoming:

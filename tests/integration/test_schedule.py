@@ -20,7 +20,7 @@ import pytest
 
 import pgqueue
 from pgqueue._migrate import latest_version, roles_sql
-from pgqueue._queries import schedule_queries_for
+from pgqueue._queries import database_now, schedule_queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import run_burst
 
@@ -192,7 +192,7 @@ async def test_a_tick_is_emitted_once_even_when_its_event_is_gone(
     deleted (pruned) is not emitted again by a late worker."""
     queries = schedule_queries_for("pgqueue")
     await queries.upsert_schedule(conn, "s", "* * * * *", "UTC", "t", "{}", "default", 0)
-    tick = (await queries.db_now(conn)).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    tick = (await database_now(conn)).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
     first = await queries.emit_tick(conn, "s", tick, "* * * * *", "UTC")
     assert first is not None
     await conn.execute("DELETE FROM pgqueue.outbox")
