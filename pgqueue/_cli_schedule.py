@@ -34,7 +34,7 @@ def _row(r: Any) -> list[str]:
             timezone=r["timezone"],
         )
     except RegistryError:
-        next_tick, state = None, "invalid expression"
+        next_tick, state = None, "invalid definition"
     else:
         next_tick = schedule.next_tick(now)
         due = schedule.latest_tick(now)

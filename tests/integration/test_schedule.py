@@ -349,6 +349,9 @@ async def test_a_changed_expression_restarts_the_schedule_without_catch_up(
 
 
 async def test_schedules_command_lists_and_deletes(db_dsn: str, conn: asyncpg.Connection) -> None:
+    helped = run_cli("schedules", "--help")
+    assert helped.returncode == 0 and "--delete NAME" in helped.stdout
+    assert "PGQUEUE_DSN" in helped.stdout
     empty = run_cli("schedules", "--dsn", db_dsn)
     assert empty.returncode == 0 and "no schedules" in empty.stdout, empty.stderr
     await conn.execute(
