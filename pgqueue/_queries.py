@@ -100,7 +100,7 @@ WITH RECURSIVE p(priority) AS (
 # holds back nobody. The plain `ORDER BY priority DESC, run_at, id` over the same index had to
 # step over every future entry of a queue whenever the batch did not fill: measured with
 # 100,000 events due tomorrow and 200 ready, a claim of up to 1,000 took 60 ms against 5.6 ms
-# with 0001's (queue, run_at, id) index; this shape takes 3-8 ms there, like 0001's, and the
+# with 0001's (queue, run_at, id) index; this shape takes 2-9 ms there, like 0001's, and the
 # same as 0001's with 200,000 ready rows (details in sql/0002_schedule.sql). The nested loop
 # pulls priority by priority and stops at LIMIT $3, so no row beyond the batch is locked.
 CLAIM = (

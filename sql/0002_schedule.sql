@@ -16,12 +16,13 @@ ALTER TABLE outbox ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 -- event of priority 10 due tomorrow does not hold back a ready event of priority 0, and the
 -- claim never reads future-dated rows (delayed events, durable retries).
 --
--- Measured on 2 cores, claims of up to 1,000 rows, median of 150, alternating with 0001's
--- (queue, run_at, id) index on one database: 200,000 ready rows, 12-22 ms with either (noise
--- bigger than the difference); 100,000 rows due tomorrow + 200 ready, 3-8 ms with either. A
--- plain `ORDER BY priority DESC, run_at, id` LIMIT over this index took 60 ms in that second
--- case (PostgreSQL 15 cannot skip a leading column, so it stepped over every future entry),
--- hence the per-priority claim.
+-- Measured on 2 cores (python -m bench.priority_probe: claims of up to 1,000 rows, median of
+-- 150, alternating with 0001's (queue, run_at, id) index and claim on one database, 5 runs):
+-- 200,000 ready rows, 10-31 ms with either, neither ahead from run to run; 100,000 rows due
+-- tomorrow + 200 ready, 2-9 ms with either. A plain `ORDER BY priority DESC, run_at, id`
+-- LIMIT over this index took 60 ms in that second case (PostgreSQL 15 cannot skip a leading
+-- column, so it stepped over every future entry), hence the per-priority claim. The drain (bench, 20,000 events, one worker), interleaved,
+-- 6 runs each: median 24,808 ev/s with 0001's index, 28,558 with this one (spread 18-38k).
 --
 -- On upgrade, CREATE INDEX reads the whole outbox under a SHARE lock (inserts wait meanwhile;
 -- CONCURRENTLY cannot run inside a migration's transaction): prune first on a big table.
