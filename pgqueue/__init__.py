@@ -39,6 +39,7 @@ from ._inspect import (
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
+from ._scheduler import Schedule
 from ._settings import WorkerSettings
 from ._steer import (
     ReplayPreview,
@@ -76,6 +77,7 @@ __all__ = [
     "ReplayPreview",
     "ReplayResult",
     "RetryPolicy",
+    "Schedule",
     "SchemaError",
     "StatusReport",
     "Worker",

@@ -15,7 +15,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from ._errors import PayloadError
-from ._models import Context, Event
+from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
 from ._queries import queries_for
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
 
@@ -43,6 +43,13 @@ def encode_payload(payload: Payload) -> str:
         return _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"payload is not JSON-serialisable: {exc}") from exc
+
+
+def _check_priority(priority: int) -> None:
+    if not isinstance(priority, int) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise PayloadError(
+            f"priority must be an integer within {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority!r}"
+        )
 
 
 def _check_event_type(event_type: str) -> None:
@@ -85,19 +92,22 @@ async def enqueue(
     run_at: dt.datetime | None = None,
     idempotency_key: str | None = None,
     queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
     schema: str = DEFAULT_SCHEMA,
 ) -> int:
     """Write one event on ``conn``, inside the caller's transaction; return its id.
 
     With ``idempotency_key``, a second call with the same key inserts nothing and returns the
-    first event's id. ``run_at`` delays the event (a timezone-aware datetime).
+    first event's id. ``run_at`` delays the event (a timezone-aware datetime). Of the events
+    ready in a queue, a higher ``priority`` is claimed first (default 0, -10..10).
     """
     _check_event_type(event_type)
     validate_queue(queue)
+    _check_priority(priority)
     body = encode_payload(payload)
     try:
         return await queries_for(schema).insert_event(
-            conn, event_type, body, run_at, idempotency_key, queue
+            conn, event_type, body, run_at, idempotency_key, queue, priority
         )
     except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
         raise _translate(exc) from exc
@@ -125,7 +135,10 @@ async def enqueue_many(
             _check_event_type(event_type)
         payloads = [encode_payload(e.payload) for e in chunk]
         plain = all(
-            e.run_at is None and e.idempotency_key is None and e.queue == DEFAULT_QUEUE
+            e.run_at is None
+            and e.idempotency_key is None
+            and e.queue == DEFAULT_QUEUE
+            and e.priority == 0
             for e in chunk
         )
         try:
@@ -142,6 +155,7 @@ async def enqueue_many(
                         [e.run_at for e in chunk],
                         [e.idempotency_key for e in chunk],
                         [e.queue for e in chunk],
+                        [e.priority for e in chunk],
                     )
                 )
         except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:

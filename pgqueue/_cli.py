@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import _cli_admin, _cli_events, _cli_steer, _cli_worker  # noqa: F401  (register commands)
+from . import _cli_admin, _cli_events, _cli_schedule, _cli_steer, _cli_worker  # noqa: F401
 from ._cli_common import cli, echo_err
 from ._errors import PgQueueError
 

@@ -32,6 +32,8 @@ from ._cli_common import (
 from ._cli_progress import preview, progress, run
 from ._cli_watch import watch_status
 from ._migrate import latest_version, migrate, roles_sql
+from ._models import PRIORITY_MAX, PRIORITY_MIN
+from ._queries import database_now
 from ._settings import validate_schema
 
 
@@ -69,7 +71,14 @@ def roles_cmd(schema: str) -> None:
 @click.option("--run-at", type=str, default=None, help="ISO 8601 time with zone to run at.")
 @click.option("--delay", type=str, default=None, help="Run after a delay, e.g. 30s, 10m, 2h.")
 @click.option("--key", default=None, help="Idempotency key: a second enqueue is a no-op.")
-@click.option("--queue", default="default", show_default=True)
+@click.option("--queue", default="default", show_default=True, help="Queue to write to.")
+@click.option(
+    "--priority",
+    type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX),
+    default=0,
+    show_default=True,
+    help="Of the ready events in a queue, higher priorities are claimed first.",
+)
 @dsn_option()
 @schema_option
 def enqueue_cmd(
@@ -79,6 +88,7 @@ def enqueue_cmd(
     delay: str | None,
     key: str | None,
     queue: str,
+    priority: int,
     dsn: str | None,
     schema: str,
 ) -> None:
@@ -99,24 +109,25 @@ def enqueue_cmd(
     if run_at and delay:
         raise click.BadParameter("give --run-at or --delay, not both")
     when = parse_run_at(run_at) if run_at else None
-    if delay:
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=parse_duration(delay))
+    wait = dt.timedelta(seconds=parse_duration(delay)) if delay else None
+
+    async def write(conn: asyncpg.Connection) -> int:
+        # --delay counts from the database clock, like every due time (not this host's).
+        due = await database_now(conn) + wait if wait is not None else when
+        return await enqueue(
+            conn,
+            event_type,
+            payload,
+            run_at=due,
+            idempotency_key=key,
+            queue=queue,
+            priority=priority,
+            schema=schema,
+        )
 
     async def main() -> int:
         async with database(dsn, embedded_ok=False) as real_dsn:
-            return await with_conn(
-                real_dsn,
-                schema,
-                lambda c: enqueue(
-                    c,
-                    event_type,
-                    payload,
-                    run_at=when,
-                    idempotency_key=key,
-                    queue=queue,
-                    schema=schema,
-                ),
-            )
+            return await with_conn(real_dsn, schema, write)
 
     click.echo(asyncio.run(main()))
 

@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+# Event priorities: higher runs first; the range mirrors the outbox_priority_range constraint
+# (small on purpose: the claim probes every level, see CLAIM in _queries.py).
+PRIORITY_MIN, PRIORITY_MAX = -10, 10
 
 
 class EventState(StrEnum):
@@ -115,6 +119,8 @@ class Event(BaseModel):
     run_at: dt.datetime | None = None
     idempotency_key: str | None = None
     queue: str = "default"
+    # Higher runs first (see enqueue); -10..10.
+    priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
 
 
 @dataclass

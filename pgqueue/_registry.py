@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from ._backoff import RetryPolicy
 from ._errors import RegistryError
 from ._models import Context
+from ._scheduler import Schedule
 
 HandlerFn = Callable[..., Awaitable[None]]
 DEFAULT_TIMEOUT = 60.0
@@ -81,6 +82,7 @@ class Registry:
     """
 
     _handlers: dict[str, dict[str, Handler]] = field(default_factory=dict)
+    _schedules: dict[str, Schedule] = field(default_factory=dict)
 
     def on(
         self,
@@ -145,6 +147,79 @@ class Registry:
         )
         for_type[handler_name] = handler
         return handler
+
+    def schedule(
+        self,
+        expression: str,
+        event_type: str,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        timezone: str = "UTC",
+        queue: str = "default",
+        priority: int = 0,
+    ) -> Schedule:
+        """Emit an ``event_type`` event at every tick of the cron ``expression``.
+
+        A worker serving this registry emits the ticks, each exactly once however many
+        workers run; after downtime only the latest missed tick is emitted. The event's payload
+        is ``payload`` plus ``"tick"`` (the tick, ISO 8601 UTC). ``name`` (default: the event
+        type) identifies the schedule in the database; ``expression`` has 5 fields, or 6 with
+        seconds first, read in ``timezone``. A bad expression raises RegistryError here.
+        """
+        entry = Schedule(
+            name=name or event_type,
+            expression=expression,
+            event_type=event_type,
+            payload=dict(payload or {}),
+            timezone=timezone,
+            queue=queue,
+            priority=priority,
+        )
+        if entry.name in self._schedules:
+            raise RegistryError(
+                f"schedule name {entry.name!r} is registered twice; pass name=... to one of them"
+            )
+        self._schedules[entry.name] = entry
+        return entry
+
+    def periodic(
+        self,
+        expression: str,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        queue: str = "default",
+        priority: int = 0,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+    ) -> Callable[[HandlerFn], HandlerFn]:
+        """Run the decorated handler at every tick of ``expression``.
+
+        The handler gets its own event type, ``periodic.<name>`` (``name`` defaults to the
+        function's name, and also names the schedule), with the payload ``{"tick": ...}``.
+        """
+
+        def decorator(fn: HandlerFn) -> HandlerFn:
+            handler_name = name or getattr(fn, "__name__", "")
+            event_type = f"periodic.{handler_name}"
+            self.schedule(
+                expression,
+                event_type,
+                name=handler_name,
+                timezone=timezone,
+                queue=queue,
+                priority=priority,
+            )
+            self.add(event_type, fn, name=handler_name, retry=retry, timeout=timeout)
+            return fn
+
+        return decorator
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        """The schedules registered with :meth:`schedule` and :meth:`periodic`."""
+        return tuple(self._schedules.values())
 
     @property
     def event_types(self) -> tuple[str, ...]:

@@ -11,6 +11,8 @@ Tasks of one worker (all in one event loop):
   when idle.
 - heartbeat: renews the leases of everything in flight; rescuer: returns expired leases of dead
   workers to pending.
+- scheduler (only when the registry has schedules, and not in burst mode): emits cron ticks
+  (``_scheduler.py``).
 
 Shutdown: the first stop request stops claiming and waits up to ``shutdown_timeout`` for
 in-flight work; what is still running then is cancelled and handed back at once (attempt
@@ -55,6 +57,7 @@ from ._models import WorkerStats
 from ._queries import ClaimedRow, Queries, queries_for
 from ._registry import Handler, Registry
 from ._runner import Runners
+from ._scheduler import Scheduler
 from ._settings import WorkerSettings, check_listen, mask_dsn
 
 log = logging.getLogger("pgqueue.worker")
@@ -167,6 +170,10 @@ class Worker:
                 await check_schema(conn, s.schema_name)
                 if not s.pooled:
                     await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
+            scheduler = None
+            if self.registry.schedules and not s.burst:
+                scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
+                await scheduler.sync()  # a role that may not keep schedules stops us here
             self._handler_pool = await create_pool(
                 self._dsn,
                 min_size=0,
@@ -214,6 +221,8 @@ class Worker:
                     self._wakeup.set,
                 )
                 tasks.append(asyncio.create_task(listener.run()))
+            if scheduler is not None:
+                tasks.append(asyncio.create_task(scheduler.run()))
             for task in tasks:
                 task.add_done_callback(self._supervise)
             await self._claim_loop()

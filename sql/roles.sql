@@ -36,20 +36,22 @@ GRANT USAGE ON SCHEMA :"schema" TO pgqueue_producer, pgqueue_worker, pgqueue_ops
 -- Producer: INSERT of the producer columns only. RETURNING id and the idempotency-key lookup
 -- of pgqueue.enqueue() (Python) need SELECT on those two columns, and no others: payloads
 -- stay unreadable. The SQL enqueue() function is SECURITY DEFINER and needs EXECUTE only.
-GRANT INSERT (event_type, payload, run_at, idempotency_key, queue) ON :"schema".outbox
+GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_producer;
 GRANT SELECT (id, idempotency_key) ON :"schema".outbox TO pgqueue_producer;
-GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text)
+GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
     TO pgqueue_producer;
 
 -- Worker: claim / complete / heartbeat / rescue / retry are UPDATEs; no DELETE, no DDL.
 GRANT SELECT, UPDATE ON :"schema".outbox TO pgqueue_worker;
 GRANT SELECT, INSERT ON :"schema".effects TO pgqueue_worker;
 GRANT SELECT ON :"schema".migrations, :"schema".handler_states TO pgqueue_worker;
-GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text)
+GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
     TO pgqueue_worker;
-GRANT INSERT (event_type, payload, run_at, idempotency_key, queue) ON :"schema".outbox
+GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_worker;
+-- Workers serving a registry with schedules keep the schedules table (upsert, emit ticks).
+GRANT SELECT, INSERT, UPDATE ON :"schema".schedules TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;

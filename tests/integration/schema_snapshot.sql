@@ -2,7 +2,7 @@ CREATE SCHEMA pgqueue;
 
 ALTER SCHEMA pgqueue OWNER TO <owner>;
 
-CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, queue text DEFAULT 'default'::text) RETURNS bigint
+CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, queue text DEFAULT 'default'::text, priority integer DEFAULT 0) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
     AS $$
@@ -10,9 +10,10 @@ CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jso
 DECLARE
     new_id bigint;
 BEGIN
-    INSERT INTO outbox (event_type, payload, run_at, idempotency_key, queue)
+    INSERT INTO outbox (event_type, payload, run_at, idempotency_key, queue, priority)
     VALUES (enqueue.event_type, enqueue.payload, COALESCE(enqueue.run_at, now()),
-            enqueue.idempotency_key, COALESCE(enqueue.queue, 'default'))
+            enqueue.idempotency_key, COALESCE(enqueue.queue, 'default'),
+            COALESCE(enqueue.priority, 0))
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id INTO new_id;
     IF new_id IS NULL THEN
@@ -22,7 +23,7 @@ BEGIN
 END
 $$;
 
-ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text) OWNER TO <owner>;
+ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) OWNER TO <owner>;
 
 CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     LANGUAGE plpgsql
@@ -61,6 +62,7 @@ CREATE TABLE pgqueue.outbox (
     handlers jsonb,
     last_error text,
     processed_at timestamp with time zone,
+    priority smallint DEFAULT 0 NOT NULL,
     CONSTRAINT outbox_attempt_nonnegative CHECK ((attempt >= 0)),
     CONSTRAINT outbox_event_type_format CHECK ((event_type ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text)),
     CONSTRAINT outbox_event_type_length CHECK (((char_length(event_type) >= 1) AND (char_length(event_type) <= 128))),
@@ -69,6 +71,7 @@ CREATE TABLE pgqueue.outbox (
     CONSTRAINT outbox_lease_iff_running CHECK (((state = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT outbox_payload_size CHECK ((octet_length((payload)::text) <= 1048576)),
+    CONSTRAINT outbox_priority_range CHECK (((priority >= '-10'::integer) AND (priority <= 10))),
     CONSTRAINT outbox_processed_iff_done CHECK (((state = 'done'::text) = (processed_at IS NOT NULL))),
     CONSTRAINT outbox_queue_format CHECK ((queue ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$'::text)),
     CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at))
@@ -128,6 +131,24 @@ ALTER TABLE pgqueue.replays ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE pgqueue.schedules (
+    name text NOT NULL,
+    expression text NOT NULL,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    event_type text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    priority smallint DEFAULT 0 NOT NULL,
+    last_tick timestamp with time zone DEFAULT now() NOT NULL,
+    synced_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedules_last_tick_finite CHECK (isfinite(last_tick)),
+    CONSTRAINT schedules_name_format CHECK ((name ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$'::text)),
+    CONSTRAINT schedules_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT schedules_priority_check CHECK (((priority >= '-10'::integer) AND (priority <= 10)))
+);
+
+ALTER TABLE pgqueue.schedules OWNER TO <owner>;
+
 ALTER TABLE ONLY pgqueue.effects
     ADD CONSTRAINT effects_pkey PRIMARY KEY (event_id, handler);
 
@@ -143,7 +164,12 @@ ALTER TABLE pgqueue.outbox
 ALTER TABLE ONLY pgqueue.replays
     ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY pgqueue.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
+
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'dead'::text);
+
+CREATE INDEX outbox_discarded_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'discarded'::text);
 
 CREATE INDEX outbox_handlers_idx ON pgqueue.outbox USING btree (id) WHERE (handlers IS NOT NULL);
 
@@ -153,10 +179,10 @@ CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) W
 
 CREATE INDEX outbox_processed_idx ON pgqueue.outbox USING btree (processed_at) WHERE (state = 'done'::text);
 
-CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, run_at, id) WHERE (state = 'pending'::text);
+CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, priority DESC, run_at, id) WHERE (state = 'pending'::text);
 
 CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filter) WHERE (finished_at IS NULL);
 
 CREATE TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_outbox();
 
-REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) FROM PUBLIC;

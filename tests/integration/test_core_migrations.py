@@ -21,6 +21,7 @@ from tests.integration.core_support import Calls, counting, outbox_row, run_burs
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("schema_snapshot.sql")
 ALL_VERSIONS = [m.version for m in load_migrations()]
+MIGRATIONS = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
 
 
 def _registry(calls: Calls) -> pgqueue.Registry:
@@ -188,7 +189,7 @@ async def test_psql_applied_files_equal_pgqueue_migrate(
         "CREATE SCHEMA pgqueue",
         "-c",
         "SET search_path TO pgqueue",
-        *(arg for path in sorted((ROOT / "sql").glob("0*.sql")) for arg in ("-f", str(path))),
+        *(arg for path in MIGRATIONS for arg in ("-f", str(path))),
     )
     assert result.returncode == 0, result.stderr
     conn = await asyncpg.connect(by_migrate)

@@ -43,7 +43,7 @@ def _record_databases(request):
             out.write(dsn.rsplit("/", 1)[1] + "\\n" + template + "\\n")
 '''
 
-INNER_TESTS = '''
+INNER_TESTS = """
 import asyncpg
 import pytest
 from pydantic import BaseModel
@@ -123,7 +123,7 @@ async def test_must_fail_a_dead_event_is_not_processed(pgqueue_conn, pgqueue_dsn
     event_id = await place_order(pgqueue_conn, 13)
     await drain(pgqueue_dsn, registry)
     await assert_processed(pgqueue_conn, event_id)
-'''
+"""
 
 INNER_INI = """
 [pytest]

@@ -356,9 +356,7 @@ async def test_bad_events_are_refused_with_enqueues_messages(
 async def test_unhandled_types_stay_pending_and_scheduled_events_wait() -> None:
     bus, ran = recording_bus("handled")
     orphan = await bus.publish("nobody.listens", {})
-    later = await bus.publish(
-        "handled", {}, run_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    )
+    later = await bus.publish("handled", {}, run_at=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
     other_queue = await bus.publish("handled", {}, queue="mail")
 
     assert [r.id for r in await drain(bus, queues=["default"])] == []

@@ -35,6 +35,7 @@ EXPECTED_ALL = [
     "ReplayPreview",
     "ReplayResult",
     "RetryPolicy",
+    "Schedule",
     "SchemaError",
     "StatusReport",
     "Worker",

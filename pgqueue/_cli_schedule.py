@@ -1,0 +1,95 @@
+"""``pgqueue schedules``: the periodic events the workers emit, with their last and next tick."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import click
+
+from ._cli_common import cli, database, dsn_option, print_table, schema_option, with_conn
+from ._errors import ConfigurationError, RegistryError
+from ._queries import schedule_queries_for
+from ._scheduler import Schedule
+from ._settings import validate_schema
+
+# A tick not emitted this long after it was due means no running worker serves the schedule
+# (a worker emits within milliseconds; a restart takes seconds).
+LATE_AFTER = dt.timedelta(minutes=1)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _row(r: Any) -> list[str]:
+    """One table row: name, expression, zone, event type, last tick, next tick, state."""
+    now: dt.datetime = r["db_now"]
+    try:
+        schedule = Schedule(
+            name=r["name"],
+            expression=r["expression"],
+            event_type=r["event_type"],
+            timezone=r["timezone"],
+        )
+    except RegistryError:
+        next_tick, state = None, "invalid definition"
+    else:
+        next_tick = schedule.next_tick(now)
+        due = schedule.latest_tick(now)
+        late = due is not None and due > r["last_tick"] and now - due > LATE_AFTER
+        state = "late: no worker serves it?" if late else "ok"
+    return [
+        r["name"],
+        r["expression"],
+        r["timezone"],
+        r["event_type"],
+        _when(r["last_tick"]),
+        _when(next_tick),
+        _when(r["synced_at"]),
+        state,
+    ]
+
+
+@cli.command("schedules")
+@click.option(
+    "--delete",
+    "delete_name",
+    default=None,
+    metavar="NAME",
+    help="Forget schedule NAME (removed from code; a worker that still has it recreates it).",
+)
+@dsn_option()
+@schema_option
+def schedules_cmd(delete_name: str | None, dsn: str | None, schema: str) -> None:
+    """List periodic events: expression, last tick emitted, next tick (times in UTC).
+
+    Schedules are registered by the workers that serve them (registry.schedule /
+    @registry.periodic). One removed from code keeps its row, shown as late once a tick is
+    overdue; --delete forgets it.
+    """
+    validate_schema(schema)
+    queries = schedule_queries_for(schema)
+
+    async def main() -> Any:
+        async with database(dsn, embedded_ok=False) as real_dsn:
+            if delete_name is not None:
+                return await with_conn(
+                    real_dsn, schema, lambda c: queries.delete_schedule(c, delete_name)
+                )
+            return await with_conn(real_dsn, schema, queries.schedule_rows)
+
+    result = asyncio.run(main())
+    if delete_name is not None:
+        if not result:
+            raise ConfigurationError(
+                f"no schedule named {delete_name!r}; 'pgqueue schedules' lists them"
+            )
+        click.echo(f"schedule {delete_name} deleted")
+        return
+    if not result:
+        click.echo("no schedules (register one with registry.schedule or @registry.periodic)")
+        return
+    header = ["name", "expression", "zone", "event type", "last tick", "next tick", "registered"]
+    print_table([[*header, "state"], *(_row(r) for r in result)])
