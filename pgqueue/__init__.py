@@ -24,6 +24,7 @@ from ._errors import (
     RegistryError,
     SchemaError,
 )
+from ._metrics import Metrics
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
@@ -38,6 +39,7 @@ __all__ = [
     "Event",
     "EventState",
     "HandlerState",
+    "Metrics",
     "PayloadError",
     "PgQueueError",
     "Registry",

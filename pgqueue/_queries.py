@@ -87,7 +87,7 @@ WHERE o.id = ANY(ARRAY(
 ))
 RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
           extract(epoch FROM now())::float8 AS db_now,
-          extract(epoch FROM now() - o.created_at)::float8 AS age
+          extract(epoch FROM now() - o.created_at)::float8 AS age, o.headers
 """
 
 # $1 ids, $2 their (one) lease token. Every handler succeeded and the event had no per-handler
@@ -236,6 +236,56 @@ SELECT count(*) FROM gone
 """
 
 
+# -- observe ----------------------------------------------------------------------------------
+
+# $1 queues, $2 limit. Per queue: pending events that are due and that are due later, each
+# counted up to $2, and the age of the oldest due one. Every subquery walks outbox_ready_idx
+# (queue, run_at, id) WHERE state = 'pending' and stops at the limit, so a scrape costs at
+# most 2 x $2 index entries per queue however deep the backlog (no full count).
+QUEUE_DEPTHS = """
+SELECT q.queue,
+       (SELECT count(*) FROM (SELECT 1 FROM {s}.outbox
+            WHERE state = 'pending' AND queue = q.queue AND run_at <= now() LIMIT $2) AS r
+       ) AS ready,
+       (SELECT count(*) FROM (SELECT 1 FROM {s}.outbox
+            WHERE state = 'pending' AND queue = q.queue AND run_at > now() LIMIT $2) AS l
+       ) AS scheduled,
+       extract(epoch FROM now() - (SELECT min(run_at) FROM {s}.outbox
+            WHERE state = 'pending' AND queue = q.queue AND run_at <= now()))::float8
+           AS oldest_ready_age
+FROM unnest($1::text[]) AS q(queue)
+"""
+
+# $1 limit. Dead events per type, from outbox_dead_idx; at most $1 rows are read.
+DEAD_COUNTS = """
+SELECT event_type, count(*) AS events
+FROM (SELECT event_type FROM {s}.outbox WHERE state = 'dead' LIMIT $1) AS d
+GROUP BY event_type
+"""
+
+# $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 key, $5 queue, $6 headers
+# (JSON text: the W3C trace context of the producer). INSERT_ONE plus headers: used only when
+# a trace context is active, so untraced producers keep the statement they had.
+INSERT_ONE_HEADERS = """
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, headers)
+VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6::jsonb)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# $1-$5 as INSERT_MANY, $6 headers (JSON text) for every row of the chunk (one enqueue_many
+# call runs in one trace context).
+INSERT_MANY_HEADERS = """
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, headers)
+SELECT t, p::jsonb, COALESCE(r, now()), k, q, $6::jsonb
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
+     WITH ORDINALITY AS i(t, p, r, k, q, n)
+ORDER BY n
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, idempotency_key
+"""
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
@@ -254,6 +304,7 @@ class ClaimedRow:
     created_at: dt.datetime
     db_now: float
     age: float
+    headers: str | None = None  # JSON text: the producer's trace context, if any
 
 
 class Queries:
@@ -279,6 +330,10 @@ class Queries:
         self.retry_dead = RETRY_DEAD.format(s=s)
         self.prune_count = PRUNE_COUNT.format(s=s)
         self.prune_batch = PRUNE_BATCH.format(s=s)
+        self.depths = QUEUE_DEPTHS.format(s=s)
+        self.dead_by_type = DEAD_COUNTS.format(s=s)
+        self.insert_one_headers = INSERT_ONE_HEADERS.format(s=s)
+        self.insert_many_headers = INSERT_MANY_HEADERS.format(s=s)
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -289,10 +344,18 @@ class Queries:
         run_at: dt.datetime | None,
         key: str | None,
         queue: str,
+        headers: str | None = None,
     ) -> int:
-        """Insert one event; with a key already used, return the existing event's id."""
-        new_id: int | None = await conn.fetchval(
-            self.insert_one, event_type, payload_json, run_at, key, queue
+        """Insert one event; with a key already used, return the existing event's id.
+
+        ``headers`` (JSON text) is stored with the event; without it the statement has no
+        headers column at all.
+        """
+        args = (event_type, payload_json, run_at, key, queue)
+        new_id: int | None = await (
+            conn.fetchval(self.insert_one, *args)
+            if headers is None
+            else conn.fetchval(self.insert_one_headers, *args, headers)
         )
         if new_id is None:
             new_id = await conn.fetchval(self.id_by_key, key)
@@ -308,9 +371,18 @@ class Queries:
         run_ats: Sequence[dt.datetime | None],
         keys: Sequence[str | None],
         queues: Sequence[str],
+        headers: str | None = None,
     ) -> list[int]:
-        """Insert many events in one statement; return ids in input order."""
-        rows = await conn.fetch(self.insert_many, types, payloads, run_ats, keys, queues)
+        """Insert many events in one statement; return ids in input order.
+
+        ``headers`` (JSON text), when given, is stored with every event of the chunk.
+        """
+        args = (types, payloads, run_ats, keys, queues)
+        rows = await (
+            conn.fetch(self.insert_many, *args)
+            if headers is None
+            else conn.fetch(self.insert_many_headers, *args, headers)
+        )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
         # inserted rows sorted by id line up with the input rows that were not skipped.
         rows.sort(key=lambda r: r[0])
@@ -443,3 +515,14 @@ class Queries:
             self.retry_dead, list(ids) if ids is not None else None, event_type, handler
         )
         return [r[0] for r in rows]
+
+    async def queue_depths(
+        self, conn: asyncpg.Connection, queues: Sequence[str], limit: int
+    ) -> list[Any]:
+        """Per queue: ready and scheduled pending events (each counted up to ``limit``) and
+        the oldest ready age in seconds (None when nothing is ready)."""
+        return list(await conn.fetch(self.depths, list(queues), limit))
+
+    async def dead_counts(self, conn: asyncpg.Connection, limit: int) -> list[Any]:
+        """Dead events per event type, reading at most ``limit`` rows."""
+        return list(await conn.fetch(self.dead_by_type, limit))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -49,18 +50,26 @@ from ._dispatch import (
 from ._errors import RegistryError
 from ._leases import LeaseKeeper
 from ._listener import Listener
+from ._logs import WORKER_ID
+from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
 from ._queries import ClaimedRow, Queries, queries_for
 from ._registry import Handler, Registry
 from ._runner import Runners
 from ._settings import WorkerSettings, mask_dsn
+from ._tracing import Tracing
 
 log = logging.getLogger("pgqueue.worker")
 
 
 class Worker:
-    """Runs the handlers of a :class:`Registry` against one database until stopped."""
+    """Runs the handlers of a :class:`Registry` against one database until stopped.
+
+    ``metrics`` (a :class:`Metrics`) collects Prometheus metrics and serves them while the
+    worker runs. ``tracer_provider`` traces every handler run with OpenTelemetry; without it,
+    tracing is on only when an OpenTelemetry SDK set the global provider.
+    """
 
     def __init__(
         self,
@@ -69,6 +78,8 @@ class Worker:
         settings: WorkerSettings | None = None,
         *,
         handler_pool_size: int = 10,
+        metrics: Metrics | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.settings = settings or WorkerSettings()
         self.registry = registry
@@ -94,19 +105,24 @@ class Worker:
         self._handler_pool: asyncpg.Pool | None = None
         self._runners: Runners | None = None
         self._completer: Completer | None = None
+        self.metrics = metrics
+        self._tracing = Tracing.for_worker(tracer_provider)
 
     # -- control ------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop gracefully; a second call stops at once (in-flight work is handed back)."""
+        # Called from signal handlers, outside run()'s context: name the worker explicitly.
+        fields = {"worker_id": self.worker_id, "in_flight": len(self._inflight)}
         if self._stopping:
             if not self._force.is_set():
-                log.warning("second stop request: handing back in-flight events now")
+                log.warning("second stop request: handing back in-flight events now", extra=fields)
             self._force.set()
         else:
             log.info(
                 "stopping: no new claims; waiting up to %.0fs for in-flight handlers",
                 self.settings.shutdown_timeout,
+                extra=fields,
             )
             self._stopping = True
         self._wakeup.set()
@@ -140,6 +156,14 @@ class Worker:
 
     async def run(self) -> WorkerStats:
         """Run until stopped (or, with ``burst``, until nothing is ready); return counters."""
+        # Log lines of this run (and of every task it starts) carry the worker id.
+        token = WORKER_ID.set(self.worker_id)
+        try:
+            return await self._run()
+        finally:
+            WORKER_ID.reset(token)
+
+    async def _run(self) -> WorkerStats:
         if not self._event_types:
             raise RegistryError("the registry has no handlers; register one with @registry.on(...)")
         s = self.settings
@@ -163,6 +187,10 @@ class Worker:
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name)
+            if self.metrics is not None:
+                await self.metrics.start(
+                    self.worker_id, self._pool, self._queries, s.queues, lambda: self.in_flight
+                )
             self._handler_pool = await create_pool(
                 self._dsn, min_size=0, max_size=self._handler_pool_size
             )
@@ -175,6 +203,7 @@ class Worker:
                 ",".join(self._event_types),
                 s.concurrency,
                 s.batch_size,
+                extra={"event": "start", "queues": list(s.queues)},
             )
             self._runners = Runners(
                 s.concurrency,
@@ -182,6 +211,8 @@ class Worker:
                 lambda: self._stopping,
                 self._handler_pool,
                 s.schema_name,
+                self.metrics,
+                self._tracing,
             )
             self._completer = Completer(
                 self._pool,
@@ -190,6 +221,7 @@ class Worker:
                 self.stats,
                 self._progress.set,
                 self._after_error,
+                self.metrics,
             )
             leases = LeaseKeeper(
                 self._pool, self._queries, s, self._inflight, self.stats, self._wakeup.set
@@ -212,6 +244,8 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.metrics is not None:
+                await self.metrics.stop()
             await self._close()
         log.info(
             "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
@@ -220,6 +254,7 @@ class Worker:
             self.stats.retried,
             self.stats.dead,
             self.stats.handed_back,
+            extra={"event": "stop", **dataclasses.asdict(self.stats)},
         )
         return self.stats
 
@@ -252,7 +287,12 @@ class Worker:
                     raise
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning("claim failed (%s); retrying in %.1fs", describe_error(exc), delay)
+                log.warning(
+                    "claim failed (%s); retrying in %.1fs",
+                    describe_error(exc),
+                    delay,
+                    extra={"error": describe_error(exc), "delay": delay},
+                )
                 await self._after_error(exc)
                 await self._sleep_or_wake(delay)
                 continue

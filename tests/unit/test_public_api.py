@@ -18,6 +18,7 @@ EXPECTED_ALL = [
     "Event",
     "EventState",
     "HandlerState",
+    "Metrics",
     "PayloadError",
     "PgQueueError",
     "Registry",
