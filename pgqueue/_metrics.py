@@ -57,26 +57,24 @@ SAMPLE_TIMEOUT = 2.0  # seconds a scrape waits for the database before serving o
 
 
 @dataclass(slots=True)
-class _Histogram:
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
+class _Handler:
+    """Everything counted for one (event type, handler): updated inline by ``handler_ran``
+    (one object, no helper calls: each Python call is ~50 ns at 30,000 runs a second)."""
 
-    def observe(self, value: float) -> None:
-        counts = self.counts
-        if not counts:
-            counts.extend([0] * (len(self.bounds) + 1))
-        counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
+    runs: dict[str, int] = field(default_factory=dict)
+    durations: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    duration_sum: float = 0.0
+    lags: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    lag_sum: float = 0.0
 
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative (le, count) pairs, +Inf last, as Prometheus wants them."""
-        counts = self.counts[:] or [0] * (len(self.bounds) + 1)
-        out, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
-        return out
+
+def _cumulative(bounds: tuple[float, ...], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, +Inf last, as Prometheus wants them."""
+    out, running = [], 0
+    for bound, count in zip((*bounds, None), counts, strict=True):
+        running += count
+        out.append(("+Inf" if bound is None else repr(bound), float(running)))
+    return out
 
 
 @dataclass
@@ -114,9 +112,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._events: dict[tuple[str, str], int] = {}
-        self._runs: dict[tuple[str, str, str], int] = {}
-        self._durations: dict[tuple[str, str], _Histogram] = {}
-        self._lags: dict[str, _Histogram] = {}
+        self._handlers: dict[tuple[str, str], _Handler] = {}
         self._source: _Source | None = None
         self._server: Any = None
         self._sample: tuple[float, list[Any], list[Any]] | None = None
@@ -125,24 +121,32 @@ class Metrics:
     # -- hot path (called from the worker's event loop) ------------------------------------------
 
     def handler_ran(
-        self, event_type: str, handler: str, outcome: str, seconds: float | None
+        self,
+        event_type: str,
+        handler: str,
+        outcome: str,
+        started: float | None,
+        lag: float | None,
+        _bisect: Callable[[Sequence[float], float], int] = bisect.bisect_left,
+        _monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """One handler run ended (done, retry, dead, interrupted) after ``seconds``."""
-        key = (event_type, handler, outcome)
-        runs = self._runs
-        runs[key] = runs.get(key, 0) + 1
-        if seconds is not None:
-            hist = self._durations.get(key[:2])
-            if hist is None:
-                hist = self._durations[key[:2]] = _Histogram(DURATION_BUCKETS)
-            hist.observe(seconds)
-
-    def handler_lag(self, event_type: str, seconds: float) -> None:
-        """A handler started its first attempt ``seconds`` after the event was created."""
-        hist = self._lags.get(event_type)
-        if hist is None:
-            hist = self._lags[event_type] = _Histogram(LAG_BUCKETS)
-        hist.observe(seconds)
+        """One handler run ended (done, retry, dead, interrupted). ``started``: its
+        ``time.monotonic()`` at the call (None: the handler was not called); ``lag``: seconds
+        from the event's creation to this start (first attempts only). The defaults bind
+        two module lookups as locals: measured ~0.1 us of the call's ~0.5 us."""
+        key = (event_type, handler)
+        stats = self._handlers.get(key)
+        if stats is None:
+            stats = self._handlers[key] = _Handler()
+        runs = stats.runs
+        runs[outcome] = runs.get(outcome, 0) + 1
+        if started is not None:
+            seconds = _monotonic() - started
+            stats.durations[_bisect(DURATION_BUCKETS, seconds)] += 1
+            stats.duration_sum += seconds
+        if lag is not None:
+            stats.lags[_bisect(LAG_BUCKETS, lag)] += 1
+            stats.lag_sum += lag
 
     def event_recorded(self, event_type: str, outcome: str) -> None:
         """An event's outcome of one claim was written (done, retry, dead, handed_back, ...)."""
@@ -221,8 +225,9 @@ class Metrics:
             "Handler runs by outcome: done, retry (failed, will run again), dead, interrupted.",
             labels=["event_type", "handler", "outcome"],
         )
-        for (event_type, handler, outcome), n in sorted(self._runs.copy().items()):
-            runs.add_metric([event_type, handler, outcome], n)
+        for (event_type, handler), stats in self._handler_stats():
+            for outcome, n in sorted(stats.runs.copy().items()):
+                runs.add_metric([event_type, handler, outcome], n)
         errors = CounterMetricFamily(
             "pgqueue_queue_sample_errors", "Scrapes whose database sample failed or timed out."
         )
@@ -235,16 +240,27 @@ class Metrics:
             "Time a handler call took (each attempt).",
             labels=["event_type", "handler"],
         )
-        for (event_type, handler), hist in sorted(self._durations.copy().items()):
-            duration.add_metric([event_type, handler], hist.buckets(), hist.total)
+        lags: dict[str, tuple[list[int], float]] = {}
+        for (event_type, handler), stats in self._handler_stats():
+            if sum(stats.durations):
+                buckets = _cumulative(DURATION_BUCKETS, stats.durations[:])
+                duration.add_metric([event_type, handler], buckets, stats.duration_sum)
+            counts, total = lags.get(event_type, ([0] * (len(LAG_BUCKETS) + 1), 0.0))
+            lags[event_type] = ([a + b for a, b in zip(counts, stats.lags, strict=True)],
+                                total + stats.lag_sum)  # fmt: skip
         lag = HistogramMetricFamily(
             "pgqueue_lag_seconds",
-            "Handler start minus the event's created_at (first attempts only; database clock).",
+            "Handler start minus the event's created_at (each handler's first attempt; "
+            "database clock).",
             labels=["event_type"],
         )
-        for event_type, hist in sorted(self._lags.copy().items()):
-            lag.add_metric([event_type], hist.buckets(), hist.total)
+        for event_type, (counts, total) in sorted(lags.items()):
+            if sum(counts):
+                lag.add_metric([event_type], _cumulative(LAG_BUCKETS, counts), total)
         return [duration, lag]
+
+    def _handler_stats(self) -> list[tuple[tuple[str, str], _Handler]]:
+        return sorted(self._handlers.copy().items(), key=lambda item: item[0])
 
     def _queue_families(self) -> Iterable[Metric]:
         queues, dead = self._fresh_sample()

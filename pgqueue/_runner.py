@@ -137,7 +137,8 @@ class Runners:
                 value = handler.parse(payload)
             except ValidationError as exc:
                 outcome = Outcome(Kind.DEAD, prior + 1, validation_text(handler, exc))
-                self._report(d, handler, "dead", None)
+                if self._observer is not None:
+                    self._report(d, handler, "dead", None, prior + 1)
             while outcome is None:
                 attempts += 1
                 ctx = Context(
@@ -149,11 +150,11 @@ class Runners:
                     self._pool,
                     self._schema,
                 )
-                started = 0.0 if self._observer is None else self._begin(d, attempts)
+                started = 0.0 if self._observer is None else time.monotonic()
                 try:
                     await self._call(slot, loop, handler, value, ctx, d.row.headers)
                     if self._observer is not None:
-                        self._report(d, handler, "done", started)
+                        self._report(d, handler, "done", started, attempts)
                     # A success after quick retries keeps the last error for the record.
                     outcome = Outcome(Kind.DONE, attempts, last_error)
                 except (KeyboardInterrupt, SystemExit):
@@ -172,7 +173,8 @@ class Runners:
                     last_error = failure_text(handler, exc)
         except asyncio.CancelledError:
             # Shutdown past its drain timeout: hand this attempt back, it did not count.
-            self._report(d, handler, "interrupted", None)
+            if self._observer is not None:
+                self._report(d, handler, "interrupted", None, attempts)
             self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
             raise
         self._record(d, handler, outcome)
@@ -206,18 +208,16 @@ class Runners:
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
 
-    def _begin(self, d: Delivery, attempts: int) -> float:
-        """With metrics: the start time of a handler run (and its lag on a first attempt)."""
+    def _report(
+        self, d: Delivery, handler: Handler, outcome: str, started: float | None, attempts: int
+    ) -> None:
+        """Tell the metrics how a run ended; a first attempt also gives the event's lag
+        (handler start minus created_at, on the database clock)."""
         assert self._observer is not None
-        now = time.monotonic()
-        if attempts == 1:
-            self._observer.handler_lag(d.row.event_type, d.row.age + (now - d.claimed_at))
-        return now
-
-    def _report(self, d: Delivery, handler: Handler, outcome: str, started: float | None) -> None:
-        if self._observer is not None:
-            seconds = None if started is None else time.monotonic() - started
-            self._observer.handler_ran(d.row.event_type, handler.name, outcome, seconds)
+        lag = None
+        if started is not None and attempts == 1:
+            lag = d.row.age + (started - d.claimed_at)
+        self._observer.handler_ran(d.row.event_type, handler.name, outcome, started, lag)
 
     async def _failed(
         self, d: Delivery, handler: Handler, attempts: int, exc: BaseException, started: float
@@ -225,7 +225,8 @@ class Runners:
         """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
         text = failure_text(handler, exc)
         verdict = decide(handler.policy, attempts, d.elapsed, exc)
-        self._report(d, handler, "dead" if verdict.dead else "retry", started)
+        if self._observer is not None:
+            self._report(d, handler, "dead" if verdict.dead else "retry", started, attempts)
         if verdict.dead:
             log.warning(
                 "event %d handler %s is dead after %d attempt(s): %s",
