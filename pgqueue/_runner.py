@@ -136,9 +136,7 @@ class Runners:
             try:
                 value = handler.parse(payload)
             except ValidationError as exc:
-                outcome = Outcome(Kind.DEAD, prior + 1, validation_text(handler, exc))
-                if self._observer is not None:
-                    self._report(d, handler, "dead", None, prior + 1)
+                outcome = self._invalid(d, handler, prior + 1, exc)
             while outcome is None:
                 attempts += 1
                 ctx = Context(
@@ -207,6 +205,22 @@ class Runners:
         if self._timed_out[slot]:  # the handler swallowed our cancel and finished anyway
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
+
+    def _invalid(
+        self, d: Delivery, handler: Handler, attempts: int, exc: ValidationError
+    ) -> Outcome:
+        """The payload does not match the handler's model: dead at once, no retries."""
+        text = validation_text(handler, exc)
+        log.warning(
+            "event %d handler %s is dead: %s",
+            d.row.id,
+            handler.name,
+            text,  # field names and messages, never values
+            extra=_fields(d, handler, attempts, exc),
+        )
+        if self._observer is not None:
+            self._report(d, handler, "dead", None, attempts)
+        return Outcome(Kind.DEAD, attempts, text)
 
     def _report(
         self, d: Delivery, handler: Handler, outcome: str, started: float | None, attempts: int

@@ -385,6 +385,12 @@ class Worker:
                 # PostgreSQL accepts JSON nested deeper than Python can decode: such an
                 # event can never run, so it goes dead at once instead of crashing us.
                 text = f"payload cannot be decoded: {error_text(exc)}"
+                log.warning(
+                    "event %d is dead: %s",
+                    row.id,
+                    text,
+                    extra={"event_id": row.id, "event_type": row.event_type},
+                )
                 for handler, prior in units:
                     delivery.outcomes[handler.name] = Outcome(Kind.DEAD, prior + 1, text)
                 delivery.waiting = 0
