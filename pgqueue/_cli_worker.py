@@ -118,7 +118,7 @@ from ._worker import Worker
 )
 @click.option(
     "--log-level",
-    type=click.Choice(LOG_LEVELS),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
     show_default=True,
     envvar="PGQUEUE_LOG_LEVEL",
@@ -127,7 +127,7 @@ from ._worker import Worker
 )
 @click.option(
     "--log-format",
-    type=click.Choice(LOG_FORMATS),
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
     default="text",
     show_default=True,
     envvar="PGQUEUE_LOG_FORMAT",
@@ -216,11 +216,9 @@ async def _run_processes(count: int, dsn: str, metrics_port: int | None = None) 
     env.pop("PGQUEUE_METRICS_PORT", None)  # each child gets its own on the command line
     children = []
     for i in range(count):
-        own = (
-            []
-            if metrics_port is None
-            else ["--metrics-port", str(metrics_port and metrics_port + i)]
-        )
+        own: list[str] = []
+        if metrics_port is not None:  # port 0 stays 0: every child picks a free port
+            own = ["--metrics-port", str(metrics_port + i if metrics_port else 0)]
         children.append(
             await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, *args, *own, env=env)
         )

@@ -58,8 +58,9 @@ SAMPLE_TIMEOUT = 2.0  # seconds a scrape waits for the database before serving o
 
 @dataclass(slots=True)
 class _Handler:
-    """Everything counted for one (event type, handler): updated inline by ``handler_ran``
-    (one object, no helper calls: each Python call is ~50 ns at 30,000 runs a second)."""
+    """Everything counted for one handler of one event type, updated inline by
+    ``handler_ran`` (no helper calls, no tuple keys to allocate: this runs 30,000 times a
+    second in a draining worker)."""
 
     runs: dict[str, int] = field(default_factory=dict)
     durations: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
@@ -75,6 +76,14 @@ def _cumulative(bounds: tuple[float, ...], counts: Sequence[int]) -> list[tuple[
         running += count
         out.append(("+Inf" if bound is None else repr(bound), float(running)))
     return out
+
+
+@dataclass(slots=True)
+class _Type:
+    """The counts of one event type: event outcomes, and its handlers by name."""
+
+    events: dict[str, int] = field(default_factory=dict)
+    handlers: dict[str, _Handler] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,8 +120,7 @@ class Metrics:
         self.min_sample_interval = min_sample_interval
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._events: dict[tuple[str, str], int] = {}
-        self._handlers: dict[tuple[str, str], _Handler] = {}
+        self._types: dict[str, _Type] = {}
         self._source: _Source | None = None
         self._server: Any = None
         self._sample: tuple[float, list[Any], list[Any]] | None = None
@@ -133,11 +141,11 @@ class Metrics:
         """One handler run ended (done, retry, dead, interrupted). ``started``: its
         ``time.monotonic()`` at the call (None: the handler was not called); ``lag``: seconds
         from the event's creation to this start (first attempts only). The defaults bind
-        two module lookups as locals: measured ~0.1 us of the call's ~0.5 us."""
-        key = (event_type, handler)
-        stats = self._handlers.get(key)
+        two module-level lookups as locals."""
+        counts = self._types.get(event_type) or self._type(event_type)
+        stats = counts.handlers.get(handler)
         if stats is None:
-            stats = self._handlers[key] = _Handler()
+            stats = counts.handlers[handler] = _Handler()
         runs = stats.runs
         runs[outcome] = runs.get(outcome, 0) + 1
         if started is not None:
@@ -150,8 +158,12 @@ class Metrics:
 
     def event_recorded(self, event_type: str, outcome: str) -> None:
         """An event's outcome of one claim was written (done, retry, dead, handed_back, ...)."""
-        key = (event_type, outcome)
-        self._events[key] = self._events.get(key, 0) + 1
+        events = (self._types.get(event_type) or self._type(event_type)).events
+        events[outcome] = events.get(outcome, 0) + 1
+
+    def _type(self, event_type: str) -> _Type:
+        counts = self._types[event_type] = _Type()
+        return counts
 
     # -- lifecycle (called by Worker.run) ----------------------------------------------------------
 
@@ -218,8 +230,9 @@ class Metrics:
             "dead, handed_back (shutdown), lease_lost.",
             labels=["event_type", "outcome"],
         )
-        for (event_type, outcome), n in sorted(self._events.copy().items()):
-            events.add_metric([event_type, outcome], n)
+        for event_type, counts in self._counts():
+            for outcome, n in sorted(counts.events.copy().items()):
+                events.add_metric([event_type, outcome], n)
         runs = CounterMetricFamily(
             "pgqueue_handler_runs",
             "Handler runs by outcome: done, retry (failed, will run again), dead, interrupted.",
@@ -259,8 +272,16 @@ class Metrics:
                 lag.add_metric([event_type], _cumulative(LAG_BUCKETS, counts), total)
         return [duration, lag]
 
+    def _counts(self) -> list[tuple[str, _Type]]:
+        # dict.copy() runs in C under the GIL: the worker's thread never changes it mid-copy.
+        return sorted(self._types.copy().items(), key=lambda item: item[0])
+
     def _handler_stats(self) -> list[tuple[tuple[str, str], _Handler]]:
-        return sorted(self._handlers.copy().items(), key=lambda item: item[0])
+        return [
+            ((event_type, name), stats)
+            for event_type, counts in self._counts()
+            for name, stats in sorted(counts.handlers.copy().items(), key=lambda item: item[0])
+        ]
 
     def _queue_families(self) -> Iterable[Metric]:
         queues, dead = self._fresh_sample()

@@ -69,7 +69,11 @@ def scrape(port: int) -> Samples:
     """GET /metrics and parse it with prometheus_client's own parser."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         assert response.status == 200
-        text = response.read().decode()
+        return parse(response.read().decode())
+
+
+def parse(text: str) -> Samples:
+    """The exposition text as {(sample name, labels): value}, by prometheus_client's parser."""
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -344,3 +348,33 @@ async def test_queue_depth_statements_use_the_partial_indexes(conn: asyncpg.Conn
         ("empty", 0, 0),
     ]
     assert [tuple(r) for r in await q.dead_counts(conn, 10)] == [("x", 1)]
+
+
+async def test_shutdown_counts_interrupted_runs_and_handed_back_events(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Read through the registry (no port): a run cut short by shutdown is 'interrupted', its
+    event 'handed_back', as the row shows (pending again, attempt refunded)."""
+    registry = pgqueue.Registry()
+    started = asyncio.Event()
+
+    @registry.on("slow.event")
+    async def hang(payload: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    event_id = await pgqueue.enqueue(conn, "slow.event", {})
+    metrics = pgqueue.Metrics()
+    settings = pgqueue.WorkerSettings(shutdown_timeout=0, poll_interval=0.1)
+    worker = pgqueue.Worker(db_dsn, registry, settings, metrics=metrics)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 30)
+    worker.request_stop()
+    await asyncio.wait_for(task, 30)
+    s = parse(generate_latest(metrics.registry).decode())
+    runs = value(s, "pgqueue_handler_runs_total", event_type="slow.event", handler="hang",
+                 outcome="interrupted")  # fmt: skip
+    assert runs == 1
+    assert value(s, "pgqueue_events_total", event_type="slow.event", outcome="handed_back") == 1
+    row = await conn.fetchrow("SELECT state, attempt FROM pgqueue.outbox WHERE id = $1", event_id)
+    assert (row["state"], row["attempt"]) == ("pending", 0)
