@@ -369,6 +369,11 @@ async def test_shutdown_counts_interrupted_runs_and_handed_back_events(
     worker = pgqueue.Worker(db_dsn, registry, settings, metrics=metrics)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 30)
+    # Read on the worker's own loop while it runs: served at once from the counts (waiting
+    # for the loop we are on would time out and count a sample error).
+    during = parse(generate_latest(metrics.registry).decode())
+    assert value(during, "pgqueue_in_flight_events") == 1
+    assert value(during, "pgqueue_queue_sample_errors_total") == 0
     worker.request_stop()
     await asyncio.wait_for(task, 30)
     s = parse(generate_latest(metrics.registry).decode())
