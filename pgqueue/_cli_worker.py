@@ -105,8 +105,8 @@ from ._worker import Worker
     default=None,
     envvar="PGQUEUE_METRICS_PORT",
     show_envvar=True,
-    help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port). With "
-    "--processes N, process i serves PORT+i.  [default: off]",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port); off "
+    "without it. With --processes N, process i serves PORT+i.",
 )
 @click.option(
     "--metrics-host",

@@ -207,7 +207,7 @@ class Metrics:
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot serve metrics on {self.host}:{self.port} ({exc.strerror or exc}); "
-                "pass another --metrics-port"
+                "pass another --metrics-port (or --metrics-host)"
             ) from None
         self.port = self._server.server_port
         log.info(
