@@ -29,6 +29,7 @@ async def drain(
     count: int = N,
     setup: Setup | None = None,
     mark_at: int | None = None,
+    metrics: bool = False,
 ) -> dict[str, Any]:
     """Run one drain on a fresh database; return the worker's result plus ``rate``."""
     async with bench.db.fresh() as dsn:
@@ -39,6 +40,8 @@ async def drain(
         args += ["--batch-size", str(batch_size)]
         if mark_at:
             args += ["--mark-at", str(mark_at)]
+        if metrics:
+            args.append("--metrics")
         result = await (await Child("worker", *args).start()).wait(timeout=900)
         remaining = await scalar(dsn, REMAINING[system])
         done = await scalar(dsn, DONE[system])

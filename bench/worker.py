@@ -1,7 +1,7 @@
 """Subprocess: ONE worker (pgqueue or PgQueuer) with no-op handlers, timed and recorded.
 
 ``python -m bench.worker --system pgqueue --dsn DSN [--burst] [--handlers 3] [--record]
-[--batch-size N] [--mark-at N] --out result.json``
+[--batch-size N] [--mark-at N] [--metrics] --out result.json``
 
 --burst: run until nothing is ready (pgqueue ``burst=True``, PgQueuer ``mode=drain``);
 otherwise run until SIGTERM (graceful stop). The handler costs one counter increment, plus one
@@ -82,7 +82,11 @@ async def run_pgqueue(args: argparse.Namespace, rec: Recorder) -> dict[str, Any]
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     settings = pgqueue.WorkerSettings(burst=args.burst, **overrides)
-    worker = pgqueue.Worker(args.dsn, pgqueue_registry(rec, args.handlers), settings)
+    # --metrics: as `pgqueue worker --metrics-port`, served on a free port.
+    metrics = pgqueue.Metrics(port=0) if args.metrics else None
+    worker = pgqueue.Worker(
+        args.dsn, pgqueue_registry(rec, args.handlers), settings, metrics=metrics
+    )
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)
     t0 = time.monotonic()
     stats = await worker.run()
@@ -136,6 +140,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--handlers", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=0, help="0 = the system's default")
     p.add_argument("--record", action="store_true")
+    p.add_argument("--metrics", action="store_true", help="pgqueue: collect and serve metrics")
     p.add_argument("--mark-at", type=int, default=None, help="read RSS at this handler count")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)

@@ -36,6 +36,7 @@ from ._inspect import (
     list_events,
     live_status,
 )
+from ._metrics import Metrics
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
@@ -70,6 +71,7 @@ __all__ = [
     "LiveHandlerCount",
     "LiveStatus",
     "LiveTypeCounts",
+    "Metrics",
     "PayloadError",
     "PgQueueError",
     "Registry",

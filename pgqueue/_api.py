@@ -18,6 +18,7 @@ from ._errors import PayloadError
 from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
 from ._queries import queries_for
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
+from ._tracing import producer_headers
 
 Payload = Mapping[str, Any] | BaseModel
 
@@ -100,6 +101,8 @@ async def enqueue(
     With ``idempotency_key``, a second call with the same key inserts nothing and returns the
     first event's id. ``run_at`` delays the event (a timezone-aware datetime). Of the events
     ready in a queue, a higher ``priority`` is claimed first (default 0, -10..10).
+    When an OpenTelemetry span is active, its trace context is stored with the event and
+    the handlers' spans continue that trace.
     """
     _check_event_type(event_type)
     validate_queue(queue)
@@ -107,7 +110,7 @@ async def enqueue(
     body = encode_payload(payload)
     try:
         return await queries_for(schema).insert_event(
-            conn, event_type, body, run_at, idempotency_key, queue, priority
+            conn, event_type, body, run_at, idempotency_key, queue, priority, producer_headers()
         )
     except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
         raise _translate(exc) from exc
@@ -123,9 +126,11 @@ async def enqueue_many(
     """Write many events in one statement per ``chunk_size``; return ids in input order.
 
     Events whose idempotency key already exists are not inserted; their existing id is
-    returned in their place.
+    returned in their place. The active OpenTelemetry trace context (if any) is stored with
+    every event.
     """
     queries = queries_for(schema)
+    headers = producer_headers()
     ids: list[int] = []
     chunk: list[Event] = []
 
@@ -134,7 +139,7 @@ async def enqueue_many(
         for event_type in types:
             _check_event_type(event_type)
         payloads = [encode_payload(e.payload) for e in chunk]
-        plain = all(
+        plain = headers is None and all(
             e.run_at is None
             and e.idempotency_key is None
             and e.queue == DEFAULT_QUEUE
@@ -156,6 +161,7 @@ async def enqueue_many(
                         [e.idempotency_key for e in chunk],
                         [e.queue for e in chunk],
                         [e.priority for e in chunk],
+                        headers,
                     )
                 )
         except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -13,6 +12,8 @@ import click
 
 from ._cli_common import cli, database, dsn_option, schema_option, with_conn
 from ._errors import ConfigurationError
+from ._logs import LOG_FORMATS, LOG_LEVELS, configure
+from ._metrics import Metrics
 from ._migrate import migrate
 from ._registry import Registry, load_registry
 from ._settings import WorkerSettings, check_listen, validate_schema
@@ -124,10 +125,40 @@ from ._worker import Worker
     "connection is possible).",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65_535),
+    default=None,
+    envvar="PGQUEUE_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port); off "
+    "without it. With --processes N, process i serves PORT+i.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="PGQUEUE_METRICS_HOST",
+    show_envvar=True,
+    help="Address to serve metrics on; 0.0.0.0 to let another host (Prometheus) scrape.",
+)
+@click.option(
     "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="info",
     show_default=True,
+    envvar="PGQUEUE_LOG_LEVEL",
+    show_envvar=True,
+    help="Least severe log records to write (to stderr).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    default="text",
+    show_default=True,
+    envvar="PGQUEUE_LOG_FORMAT",
+    show_envvar=True,
+    help="text: one readable line per record; json: one JSON object per line (ts, level, "
+    "logger, msg, worker_id and fields such as event_id, event_type, handler, attempt, error).",
 )
 def worker_cmd(
     dsn: str | None,
@@ -146,18 +177,17 @@ def worker_cmd(
     pooled: bool,
     listen_dsn: str | None,
     poll_only: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the handlers of --handlers for every event written to the outbox.
 
     SIGINT/SIGTERM stop claiming and let in-flight handlers finish (up to
     --shutdown-timeout); a second signal hands everything back at once.
     """
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure(log_level, log_format)
     settings = _settings(
         schema=schema,
         queues=queues,
@@ -182,9 +212,12 @@ def worker_cmd(
             if not dsn:
                 await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
             if processes > 1:
-                await _run_processes(processes, real_dsn, listen_dsn)
+                await _run_processes(processes, real_dsn, listen_dsn, metrics_port)
                 return
-            worker = Worker(real_dsn, registry, settings, listen_dsn=listen_dsn)
+            metrics = None
+            if metrics_port is not None:
+                metrics = Metrics(host=metrics_host, port=metrics_port)
+            worker = Worker(real_dsn, registry, settings, listen_dsn=listen_dsn, metrics=metrics)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, worker.request_stop)
@@ -197,20 +230,33 @@ def worker_cmd(
     asyncio.run(main())
 
 
-async def _run_processes(count: int, dsn: str, listen_dsn: str | None) -> None:
+async def _run_processes(
+    count: int, dsn: str, listen_dsn: str | None, metrics_port: int | None = None
+) -> None:
     """Run ``count`` copies of this worker command as child processes and supervise them.
 
     SIGINT/SIGTERM are passed on to every child (a second one too); the parent exits when all
-    children have, with the first non-zero exit code.
+    children have, with the first non-zero exit code. With a metrics port, child i serves
+    port + i (port 0: each child picks a free one); the parent serves none.
     """
+    if metrics_port and metrics_port + count - 1 > 65_535:
+        raise ConfigurationError(
+            f"--metrics-port {metrics_port} with --processes {count} needs ports up to "
+            f"{metrics_port + count - 1}; pass a port of at most {65_536 - count}"
+        )
     args = _child_args(sys.argv[1:])
     env = {**os.environ, "PGQUEUE_DSN": dsn}  # never on a command line: ps shows those
     if listen_dsn:
         env["PGQUEUE_LISTEN_DSN"] = listen_dsn
-    children = [
-        await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, *args, env=env)
-        for _ in range(count)
-    ]
+    env.pop("PGQUEUE_METRICS_PORT", None)  # each child gets its own on the command line
+    children = []
+    for i in range(count):
+        own: list[str] = []
+        if metrics_port is not None:  # port 0 stays 0: every child picks a free port
+            own = ["--metrics-port", str(metrics_port + i if metrics_port else 0)]
+        children.append(
+            await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, *args, *own, env=env)
+        )
     loop = asyncio.get_running_loop()
 
     def forward(sig: signal.Signals) -> None:
@@ -227,11 +273,12 @@ async def _run_processes(count: int, dsn: str, listen_dsn: str | None) -> None:
 
 
 _CHILD = "from pgqueue._cli import main; main()"
-_BY_ENV = ("--processes", "--dsn", "--listen-dsn")
+_BY_ENV = ("--processes", "--dsn", "--listen-dsn", "--metrics-port")
 
 
 def _child_args(argv: list[str]) -> list[str]:
-    """This command line without --processes and the DSNs (the child gets those by env)."""
+    """This command line without --processes, the DSNs (the child gets those by env) and
+    --metrics-port (each child gets its own)."""
     out: list[str] = []
     skip = False
     for arg in argv:

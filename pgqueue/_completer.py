@@ -11,12 +11,15 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._backoff import describe_error, is_transient, reconnect_delay
 from ._dispatch import Completion, Delivery
 from ._models import WorkerStats
 from ._queries import Queries
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -32,6 +35,7 @@ class Completer:
         stats: WorkerStats,
         on_progress: Callable[[], None],
         after_error: Callable[[BaseException], Awaitable[None]],
+        observer: Metrics | None = None,
     ) -> None:
         self.buffer: list[Completion] = []
         self._pool = pool
@@ -41,6 +45,7 @@ class Completer:
         self._on_progress = on_progress
         self._after_error = after_error
         self._flush = asyncio.Event()
+        self._observer = observer
 
     def add(self, completion: Completion) -> None:
         """Queue one event's outcome for the next flush."""
@@ -73,6 +78,7 @@ class Completer:
                     "recording outcomes failed (%s); retrying in %.1fs",
                     describe_error(exc),
                     delay,
+                    extra={"error": describe_error(exc), "delay": delay},
                 )
                 await asyncio.sleep(delay)
 
@@ -100,22 +106,30 @@ class Completer:
         self._account(batch, set(written))
 
     def _account(self, batch: list[Completion], written: set[int]) -> None:
-        stats = self._stats
+        stats, observer = self._stats, self._observer
         for c in batch:
-            self._inflight.pop(c.id, None)
+            delivery = self._inflight.pop(c.id, None)
             if c.id not in written:
                 stats.lost_leases += 1
+                outcome = "lease_lost"
                 log.warning(
                     "event %d: lease lost before its outcome was recorded; another "
                     "worker owns it now, outcome discarded",
                     c.id,
+                    extra={"event_id": c.id},
                 )
             elif c.state == "done":
                 stats.done += 1
+                outcome = "done"
             elif c.state in ("dead", "discarded"):  # discarded: a handler an operator gave up on
                 stats.dead += 1
+                outcome = "dead"
             elif c.refund:
                 stats.handed_back += 1
+                outcome = "handed_back"
             else:
                 stats.retried += 1
+                outcome = "retry"
+            if observer is not None and delivery is not None:
+                observer.event_recorded(delivery.row.event_type, outcome)
         self._on_progress()

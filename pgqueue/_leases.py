@@ -61,7 +61,11 @@ class LeaseKeeper:
                         )
                     )
             except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
-                log.warning("lease renewal failed (%s); will retry", describe_error(exc))
+                log.warning(
+                    "lease renewal failed (%s); will retry",
+                    describe_error(exc),
+                    extra={"error": describe_error(exc)},
+                )
                 continue
             # An event whose outcome is already with the completer may be written (done) by
             # now: not renewed, but not lost either; the completer's fenced write tells.
@@ -82,6 +86,7 @@ class LeaseKeeper:
                     len(lost),
                     shown,
                     " ..." if len(lost) > 10 else "",
+                    extra={"count": len(lost), "event_ids": [d.row.id for d in lost[:10]]},
                 )
 
     async def _rescuer(self) -> None:
@@ -92,7 +97,11 @@ class LeaseKeeper:
                     held = {d.token for d in self._inflight.values()}
                     rows = await self._queries.rescue_expired(conn, list(held))
             except Exception as exc:
-                log.warning("rescue scan failed (%s); will retry", describe_error(exc))
+                log.warning(
+                    "rescue scan failed (%s); will retry",
+                    describe_error(exc),
+                    extra={"error": describe_error(exc)},
+                )
                 continue
             if rows:
                 self.stats.rescued += len(rows)
@@ -102,6 +111,7 @@ class LeaseKeeper:
                     "rescued %d event(s) whose lease expired (workers: %s)",
                     len(rows),
                     ", ".join(workers),
+                    extra={"count": len(rows), "from_workers": workers},
                 )
 
     async def _watch_loop(self, tick: float = 0.25, limit: float = 1.0) -> None:
@@ -121,4 +131,5 @@ class LeaseKeeper:
                     "event loop blocked for %.1fs: a handler is doing blocking work; run it "
                     "with asyncio.to_thread (leases are not renewed while the loop is blocked)",
                     stall,
+                    extra={"stall_seconds": round(stall, 3)},
                 )

@@ -86,6 +86,7 @@ class Listener:
                         "listener connection lost (%s); reconnecting in %.1fs",
                         type(exc).__name__,
                         delay,
+                        extra={"error": type(exc).__name__, "delay": delay},
                     )
                     await self._close()
                     await asyncio.sleep(delay)

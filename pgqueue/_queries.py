@@ -117,7 +117,7 @@ WHERE o.id = ANY(ARRAY(
 ))
 RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
           extract(epoch FROM now())::float8 AS db_now,
-          extract(epoch FROM now() - o.created_at)::float8 AS age
+          extract(epoch FROM now() - o.created_at)::float8 AS age, o.headers
 """
 )
 
@@ -592,6 +592,64 @@ ORDER BY 1, 2, 3
 """
 
 
+# -- observe ----------------------------------------------------------------------------------
+
+# $1 queues, $2 limit. Per queue: pending events that are due and that are due later, each
+# counted up to $2 per priority level, and the age of the oldest due one. Every subquery is
+# one range of outbox_ready_idx (queue, priority, run_at, id) WHERE state = 'pending' and
+# stops at the limit, so a scrape reads a bounded number of index entries per queue and
+# level however deep the backlog (no full count).
+QUEUE_DEPTHS = (
+    """
+SELECT q.queue, sum(l.ready)::bigint AS ready, sum(l.scheduled)::bigint AS scheduled,
+       extract(epoch FROM now() - min(l.oldest))::float8 AS oldest_ready_age
+FROM unnest($1::text[]) AS q(queue) CROSS JOIN """
+    + PRIORITY_LEVELS
+    + """ CROSS JOIN LATERAL (
+    SELECT (SELECT count(*) FROM (SELECT 1 FROM {s}.outbox
+                WHERE state = 'pending' AND queue = q.queue AND priority = p.priority
+                  AND run_at <= now() LIMIT $2) AS r) AS ready,
+           (SELECT count(*) FROM (SELECT 1 FROM {s}.outbox
+                WHERE state = 'pending' AND queue = q.queue AND priority = p.priority
+                  AND run_at > now() LIMIT $2) AS f) AS scheduled,
+           (SELECT run_at FROM {s}.outbox
+                WHERE state = 'pending' AND queue = q.queue AND priority = p.priority
+                  AND run_at <= now() ORDER BY run_at LIMIT 1) AS oldest
+) AS l
+GROUP BY q.queue
+"""
+)
+
+# $1 limit. Dead events per type, from outbox_dead_idx; at most $1 rows are read.
+DEAD_COUNTS = """
+SELECT event_type, count(*) AS events
+FROM (SELECT event_type FROM {s}.outbox WHERE state = 'dead' LIMIT $1) AS d
+GROUP BY event_type
+"""
+
+# $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 key, $5 queue, $6 priority,
+# $7 headers (JSON text: the W3C trace context of the producer). INSERT_ONE plus headers: used
+# only when a trace context is active, so untraced producers keep the statement they had.
+INSERT_ONE_HEADERS = """
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers)
+VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6, $7::jsonb)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# $1-$6 as INSERT_MANY, $7 headers (JSON text) for every row of the chunk (one enqueue_many
+# call runs in one trace context).
+INSERT_MANY_HEADERS = """
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers)
+SELECT t, p::jsonb, COALESCE(r, now()), k, q, pr, $7::jsonb
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::smallint[])
+     WITH ORDINALITY AS i(t, p, r, k, q, pr, n)
+ORDER BY n
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, idempotency_key
+"""
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
@@ -621,6 +679,7 @@ class ClaimedRow:
     created_at: dt.datetime
     db_now: float
     age: float
+    headers: str | None = None  # JSON text: the producer's trace context, if any
 
 
 class Queries:
@@ -663,6 +722,10 @@ class Queries:
         self.get_event = GET_EVENT.format(s=s)
         self.live_counts = LIVE_COUNTS.format(s=s)
         self.live_handlers = LIVE_HANDLERS.format(s=s)
+        self.depths = QUEUE_DEPTHS.format(s=s)
+        self.dead_by_type = DEAD_COUNTS.format(s=s)
+        self.insert_one_headers = INSERT_ONE_HEADERS.format(s=s)
+        self.insert_many_headers = INSERT_MANY_HEADERS.format(s=s)
         self.channel = f"{schema}.outbox"
 
     async def insert_event(
@@ -674,10 +737,18 @@ class Queries:
         key: str | None,
         queue: str,
         priority: int = 0,
+        headers: str | None = None,
     ) -> int:
-        """Insert one event; with a key already used, return the existing event's id."""
-        new_id: int | None = await conn.fetchval(
-            self.insert_one, event_type, payload_json, run_at, key, queue, priority
+        """Insert one event; with a key already used, return the existing event's id.
+
+        ``headers`` (JSON text) is stored with the event; without it the statement has no
+        headers column at all.
+        """
+        args = (event_type, payload_json, run_at, key, queue, priority)
+        new_id: int | None = await (
+            conn.fetchval(self.insert_one, *args)
+            if headers is None
+            else conn.fetchval(self.insert_one_headers, *args, headers)
         )
         if new_id is None:
             new_id = await conn.fetchval(self.id_by_key, key)
@@ -694,10 +765,17 @@ class Queries:
         keys: Sequence[str | None],
         queues: Sequence[str],
         priorities: Sequence[int],
+        headers: str | None = None,
     ) -> list[int]:
-        """Insert many events in one statement; return ids in input order."""
-        rows = await conn.fetch(
-            self.insert_many, types, payloads, run_ats, keys, queues, priorities
+        """Insert many events in one statement; return ids in input order.
+
+        ``headers`` (JSON text), when given, is stored with every event of the chunk.
+        """
+        args = (types, payloads, run_ats, keys, queues, priorities)
+        rows = await (
+            conn.fetch(self.insert_many, *args)
+            if headers is None
+            else conn.fetch(self.insert_many_headers, *args, headers)
         )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
         # inserted rows sorted by id line up with the input rows that were not skipped.
@@ -959,6 +1037,17 @@ class Queries:
     async def live_handler_rows(self, conn: asyncpg.Connection) -> list[Any]:
         """Handler states of unfinished events, per event type and handler."""
         return list(await conn.fetch(self.live_handlers))
+
+    async def queue_depths(
+        self, conn: asyncpg.Connection, queues: Sequence[str], limit: int
+    ) -> list[Any]:
+        """Per queue: ready and scheduled pending events (each counted up to ``limit``) and
+        the oldest ready age in seconds (None when nothing is ready)."""
+        return list(await conn.fetch(self.depths, list(queues), limit))
+
+    async def dead_counts(self, conn: asyncpg.Connection, limit: int) -> list[Any]:
+        """Dead events per event type, reading at most ``limit`` rows."""
+        return list(await conn.fetch(self.dead_by_type, limit))
 
 
 # -- schedule (periodic events) ---------------------------------------------------------------

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -22,6 +23,10 @@ from ._backoff import decide
 from ._dispatch import Delivery, Kind, Outcome, error_text
 from ._models import Context
 from ._registry import Handler
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
+    from ._tracing import Tracing
 
 log = logging.getLogger("pgqueue.worker")
 
@@ -55,8 +60,13 @@ class Runners:
         stopping: Callable[[], bool],
         pool: Any,
         schema: str,
+        observer: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.units: deque[Unit] = deque()
+        # Both optional; None costs one `is None` test per handler run.
+        self._observer = observer
+        self._tracing = tracing
         self._record = record
         self._stopping = stopping
         self._pool = pool
@@ -126,7 +136,7 @@ class Runners:
             try:
                 value = handler.parse(payload)
             except ValidationError as exc:
-                outcome = Outcome(Kind.DEAD, prior + 1, validation_text(handler, exc))
+                outcome = self._invalid(d, handler, prior + 1, exc)
             while outcome is None:
                 attempts += 1
                 ctx = Context(
@@ -138,8 +148,11 @@ class Runners:
                     self._pool,
                     self._schema,
                 )
+                started = 0.0 if self._observer is None else time.monotonic()
                 try:
-                    await self._call(slot, loop, handler, value, ctx)
+                    await self._call(slot, loop, handler, value, ctx, d.row.headers)
+                    if self._observer is not None:
+                        self._report(d, handler, "done", started, attempts)
                     # A success after quick retries keeps the last error for the record.
                     outcome = Outcome(Kind.DONE, attempts, last_error)
                 except (KeyboardInterrupt, SystemExit):
@@ -154,10 +167,12 @@ class Runners:
                             task.uncancel()
                             exc = TimeoutError()
                         # else: the handler awaited something cancelled elsewhere: a failure
-                    outcome = await self._failed(d, handler, attempts, exc)
+                    outcome = await self._failed(d, handler, attempts, exc, started)
                     last_error = failure_text(handler, exc)
         except asyncio.CancelledError:
             # Shutdown past its drain timeout: hand this attempt back, it did not count.
+            if self._observer is not None:
+                self._report(d, handler, "interrupted", None, attempts)
             self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
             raise
         self._record(d, handler, outcome)
@@ -169,23 +184,63 @@ class Runners:
         handler: Handler,
         value: Any,
         ctx: Context,
+        headers: str | None,
     ) -> None:
         if handler.timeout is not None:
             self._deadlines[slot] = loop.time() + handler.timeout
         try:
-            await handler(value, ctx)
+            if self._tracing is None:
+                await handler(value, ctx)
+            else:
+                await self._tracing.run(
+                    handler(value, ctx),
+                    headers,
+                    ctx.event_id,
+                    ctx.event_type,
+                    ctx.handler,
+                    ctx.attempt,
+                )
         finally:
             self._deadlines[slot] = math.inf
         if self._timed_out[slot]:  # the handler swallowed our cancel and finished anyway
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
 
+    def _invalid(
+        self, d: Delivery, handler: Handler, attempts: int, exc: ValidationError
+    ) -> Outcome:
+        """The payload does not match the handler's model: dead at once, no retries."""
+        text = validation_text(handler, exc)
+        log.warning(
+            "event %d handler %s is dead: %s",
+            d.row.id,
+            handler.name,
+            text,  # field names and messages, never values
+            extra=_fields(d, handler, attempts, exc),
+        )
+        if self._observer is not None:
+            self._report(d, handler, "dead", None, attempts)
+        return Outcome(Kind.DEAD, attempts, text)
+
+    def _report(
+        self, d: Delivery, handler: Handler, outcome: str, started: float | None, attempts: int
+    ) -> None:
+        """Tell the metrics how a run ended; a first attempt also gives the event's lag
+        (handler start minus created_at, on the database clock)."""
+        assert self._observer is not None
+        lag = None
+        if started is not None and attempts == 1:
+            lag = d.row.age + (started - d.claimed_at)
+        self._observer.handler_ran(d.row.event_type, handler.name, outcome, started, lag)
+
     async def _failed(
-        self, d: Delivery, handler: Handler, attempts: int, exc: BaseException
+        self, d: Delivery, handler: Handler, attempts: int, exc: BaseException, started: float
     ) -> Outcome | None:
         """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
         text = failure_text(handler, exc)
         verdict = decide(handler.policy, attempts, d.elapsed, exc)
+        if self._observer is not None:
+            self._report(d, handler, "dead" if verdict.dead else "retry", started, attempts)
         if verdict.dead:
             log.warning(
                 "event %d handler %s is dead after %d attempt(s): %s",
@@ -193,9 +248,31 @@ class Runners:
                 handler.name,
                 attempts,
                 type(exc).__name__,
+                extra=_fields(d, handler, attempts, exc),
             )
             return Outcome(Kind.DEAD, attempts, text)
+        log.info(
+            "event %d handler %s failed (attempt %d, %s); retrying in %.1fs",
+            d.row.id,
+            handler.name,
+            attempts,
+            type(exc).__name__,
+            verdict.delay,
+            extra={**_fields(d, handler, attempts, exc), "delay": round(verdict.delay, 3)},
+        )
         if verdict.delay <= handler.policy.inline_max_wait and not self._stopping() and not d.lost:
             await asyncio.sleep(verdict.delay)
             return None
         return Outcome(Kind.RETRY, attempts, text, verdict.delay)
+
+
+def _fields(d: Delivery, handler: Handler, attempts: int, exc: BaseException) -> dict[str, Any]:
+    """Structured log fields of a failed run: ids and names, the error's class only (its
+    message may quote payload data)."""
+    return {
+        "event_id": d.row.id,
+        "event_type": d.row.event_type,
+        "handler": handler.name,
+        "attempt": attempts,
+        "error": "TimeoutError" if isinstance(exc, TimeoutError) else type(exc).__name__,
+    }

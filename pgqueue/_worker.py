@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -52,6 +53,8 @@ from ._errors import RegistryError
 from ._floor import ReadyFloor
 from ._leases import LeaseKeeper
 from ._listener import Listener
+from ._logs import WORKER_ID
+from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
 from ._queries import ClaimedRow, Queries, queries_for
@@ -59,6 +62,7 @@ from ._registry import Handler, Registry
 from ._runner import Runners
 from ._scheduler import Scheduler
 from ._settings import WorkerSettings, check_listen, mask_dsn
+from ._tracing import Tracing
 
 log = logging.getLogger("pgqueue.worker")
 POOLED_ADVICE = "if it pools by transaction (pool_mode = transaction), run with --pooled"
@@ -73,6 +77,9 @@ class Worker:
     ``listen_dsn``: a connection for LISTEN other than ``dsn``; needed when ``dsn`` goes
     through a transaction-mode pooler (``settings.pooled``), where LISTEN receives nothing.
     It must reach PostgreSQL directly (or through a session-mode pooler).
+    ``metrics`` (a :class:`Metrics`) collects Prometheus metrics and serves them while the
+    worker runs. ``tracer_provider`` traces every handler run with OpenTelemetry; without it,
+    tracing is on only when an OpenTelemetry SDK set the global provider.
     """
 
     def __init__(
@@ -83,6 +90,8 @@ class Worker:
         *,
         handler_pool_size: int = 10,
         listen_dsn: str | None = None,
+        metrics: Metrics | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.settings = settings or WorkerSettings()
         check_listen(self.settings, listen_dsn)
@@ -112,19 +121,24 @@ class Worker:
         self._handler_pool: asyncpg.Pool | None = None
         self._runners: Runners | None = None
         self._completer: Completer | None = None
+        self.metrics = metrics
+        self._tracing = Tracing.for_worker(tracer_provider)
 
     # -- control ------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop gracefully; a second call stops at once (in-flight work is handed back)."""
+        # Called from signal handlers, outside run()'s context: name the worker explicitly.
+        fields = {"worker_id": self.worker_id, "in_flight": len(self._inflight)}
         if self._stopping:
             if not self._force.is_set():
-                log.warning("second stop request: handing back in-flight events now")
+                log.warning("second stop request: handing back in-flight events now", extra=fields)
             self._force.set()
         else:
             log.info(
                 "stopping: no new claims; waiting up to %.0fs for in-flight handlers",
                 self.settings.shutdown_timeout,
+                extra=fields,
             )
             self._stopping = True
         self._wakeup.set()
@@ -158,6 +172,14 @@ class Worker:
 
     async def run(self) -> WorkerStats:
         """Run until stopped (or, with ``burst``, until nothing is ready); return counters."""
+        # Log lines of this run (and of every task it starts) carry the worker id.
+        token = WORKER_ID.set(self.worker_id)
+        try:
+            return await self._run()
+        finally:
+            WORKER_ID.reset(token)
+
+    async def _run(self) -> WorkerStats:
         if not self._event_types:
             raise RegistryError("the registry has no handlers; register one with @registry.on(...)")
         s = self.settings
@@ -174,6 +196,10 @@ class Worker:
             if self.registry.schedules and not s.burst:
                 scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
                 await scheduler.sync()  # a role that may not keep schedules stops us here
+            if self.metrics is not None:
+                await self.metrics.start(
+                    self.worker_id, self._pool, self._queries, s.queues, lambda: self.in_flight
+                )
             self._handler_pool = await create_pool(
                 self._dsn,
                 min_size=0,
@@ -189,6 +215,7 @@ class Worker:
                 ",".join(self._event_types),
                 s.concurrency,
                 s.batch_size,
+                extra={"event": "start", "queues": list(s.queues)},
             )
             self._runners = Runners(
                 s.concurrency,
@@ -196,6 +223,8 @@ class Worker:
                 lambda: self._stopping,
                 self._handler_pool,
                 s.schema_name,
+                self.metrics,
+                self._tracing,
             )
             self._completer = Completer(
                 self._pool,
@@ -204,6 +233,7 @@ class Worker:
                 self.stats,
                 self._progress.set,
                 self._after_error,
+                self.metrics,
             )
             leases = LeaseKeeper(
                 self._pool, self._queries, s, self._inflight, self.stats, self._wakeup.set
@@ -233,6 +263,8 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.metrics is not None:
+                await self.metrics.stop()
             await self._close()
         log.info(
             "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
@@ -241,6 +273,7 @@ class Worker:
             self.stats.retried,
             self.stats.dead,
             self.stats.handed_back,
+            extra={"event": "stop", **dataclasses.asdict(self.stats)},
         )
         return self.stats
 
@@ -273,7 +306,12 @@ class Worker:
                     raise
                 failures += 1
                 delay = reconnect_delay(failures)
-                log.warning("claim failed (%s); retrying in %.1fs", describe_error(exc), delay)
+                log.warning(
+                    "claim failed (%s); retrying in %.1fs",
+                    describe_error(exc),
+                    delay,
+                    extra={"error": describe_error(exc), "delay": delay},
+                )
                 await self._after_error(exc)
                 await self._sleep_or_wake(delay)
                 continue
@@ -378,6 +416,12 @@ class Worker:
                 # PostgreSQL accepts JSON nested deeper than Python can decode: such an
                 # event can never run, so it goes dead at once instead of crashing us.
                 text = f"payload cannot be decoded: {error_text(exc)}"
+                log.warning(
+                    "event %d is dead: %s",
+                    row.id,
+                    text,
+                    extra={"event_id": row.id, "event_type": row.event_type},
+                )
                 for handler, prior in units:
                     delivery.outcomes[handler.name] = Outcome(Kind.DEAD, prior + 1, text)
                 delivery.waiting = 0

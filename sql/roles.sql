@@ -39,6 +39,9 @@ GRANT USAGE ON SCHEMA :"schema" TO pgqueue_producer, pgqueue_worker, pgqueue_ops
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_producer;
 GRANT SELECT (id, idempotency_key) ON :"schema".outbox TO pgqueue_producer;
+-- The trace context of the producing span (migration 0005), set by Python's enqueue() when
+-- a span is active.
+GRANT INSERT (headers) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;
 GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
     TO pgqueue_producer;
 

@@ -63,6 +63,7 @@ CREATE TABLE pgqueue.outbox (
     last_error text,
     processed_at timestamp with time zone,
     priority smallint DEFAULT 0 NOT NULL,
+    headers jsonb,
     CONSTRAINT outbox_attempt_nonnegative CHECK ((attempt >= 0)),
     CONSTRAINT outbox_event_type_format CHECK ((event_type ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text)),
     CONSTRAINT outbox_event_type_length CHECK (((char_length(event_type) >= 1) AND (char_length(event_type) <= 128))),
@@ -154,6 +155,12 @@ ALTER TABLE ONLY pgqueue.effects
 
 ALTER TABLE ONLY pgqueue.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE pgqueue.outbox
+    ADD CONSTRAINT outbox_headers_object CHECK (((headers IS NULL) OR (jsonb_typeof(headers) = 'object'::text))) NOT VALID;
+
+ALTER TABLE pgqueue.outbox
+    ADD CONSTRAINT outbox_headers_size CHECK ((octet_length((headers)::text) <= 8192)) NOT VALID;
 
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);

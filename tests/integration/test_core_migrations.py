@@ -24,6 +24,10 @@ ALL_VERSIONS = [m.version for m in load_migrations()]
 MIGRATIONS = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
 
 
+# Every migration shipped, in order: a fresh schema gets them all.
+ALL_VERSIONS = list(range(1, latest_version() + 1))
+
+
 def _registry(calls: Calls) -> pgqueue.Registry:
     registry = pgqueue.Registry()
     counting(registry, calls, "order.placed", "h")

@@ -6,7 +6,9 @@ import json
 import logging
 import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -17,6 +19,7 @@ from pgqueue._migrate import roles_sql
 from tests.helpers import run_cli
 
 MARKER = "s3cr3t-marker-7f3a"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Order(BaseModel):
@@ -259,3 +262,24 @@ async def test_no_password_or_payload_in_logs_or_notify(
     # And the CLI masks it in its one-line errors.
     result = run_cli("status", "--dsn", secret_dsn.replace(db_dsn.rsplit("/", 1)[1], "nodb_x"))
     assert result.returncode != 0 and MARKER not in result.stderr + result.stdout
+
+
+async def test_no_password_or_payload_in_json_logs(db_dsn: str, conn: asyncpg.Connection) -> None:
+    """The CLI worker with --log-format json at debug level, a password in its DSN and
+    payloads holding the marker: every line is JSON, and the marker is in none of them."""
+    await pgqueue.enqueue(conn, "order.placed", {"card": MARKER})  # bill fails, quoting it
+    await pgqueue.enqueue(conn, "order.poison", {"card": MARKER})  # explode discards it
+    parts = urlsplit(db_dsn)
+    secret_dsn = urlunsplit(
+        parts._replace(netloc=f"postgres:{MARKER}@{parts.netloc.rpartition('@')[2]}")
+    )
+    result = run_cli(
+        "worker", "--burst", "--handlers", "tests.integration.observe_handlers:registry",
+        "--log-format", "json", "--log-level", "debug", "--dsn", secret_dsn,
+        cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any(line.get("handler") == "explode" for line in lines), lines  # it did log
+    assert any("***" in line["msg"] for line in lines), lines  # the masked DSN
+    assert MARKER not in result.stderr + result.stdout

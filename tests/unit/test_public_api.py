@@ -28,6 +28,7 @@ EXPECTED_ALL = [
     "LiveHandlerCount",
     "LiveStatus",
     "LiveTypeCounts",
+    "Metrics",
     "PayloadError",
     "PgQueueError",
     "Registry",
