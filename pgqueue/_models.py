@@ -33,7 +33,8 @@ class HandlerRecord:
 
     ``seen`` is the event's attempt counter when this record was written: any claims after it
     that never wrote back (a worker killed mid-handler) count as failed attempts, so a handler
-    that kills its process every time still ends dead.
+    that kills its process every time still ends dead. ``deferred`` counts the claims in a row
+    at which the handler's concurrency limit was full (it grows the deferral's backoff).
     """
 
     state: HandlerState
@@ -42,6 +43,7 @@ class HandlerRecord:
     error: str | None = None
     not_before: float | None = None
     updated_at: float | None = None
+    deferred: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HandlerRecord:
@@ -53,6 +55,7 @@ class HandlerRecord:
             error=data.get("error"),
             not_before=data.get("not_before"),
             updated_at=data.get("updated_at"),
+            deferred=int(data.get("deferred", 0)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -68,6 +71,8 @@ class HandlerRecord:
             out["not_before"] = self.not_before
         if self.updated_at is not None:
             out["updated_at"] = self.updated_at
+        if self.deferred:
+            out["deferred"] = self.deferred
         return out
 
 

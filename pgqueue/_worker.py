@@ -48,6 +48,7 @@ from ._dispatch import (
 )
 from ._errors import RegistryError
 from ._leases import LeaseKeeper
+from ._limits import Limiter
 from ._listener import Listener
 from ._migrate import check_schema
 from ._models import WorkerStats
@@ -94,6 +95,7 @@ class Worker:
         self._handler_pool: asyncpg.Pool | None = None
         self._runners: Runners | None = None
         self._completer: Completer | None = None
+        self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
 
     # -- control ------------------------------------------------------------------------------
 
@@ -191,13 +193,21 @@ class Worker:
                 self._progress.set,
                 self._after_error,
             )
+            self._limiter = await self._make_limiter()
             leases = LeaseKeeper(
-                self._pool, self._queries, s, self._inflight, self.stats, self._wakeup.set
+                self._pool,
+                self._queries,
+                s,
+                self._inflight,
+                self.stats,
+                self._wakeup.set,
+                self._limiter.renew if self._limiter else None,
             )
             tasks = [
                 *self._runners.start(),
                 asyncio.create_task(self._completer.run()),
                 *leases.start(),
+                *([self._limiter.start()] if self._limiter else []),
             ]
             if s.listen and not s.burst:
                 listener = Listener(self._dsn, self._queries.channel, s.queues, self._wakeup.set)
@@ -206,6 +216,8 @@ class Worker:
                 task.add_done_callback(self._supervise)
             await self._claim_loop()
             await self._drain()
+            if self._limiter is not None:
+                await self._limiter.close()
             if self._fatal is not None:
                 raise self._fatal
         finally:
@@ -222,6 +234,25 @@ class Worker:
             self.stats.handed_back,
         )
         return self.stats
+
+    async def _make_limiter(self) -> Limiter | None:
+        """The slot keeper, when the registry limits a handler (else None: no cost at all)."""
+        limits = self.registry.limits
+        if not limits:
+            return None
+        assert self._pool is not None and self._runners is not None
+        limiter = Limiter(
+            self._pool,
+            self._queries,
+            limits,
+            self.worker_id,
+            self.settings.lease_seconds,
+            self._runners.submit,
+            self._record,
+        )
+        async with self._pool.acquire() as conn:
+            log.info("concurrency limits: %s", await limiter.setup(conn))
+        return limiter
 
     async def _close(self) -> None:
         for pool in (self._handler_pool, self._pool):
@@ -351,6 +382,10 @@ class Worker:
                 self._complete(delivery)
                 return
             assert self._runners is not None
+            if self._limiter is not None:
+                # Limited handlers wait for a slot (the limiter starts or defers them); the
+                # others start now, whatever the limits do.
+                units = self._limiter.take(delivery, units, payload)
             self._runners.submit((delivery, h, prior, payload) for h, prior in units)
         else:
             self._complete(delivery)
@@ -392,6 +427,8 @@ class Worker:
     # -- running handlers ---------------------------------------------------------------------
 
     def _record(self, d: Delivery, handler: Handler, outcome: Outcome) -> None:
+        if handler.concurrency is not None and self._limiter is not None:
+            self._limiter.release(d, handler)  # it finished: its slot goes back at once
         d.outcomes[handler.name] = outcome
         d.waiting -= 1
         if d.waiting == 0:
@@ -420,6 +457,9 @@ class Worker:
         # Hand back whatever is still running or queued: cancel the runners (each records its
         # unit as interrupted), mark queued units interrupted, and write it all once.
         assert self._runners is not None
+        if self._limiter is not None:  # units still waiting for a slot go back too
+            for delivery, handler, prior, _ in await self._limiter.stop():
+                self._record(delivery, handler, Outcome(Kind.INTERRUPTED, prior))
         await self._runners.cancel()
         while self._runners.units:
             delivery, handler, prior, _ = self._runners.units.popleft()

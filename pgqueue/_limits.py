@@ -1,0 +1,220 @@
+"""Per-handler concurrency limits shared by every worker, enforced in the database.
+
+A handler registered with ``concurrency=N`` runs only while its worker holds one of the
+handler's N slots (rows of ``handler_slots``, see ``sql/0002_limits.sql`` for why rows and not
+advisory locks). The path of a limited (event, handler) unit:
+
+- the worker plans the event as usual; units of unlimited handlers go to the runners at once,
+  units of limited ones wait here (:meth:`Limiter.take`);
+- the limiter task takes slots for everything waiting in ONE statement (``FOR UPDATE SKIP
+  LOCKED``, several slots of several handlers at once, never waiting on another worker);
+- a unit that got a slot runs; one that did not is recorded as ``Kind.DEFERRED``: its record
+  gets ``not_before`` = now + :func:`defer_delay`, the event goes back to pending, and no
+  attempt is used (the event's siblings run normally at this claim);
+- when the handler finishes, its slot is released; releases are written in one statement per
+  flush, in the same connection checkout as the next acquisition;
+- the heartbeat renews the leases of the slots held (:meth:`Limiter.renew`); a killed worker's
+  slots free up when their lease expires (``--lease`` seconds), like its events.
+
+Unlimited handlers pay nothing: a worker whose registry has no limit has no limiter at all
+(one ``is None`` test per event), and its heartbeat writes no slot.
+
+Which limit wins: ``handler_limits.override`` (set by an operator with SQL) while it is set,
+else ``handler_limits.concurrency``, the registry's value, rewritten by every worker at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._backoff import describe_error, reconnect_delay
+from ._dispatch import Delivery, Kind, Outcome
+from ._queries import Queries
+from ._registry import Handler
+from ._runner import Unit
+
+log = logging.getLogger("pgqueue.worker")
+
+# Deferral backoff: 0.25 s, doubling with every deferral in a row of this (event, handler), at
+# most 5 s, times a random factor in [0.5, 1] so that deferred events do not come back in step.
+# Short, because a slot may free up any moment; growing, because every deferral costs a claim
+# and a completion (about 25 us of database time): a backlog of 10,000 events behind a limit
+# of 2 then costs ~2,000 deferrals/s at worst, not a busy loop.
+DEFER_BASE = 0.25
+DEFER_CAP = 5.0
+
+
+def defer_delay(deferrals: int) -> float:
+    """Seconds before a handler deferred ``deferrals`` times in a row is tried again."""
+    return min(DEFER_CAP, DEFER_BASE * (1 << min(deferrals, 16))) * random.uniform(0.5, 1.0)
+
+
+class Limiter:
+    """Takes, renews and releases the slots of limited handlers for one worker."""
+
+    def __init__(
+        self,
+        pool: Any,
+        queries: Queries,
+        limits: dict[str, int],
+        worker_id: str,
+        lease_seconds: float,
+        submit: Callable[[Iterable[Unit]], None],
+        record: Callable[[Delivery, Handler, Outcome], None],
+    ) -> None:
+        # One token per worker run: the fence of every slot it holds (a slot whose lease
+        # expired and was taken over has another token, so our late release changes nothing).
+        self.token = uuid.uuid4()
+        self.limits = limits
+        self._pool = pool
+        self._queries = queries
+        self._worker_id = worker_id
+        self._lease = lease_seconds
+        self._submit = submit
+        self._record = record
+        self._waiting: list[Unit] = []
+        self._releases: list[tuple[str, int]] = []
+        self._held: dict[tuple[int, str], tuple[str, int]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def setup(self, conn: Any) -> str:
+        """Write the registry's limits (the operator's overrides stay); describe the
+        limits in force, for the worker's start line."""
+        names = sorted(self.limits)
+        await self._queries.write_limits(conn, names, [self.limits[n] for n in names])
+        rows = await self._queries.limit_rows(conn, names)
+        return ",".join(
+            f"{r['handler']}={r['override'] or r['concurrency']}"
+            + (" (override)" if r["override"] is not None else "")
+            for r in rows
+        )
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the task that takes and releases slots; return it."""
+        self._task = asyncio.create_task(self._run())
+        return self._task
+
+    def take(
+        self, delivery: Delivery, units: list[tuple[Handler, int]], payload: Any
+    ) -> list[tuple[Handler, int]]:
+        """Keep the limited units (they wait for a slot); return the others, to run now."""
+        free: list[tuple[Handler, int]] = []
+        for handler, prior in units:
+            if handler.concurrency is None:
+                free.append((handler, prior))
+            else:
+                self._waiting.append((delivery, handler, prior, payload))
+                self._wake.set()
+        return free
+
+    def release(self, delivery: Delivery, handler: Handler) -> None:
+        """The handler finished (any outcome): give its slot back at the next flush."""
+        held = self._held.pop((delivery.row.id, handler.name), None)
+        if held is not None:
+            self._releases.append(held)
+            self._wake.set()
+
+    async def renew(self, conn: Any) -> None:
+        """Extend the leases of the slots held (called by the heartbeat)."""
+        if self._held:
+            held = list(self._held.values())
+            await self._queries.renew_slots(
+                conn, [h for h, _ in held], [s for _, s in held], self.token, self._lease
+            )
+
+    async def stop(self) -> list[Unit]:
+        """Stop taking slots; return the units still waiting for one (to hand back)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    async def close(self) -> None:
+        """Give back every slot this worker holds, in one statement. Best effort: a slot not
+        given back frees up when its lease expires."""
+        await self.stop()
+        try:
+            async with self._pool.acquire() as conn:
+                await asyncio.wait_for(self._queries.release_all_slots(conn, self.token), 5.0)
+        except Exception as exc:
+            log.warning("could not give back concurrency slots (%s)", describe_error(exc))
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush()
+                failures = 0
+            except Exception as exc:  # never stop: the releases are retried, units deferred
+                failures += 1
+                delay = reconnect_delay(failures)
+                log.warning(
+                    "taking concurrency slots failed (%s); retrying in %.1fs",
+                    describe_error(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        """Write the releases, then take slots for every waiting unit: one checkout."""
+        releases, self._releases = self._releases, []
+        waiting, self._waiting = self._waiting, []
+        granted: list[tuple[str, int]] = []
+        try:
+            async with self._pool.acquire() as conn:
+                if releases:
+                    names, slots = [h for h, _ in releases], [s for _, s in releases]
+                    await self._queries.release_slots(conn, names, slots, self.token)
+                    releases = []
+                if waiting:
+                    wanted = Counter(unit[1].name for unit in waiting)
+                    granted = await self._queries.acquire_slots(
+                        conn,
+                        list(wanted),
+                        list(wanted.values()),
+                        self.token,
+                        self._worker_id,
+                        self._lease,
+                    )
+        except asyncio.CancelledError:
+            self._releases[:0] = releases
+            self._waiting[:0] = waiting
+            raise
+        except Exception:
+            # Releases are retried; waiting units are deferred (their events must not sit in
+            # this worker while the database misbehaves). A slot taken by a statement whose
+            # answer was lost is not renewed, so it frees up when its lease expires.
+            self._releases[:0] = releases
+            self._assign(waiting, [])
+            raise
+        self._assign(waiting, granted)
+
+    def _assign(self, waiting: list[Unit], granted: list[tuple[str, int]]) -> None:
+        """Start the units that got a slot (in arrival order); defer the others."""
+        free: dict[str, list[int]] = {}
+        for name, slot in granted:
+            free.setdefault(name, []).append(slot)
+        run: list[Unit] = []
+        for unit in waiting:
+            delivery, handler, prior, _ = unit
+            slots = free.get(handler.name)
+            if slots:
+                self._held[(delivery.row.id, handler.name)] = (handler.name, slots.pop())
+                run.append(unit)
+                continue
+            record = (delivery.records or {}).get(handler.name)
+            delay = defer_delay(record.deferred if record is not None else 0)
+            self._record(delivery, handler, Outcome(Kind.DEFERRED, prior, delay=delay))
+        if run:
+            self._submit(run)
