@@ -10,7 +10,8 @@
 --
 --   pgqueue_producer  may enqueue (INSERT into outbox, or call enqueue()), nothing else: it
 --                     cannot read payloads, update or delete events.
---   pgqueue_worker    may claim, complete, retry events and use the effects ledger.
+--   pgqueue_worker    may claim, complete, retry events, use the effects ledger and the
+--                     concurrency slots.
 --   pgqueue_ops       may read everything in the schema (status, dashboards); no writes.
 
 DO $$
@@ -50,6 +51,13 @@ GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text
     TO pgqueue_worker;
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue) ON :"schema".outbox
     TO pgqueue_worker;
+-- Concurrency limits: a worker writes its registry's limits (never the operator's override)
+-- and takes, renews and releases slots (UPDATEs; the slot rows themselves are made by a
+-- SECURITY DEFINER trigger).
+GRANT SELECT ON :"schema".handler_limits TO pgqueue_worker;
+GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
+    ON :"schema".handler_limits TO pgqueue_worker;
+GRANT SELECT, UPDATE ON :"schema".handler_slots TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;
