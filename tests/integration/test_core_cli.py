@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+from pgqueue._migrate import latest_version
 from tests.helpers import run_cli
 from tests.integration.core_support import outbox_row, shared_dsn_fixture  # noqa: F401
 
@@ -256,11 +257,12 @@ async def test_migrate_command_applies_then_reports_up_to_date(
     first = await cli("migrate", "--dsn", dsn)
     second = await cli("migrate", "--dsn", dsn)
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert "applied migration(s) 1" in first.stdout
-    assert "up to date (version 1)" in second.stdout
+    latest = latest_version()
+    assert f"applied migration(s) {', '.join(map(str, range(1, latest + 1)))}" in first.stdout
+    assert f"up to date (version {latest})" in second.stdout
     conn = await asyncpg.connect(dsn)
     try:
-        assert await conn.fetchval("SELECT max(version) FROM pgqueue.migrations") == 1
+        assert await conn.fetchval("SELECT max(version) FROM pgqueue.migrations") == latest
     finally:
         await conn.close()
 
