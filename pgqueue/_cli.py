@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import _cli_admin, _cli_worker  # noqa: F401  (they register their commands)
+from . import _cli_admin, _cli_limits, _cli_worker  # noqa: F401  (they register their commands)
 from ._cli_common import cli, echo_err
 from ._errors import PgQueueError
 

@@ -31,11 +31,13 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ._backoff import describe_error, reconnect_delay
 from ._dispatch import Delivery, Kind, Outcome
-from ._queries import Queries
+from ._errors import ConfigurationError
+from ._queries import Queries, queries_for
 from ._registry import Handler
 from ._runner import Unit
 
@@ -53,6 +55,41 @@ DEFER_CAP = 5.0
 def defer_delay(deferrals: int) -> float:
     """Seconds before a handler deferred ``deferrals`` times in a row is tried again."""
     return min(DEFER_CAP, DEFER_BASE * (1 << min(deferrals, 16))) * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class HandlerLimit:
+    """One handler's limit as stored: the registry's value, the operator's override, and how
+    many slots are held now."""
+
+    handler: str
+    registry: int | None
+    override: int | None
+    running: int
+
+    @property
+    def limit(self) -> int | None:
+        """The limit in force: the override while it is set, else the registry's value."""
+        return self.override if self.override is not None else self.registry
+
+
+async def list_limits(conn: Any, schema: str = "pgqueue") -> list[HandlerLimit]:
+    """Every stored limit, by handler name."""
+    return [HandlerLimit(*row) for row in await queries_for(schema).limit_list(conn)]
+
+
+async def override_limit(
+    conn: Any, handler: str, override: int | None, schema: str = "pgqueue"
+) -> None:
+    """Set the operator's override of ``handler``'s limit (None: back to the registry's).
+    Takes effect at once for new runs; runs in progress finish."""
+    if override is not None and override < 1:
+        raise ConfigurationError(f"a limit must be at least 1, not {override}")
+    if not await queries_for(schema).override_limit(conn, handler, override):
+        raise ConfigurationError(
+            f"handler {handler!r} has no concurrency limit (no worker registered it with "
+            f"concurrency=N yet); see them with: pgqueue limits"
+        )
 
 
 class Limiter:

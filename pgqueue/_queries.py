@@ -300,6 +300,23 @@ WHERE lease_token = $1
 """
 
 
+# For `pgqueue limits`: every limit with the slots held now (a slot whose lease expired is free).
+LIMITS_LIST = """
+SELECT l.handler, l.concurrency, l.override,
+       (SELECT count(*) FROM {s}.handler_slots AS s
+        WHERE s.handler = l.handler AND s.lease_expires_at > now())::int AS running
+FROM {s}.handler_limits AS l
+ORDER BY l.handler
+"""
+
+# $1 handler, $2 override (NULL: back to the registry's value). The trigger resizes the slots.
+LIMIT_OVERRIDE = """
+UPDATE {s}.handler_limits SET override = $2, updated_at = now()
+WHERE handler = $1
+RETURNING handler
+"""
+
+
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
     """The statements for ``schema`` (immutable, so caching them is safe)."""
@@ -351,6 +368,8 @@ class Queries:
         self.slots_release = SLOTS_RELEASE.format(s=s)
         self.slots_renew = SLOTS_RENEW.format(s=s)
         self.slots_release_all = SLOTS_RELEASE_ALL.format(s=s)
+        self.limits_list = LIMITS_LIST.format(s=s)
+        self.limit_override = LIMIT_OVERRIDE.format(s=s)
 
     async def insert_event(
         self,
@@ -564,3 +583,13 @@ class Queries:
     async def release_all_slots(self, conn: asyncpg.Connection, token: uuid.UUID) -> None:
         """Give back every slot held under ``token``."""
         await conn.execute(self.slots_release_all, token)
+
+    async def limit_list(self, conn: asyncpg.Connection) -> list[Any]:
+        """(handler, concurrency, override, running) of every limit."""
+        return list(await conn.fetch(self.limits_list))
+
+    async def override_limit(
+        self, conn: asyncpg.Connection, handler: str, override: int | None
+    ) -> bool:
+        """Set (or with None clear) the operator's override; False when no such limit."""
+        return await conn.fetchval(self.limit_override, handler, override) is not None

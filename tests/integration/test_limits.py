@@ -20,7 +20,7 @@ import pytest
 
 import pgqueue
 from tests.faults.conftest import WorkerProcess, Workers
-from tests.helpers import wait_for
+from tests.helpers import run_cli, wait_for
 from tests.integration.limit_handlers import create_tables, registry
 
 HANDLERS = "tests.integration.limit_handlers:registry"
@@ -247,3 +247,52 @@ async def test_operator_override_wins_over_the_registry(
     assert (
         await value(conn, "SELECT max(slot) FROM pgqueue.handler_slots WHERE handler = 'crm'") == 2
     )
+
+
+async def test_limits_command_lists_sets_and_resets_overrides(
+    lconn: asyncpg.Connection, db_dsn: str
+) -> None:
+    conn = lconn
+    empty = await asyncio.to_thread(run_cli, "limits", "--dsn", db_dsn)
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout == "no handler has a concurrency limit (register one with concurrency=N)\n"
+    # A worker writes its registry's limits when it starts.
+    await pgqueue.Worker(db_dsn, registry, pgqueue.WorkerSettings(burst=True)).run()
+    await conn.execute(
+        "UPDATE pgqueue.handler_slots SET lease_token = gen_random_uuid(), leased_by = 'w',"
+        " lease_expires_at = now() + interval '1 hour' WHERE handler = 'crm' AND slot = 1"
+    )
+
+    shown = await asyncio.to_thread(run_cli, "limits", "--dsn", db_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        "handler  registry  override  limit  running",
+        "crm             2         -      2        1",
+        "solo            1         -      1        0",
+    ]
+
+    changed = await asyncio.to_thread(
+        run_cli, "limits", "--set", "crm=3", "--set", "solo=4", "--reset", "solo", "--dsn", db_dsn
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.splitlines()[1:] == [
+        "crm             2         3      3        1",
+        "solo            1         -      1        0",
+    ]
+    assert await value(conn, "SELECT count(*) FROM pgqueue.handler_slots") == 4
+
+    # All or nothing: an unknown handler changes nothing and says what to do.
+    unknown = await asyncio.to_thread(
+        run_cli, "limits", "--set", "crm=1", "--set", "nosuch=2", "--dsn", db_dsn
+    )
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("error: handler 'nosuch' has no concurrency limit")
+    assert len(unknown.stderr.splitlines()) == 1
+    assert (
+        await value(conn, "SELECT override FROM pgqueue.handler_limits WHERE handler = 'crm'") == 3
+    )
+
+    for bad in ("crm=0", "crm", "crm=x"):
+        usage = await asyncio.to_thread(run_cli, "limits", "--set", bad, "--dsn", db_dsn)
+        assert usage.returncode == 2, usage.stderr
+        assert usage.stderr.startswith("error: ") and "HANDLER=N" in usage.stderr
