@@ -427,7 +427,7 @@ class Worker:
     # -- running handlers ---------------------------------------------------------------------
 
     def _record(self, d: Delivery, handler: Handler, outcome: Outcome) -> None:
-        if handler.concurrency is not None and self._limiter is not None:
+        if self._limiter is not None and handler.concurrency is not None:
             self._limiter.release(d, handler)  # it finished: its slot goes back at once
         d.outcomes[handler.name] = outcome
         d.waiting -= 1
