@@ -114,6 +114,8 @@ class Completer:
                 stats.done += 1
             elif c.state == "dead":
                 stats.dead += 1
+            elif c.deferred:
+                stats.deferred += 1
             elif c.refund:
                 stats.handed_back += 1
             else:

@@ -53,6 +53,7 @@ class Completion:
     refund: int = 0
     handlers: str | None = None
     error: str | None = None
+    deferred: bool = False  # nothing ran: every handler waits (concurrency limit, not due)
 
     @property
     def happy(self) -> bool:
@@ -231,7 +232,9 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
         return Completion(row.id, delivery.token, "pending", 0.0, 1, body, last_error)
     if pending:
         delay = min(max(0.0, (r.not_before or now) - now) for r in pending)
-        return Completion(row.id, delivery.token, "pending", delay, int(idle), body, last_error)
+        return Completion(
+            row.id, delivery.token, "pending", delay, int(idle), body, last_error, deferred=idle
+        )
     if dead:
         return Completion(row.id, delivery.token, "dead", 0.0, 0, body, last_error)
     return Completion(row.id, delivery.token, "done", 0.0, 0, body, None)

@@ -120,6 +120,7 @@ class WorkerStats:
     retried: int = 0
     dead: int = 0
     handed_back: int = 0
+    deferred: int = 0  # claims where nothing ran (every handler waits for a concurrency slot)
     lost_leases: int = 0
     rescued: int = 0
     loop_stalls: int = 0

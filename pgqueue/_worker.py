@@ -226,12 +226,13 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._close()
         log.info(
-            "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
+            "worker %s stopped: %d done, %d retried, %d dead, %d handed back, %d deferred",
             self.worker_id,
             self.stats.done,
             self.stats.retried,
             self.stats.dead,
             self.stats.handed_back,
+            self.stats.deferred,
         )
         return self.stats
 

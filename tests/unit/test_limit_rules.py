@@ -65,7 +65,7 @@ def test_deferral_beside_a_sibling_keeps_the_claims_attempt_and_uses_none_of_its
     delivery.outcomes["crm"] = Outcome(Kind.DEFERRED, 0, delay=0.5)
     delivery.outcomes["audit"] = Outcome(Kind.DONE, 1)
     completion = finish(delivery, handlers)
-    assert (completion.state, completion.refund) == ("pending", 0)
+    assert (completion.state, completion.refund, completion.deferred) == ("pending", 0, False)
     assert completion.delay == pytest.approx(0.5, abs=0.05)
     assert completion.handlers is not None
     crm = json.loads(completion.handlers)["crm"]
@@ -83,7 +83,7 @@ def test_a_claim_where_only_deferrals_happened_gives_its_attempt_back() -> None:
     assert [(h.name, prior) for h, prior in plan(delivery, handlers)] == [("crm", 2)]
     delivery.outcomes["crm"] = Outcome(Kind.DEFERRED, 2, delay=1.0)
     completion = finish(delivery, handlers)
-    assert (completion.state, completion.refund) == ("pending", 1)
+    assert (completion.state, completion.refund, completion.deferred) == ("pending", 1, True)
     assert completion.handlers is not None
     crm = json.loads(completion.handlers)["crm"]
     # Written relative to the refunded attempt: the next claim (attempt 4 again) sees 2 prior.
