@@ -53,7 +53,7 @@ class Completion:
     refund: int = 0
     handlers: str | None = None
     error: str | None = None
-    deferred: bool = False  # nothing ran: every handler waits (concurrency limit, not due)
+    deferred: bool = False  # back to pending only because a concurrency limit was full
 
     @property
     def happy(self) -> bool:
@@ -207,15 +207,15 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
                 updated_at=now,
             )
         else:  # INTERRUPTED, SKIPPED, DEFERRED: attempts unchanged, keep its error
-            deferred = outcome.kind is Kind.DEFERRED
+            waits = outcome.kind is Kind.DEFERRED
             records[handler.name] = HandlerRecord(
                 HandlerState.PENDING,
                 outcome.attempts,
                 seen,
                 error=old.error if old else None,
-                not_before=now + outcome.delay if deferred else (old.not_before if old else None),
+                not_before=now + outcome.delay if waits else (old.not_before if old else None),
                 updated_at=now,
-                deferred=(old.deferred if old else 0) + deferred,
+                deferred=(old.deferred if old else 0) + waits,
             )
     body = json.dumps({name: r.to_json() for name, r in records.items()}, separators=(",", ":"))
     # Only this registry's handlers decide the event's fate: a record left by a handler that
@@ -232,8 +232,12 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
         return Completion(row.id, delivery.token, "pending", 0.0, 1, body, last_error)
     if pending:
         delay = min(max(0.0, (r.not_before or now) - now) for r in pending)
+        # Back only because a limit was full (no failure): counted as deferred, not retried.
+        deferred = any(o.kind is Kind.DEFERRED for o in outcomes.values()) and not any(
+            o.kind is Kind.RETRY for o in outcomes.values()
+        )
         return Completion(
-            row.id, delivery.token, "pending", delay, int(idle), body, last_error, deferred=idle
+            row.id, delivery.token, "pending", delay, int(idle), body, last_error, deferred
         )
     if dead:
         return Completion(row.id, delivery.token, "dead", 0.0, 0, body, last_error)

@@ -120,7 +120,7 @@ class WorkerStats:
     retried: int = 0
     dead: int = 0
     handed_back: int = 0
-    deferred: int = 0  # claims where nothing ran (every handler waits for a concurrency slot)
+    deferred: int = 0  # back to pending only because a handler's concurrency limit was full
     lost_leases: int = 0
     rescued: int = 0
     loop_stalls: int = 0

@@ -65,7 +65,7 @@ def test_deferral_beside_a_sibling_keeps_the_claims_attempt_and_uses_none_of_its
     delivery.outcomes["crm"] = Outcome(Kind.DEFERRED, 0, delay=0.5)
     delivery.outcomes["audit"] = Outcome(Kind.DONE, 1)
     completion = finish(delivery, handlers)
-    assert (completion.state, completion.refund, completion.deferred) == ("pending", 0, False)
+    assert (completion.state, completion.refund, completion.deferred) == ("pending", 0, True)
     assert completion.delay == pytest.approx(0.5, abs=0.05)
     assert completion.handlers is not None
     crm = json.loads(completion.handlers)["crm"]
@@ -103,7 +103,7 @@ def test_a_run_after_deferrals_clears_the_deferral_count() -> None:
     plan(delivery, handlers)
     delivery.outcomes["crm"] = Outcome(Kind.RETRY, 1, "boom", delay=10.0)
     completion = finish(delivery, handlers)
-    assert completion.refund == 0
+    assert (completion.refund, completion.deferred) == (0, False)
     assert completion.handlers is not None
     assert "deferred" not in json.loads(completion.handlers)["crm"]
 
