@@ -8,7 +8,14 @@ import sys
 
 import click
 
-from . import _cli_admin, _cli_events, _cli_schedule, _cli_steer, _cli_worker  # noqa: F401
+from . import (  # noqa: F401  (they register their commands)
+    _cli_admin,
+    _cli_events,
+    _cli_limits,
+    _cli_schedule,
+    _cli_steer,
+    _cli_worker,
+)
 from ._cli_common import cli, echo_err
 from ._errors import PgQueueError
 

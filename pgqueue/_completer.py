@@ -124,6 +124,9 @@ class Completer:
             elif c.state in ("dead", "discarded"):  # discarded: a handler an operator gave up on
                 stats.dead += 1
                 outcome = "dead"
+            elif c.deferred:
+                stats.deferred += 1
+                outcome = "deferred"
             elif c.refund:
                 stats.handed_back += 1
                 outcome = "handed_back"

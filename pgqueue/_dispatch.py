@@ -29,6 +29,7 @@ class Kind(Enum):
     DEAD = "dead"
     INTERRUPTED = "interrupted"  # cancelled by shutdown: handed back, attempt refunded
     SKIPPED = "skipped"  # not due yet (its own backoff is later than a sibling's)
+    DEFERRED = "deferred"  # its concurrency limit was full: back after ``delay``, no attempt
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class Completion:
     refund: int = 0
     handlers: str | None = None
     error: str | None = None
+    deferred: bool = False  # back to pending only because a concurrency limit was full
 
     @property
     def happy(self) -> bool:
@@ -178,8 +180,13 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
 
     now = delivery.db_now
     interrupted = any(o.kind is Kind.INTERRUPTED for o in outcomes.values())
+    # Nothing ran at this claim (every handler deferred by its concurrency limit, or not due):
+    # the claim gives its attempt back too, so waiting for a slot never uses up attempts.
+    idle = bool(outcomes) and all(
+        o.kind in (Kind.DEFERRED, Kind.SKIPPED) for o in outcomes.values()
+    )
     # A handed-back event gets its attempt refunded, so records are written relative to it.
-    seen = row.attempt - 1 if interrupted else row.attempt
+    seen = row.attempt - 1 if interrupted or idle else row.attempt
     records = dict(delivery.records or {})
     for handler in handlers:
         outcome = outcomes.get(handler.name)
@@ -207,14 +214,16 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
                 not_before=now + outcome.delay,
                 updated_at=now,
             )
-        else:  # INTERRUPTED or SKIPPED: attempts unchanged, keep its error and due time
+        else:  # INTERRUPTED, SKIPPED, DEFERRED: attempts unchanged, keep its error
+            waits = outcome.kind is Kind.DEFERRED
             records[handler.name] = HandlerRecord(
                 HandlerState.PENDING,
                 outcome.attempts,
                 seen,
                 error=old.error if old else None,
-                not_before=old.not_before if old else None,
+                not_before=now + outcome.delay if waits else (old.not_before if old else None),
                 updated_at=now,
+                deferred=(old.deferred if old else 0) + waits,
             )
     body = json.dumps({name: r.to_json() for name, r in records.items()}, separators=(",", ":"))
     # Only this registry's handlers decide the event's fate: a record left by a handler that
@@ -233,7 +242,13 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
         return Completion(row.id, delivery.token, "pending", 0.0, 1, body, last_error)
     if pending:
         delay = min(max(0.0, (r.not_before or now) - now) for r in pending)
-        return Completion(row.id, delivery.token, "pending", delay, 0, body, last_error)
+        # Back only because a limit was full (no failure): counted as deferred, not retried.
+        deferred = any(o.kind is Kind.DEFERRED for o in outcomes.values()) and not any(
+            o.kind is Kind.RETRY for o in outcomes.values()
+        )
+        return Completion(
+            row.id, delivery.token, "pending", delay, int(idle), body, last_error, deferred
+        )
     if dead:
         return Completion(row.id, delivery.token, "dead", 0.0, 0, body, last_error)
     if discarded:  # an operator gave up on a handler (pgqueue discard); the rest are done

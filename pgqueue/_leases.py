@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._backoff import describe_error
@@ -28,6 +28,7 @@ class LeaseKeeper:
         inflight: dict[int, Delivery],
         stats: WorkerStats,
         wake: Callable[[], None],
+        renew_slots: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
         self._queries = queries
@@ -35,6 +36,7 @@ class LeaseKeeper:
         self._inflight = inflight
         self.stats = stats
         self._wake = wake
+        self._renew_slots = renew_slots  # concurrency slots (pgqueue/_limits.py), if any
 
     def start(self) -> list[asyncio.Task[None]]:
         """Start heartbeat, rescuer and loop watchdog; return the tasks."""
@@ -60,6 +62,8 @@ class LeaseKeeper:
                             self.settings.lease_seconds,
                         )
                     )
+                    if self._renew_slots is not None:
+                        await self._renew_slots(conn)
             except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
                 log.warning(
                     "lease renewal failed (%s); will retry",

@@ -48,7 +48,8 @@ class HandlerRecord:
 
     ``seen`` is the event's attempt counter when this record was written: any claims after it
     that never wrote back (a worker killed mid-handler) count as failed attempts, so a handler
-    that kills its process every time still ends dead.
+    that kills its process every time still ends dead. ``deferred`` counts the claims in a row
+    at which the handler's concurrency limit was full (it grows the deferral's backoff).
     """
 
     state: HandlerState
@@ -57,6 +58,7 @@ class HandlerRecord:
     error: str | None = None
     not_before: float | None = None
     updated_at: float | None = None
+    deferred: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HandlerRecord:
@@ -68,6 +70,7 @@ class HandlerRecord:
             error=data.get("error"),
             not_before=data.get("not_before"),
             updated_at=data.get("updated_at"),
+            deferred=int(data.get("deferred", 0)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -83,6 +86,8 @@ class HandlerRecord:
             out["not_before"] = self.not_before
         if self.updated_at is not None:
             out["updated_at"] = self.updated_at
+        if self.deferred:
+            out["deferred"] = self.deferred
         return out
 
 
@@ -132,6 +137,7 @@ class WorkerStats:
     retried: int = 0
     dead: int = 0
     handed_back: int = 0
+    deferred: int = 0  # back to pending only because a handler's concurrency limit was full
     lost_leases: int = 0
     rescued: int = 0
     loop_stalls: int = 0

@@ -649,6 +649,86 @@ ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, idempotency_key
 """
 
+# -- limits -----------------------------------------------------------------------------------
+# Per-handler concurrency slots (sql/0006_limits.sql, pgqueue/_limits.py). The slot token is
+# one per worker run; every write on a slot is fenced by it.
+
+# $1 handler names (sorted: two workers starting at once lock the rows in the same order),
+# $2 their concurrency in the registry. The operator's `override` is never written here, and an
+# unchanged value writes nothing (the trigger that resizes the slots does not fire).
+LIMITS_WRITE = """
+INSERT INTO {s}.handler_limits AS l (handler, concurrency)
+SELECT h, c FROM unnest($1::text[], $2::int[]) AS i(h, c)
+ON CONFLICT (handler) DO UPDATE SET concurrency = EXCLUDED.concurrency, updated_at = now()
+WHERE l.concurrency IS DISTINCT FROM EXCLUDED.concurrency
+"""
+
+# $1 handler names
+LIMITS_READ = """
+SELECT handler, concurrency, override FROM {s}.handler_limits
+WHERE handler = ANY($1::text[]) ORDER BY handler
+"""
+
+# $1 handler names, $2 slots wanted per handler, $3 slot token, $4 worker id, $5 lease seconds.
+# One statement takes slots of several handlers: per handler, a LATERAL pick of up to the wanted
+# number of free (or expired) slots, SKIP LOCKED so that workers never wait on each other (a
+# slot another worker is taking right now counts as taken). Returns (handler, slot) taken.
+SLOTS_ACQUIRE = """
+UPDATE {s}.handler_slots AS s
+SET lease_token = $3, leased_by = $4, lease_expires_at = now() + make_interval(secs => $5)
+FROM unnest($1::text[], $2::int[]) AS w(handler, wanted)
+CROSS JOIN LATERAL (
+    SELECT f.handler, f.slot FROM {s}.handler_slots AS f
+    WHERE f.handler = w.handler AND (f.lease_token IS NULL OR f.lease_expires_at < now())
+    ORDER BY f.slot
+    LIMIT w.wanted
+    FOR UPDATE SKIP LOCKED
+) AS p
+WHERE s.handler = p.handler AND s.slot = p.slot
+RETURNING s.handler, s.slot
+"""
+
+# $1 handler names, $2 slots, $3 slot token
+SLOTS_RELEASE = """
+UPDATE {s}.handler_slots AS s
+SET lease_token = NULL, leased_by = NULL, lease_expires_at = NULL
+FROM unnest($1::text[], $2::int[]) AS r(handler, slot)
+WHERE s.handler = r.handler AND s.slot = r.slot AND s.lease_token = $3
+"""
+
+# $1 handler names, $2 slots, $3 slot token, $4 lease seconds. Only the slots the worker knows
+# it holds: a slot taken by a statement whose answer was lost is left to expire.
+SLOTS_RENEW = """
+UPDATE {s}.handler_slots AS s
+SET lease_expires_at = now() + make_interval(secs => $4)
+FROM unnest($1::text[], $2::int[]) AS r(handler, slot)
+WHERE s.handler = r.handler AND s.slot = r.slot AND s.lease_token = $3
+"""
+
+# $1 slot token. At worker exit: everything it still holds.
+SLOTS_RELEASE_ALL = """
+UPDATE {s}.handler_slots
+SET lease_token = NULL, leased_by = NULL, lease_expires_at = NULL
+WHERE lease_token = $1
+"""
+
+
+# For `pgqueue limits`: every limit with the slots held now (a slot whose lease expired is free).
+LIMITS_LIST = """
+SELECT l.handler, l.concurrency, l.override,
+       (SELECT count(*) FROM {s}.handler_slots AS s
+        WHERE s.handler = l.handler AND s.lease_expires_at > now())::int AS running
+FROM {s}.handler_limits AS l
+ORDER BY l.handler
+"""
+
+# $1 handler, $2 override (NULL: back to the registry's value). The trigger resizes the slots.
+LIMIT_OVERRIDE = """
+UPDATE {s}.handler_limits SET override = $2, updated_at = now()
+WHERE handler = $1
+RETURNING handler
+"""
+
 
 @lru_cache(maxsize=32)
 def queries_for(schema: str) -> Queries:
@@ -727,6 +807,15 @@ class Queries:
         self.insert_one_headers = INSERT_ONE_HEADERS.format(s=s)
         self.insert_many_headers = INSERT_MANY_HEADERS.format(s=s)
         self.channel = f"{schema}.outbox"
+        # -- limits
+        self.limits_write = LIMITS_WRITE.format(s=s)
+        self.limits_read = LIMITS_READ.format(s=s)
+        self.slots_acquire = SLOTS_ACQUIRE.format(s=s)
+        self.slots_release = SLOTS_RELEASE.format(s=s)
+        self.slots_renew = SLOTS_RENEW.format(s=s)
+        self.slots_release_all = SLOTS_RELEASE_ALL.format(s=s)
+        self.limits_list = LIMITS_LIST.format(s=s)
+        self.limit_override = LIMIT_OVERRIDE.format(s=s)
 
     async def insert_event(
         self,
@@ -1048,6 +1137,67 @@ class Queries:
     async def dead_counts(self, conn: asyncpg.Connection, limit: int) -> list[Any]:
         """Dead events per event type, reading at most ``limit`` rows."""
         return list(await conn.fetch(self.dead_by_type, limit))
+
+
+    # -- limits ---------------------------------------------------------------------------
+
+    async def write_limits(
+        self, conn: asyncpg.Connection, names: Sequence[str], concurrency: Sequence[int]
+    ) -> None:
+        """Store the registry's limits (the operator's overrides stay as they are)."""
+        await conn.execute(self.limits_write, names, concurrency)
+
+    async def limit_rows(self, conn: asyncpg.Connection, names: Sequence[str]) -> list[Any]:
+        """(handler, concurrency, override) rows of these handlers."""
+        return list(await conn.fetch(self.limits_read, names))
+
+    async def acquire_slots(
+        self,
+        conn: asyncpg.Connection,
+        names: Sequence[str],
+        wanted: Sequence[int],
+        token: uuid.UUID,
+        worker_id: str,
+        lease_seconds: float,
+    ) -> list[tuple[str, int]]:
+        """Take up to ``wanted`` free slots per handler; return the (handler, slot) taken."""
+        rows = await conn.fetch(self.slots_acquire, names, wanted, token, worker_id, lease_seconds)
+        return [(r[0], r[1]) for r in rows]
+
+    async def release_slots(
+        self,
+        conn: asyncpg.Connection,
+        names: Sequence[str],
+        slots: Sequence[int],
+        token: uuid.UUID,
+    ) -> None:
+        """Give back these slots (fenced by the token)."""
+        await conn.execute(self.slots_release, names, slots, token)
+
+    async def renew_slots(
+        self,
+        conn: asyncpg.Connection,
+        names: Sequence[str],
+        slots: Sequence[int],
+        token: uuid.UUID,
+        lease_seconds: float,
+    ) -> None:
+        """Extend the leases of these slots (fenced by the token)."""
+        await conn.execute(self.slots_renew, names, slots, token, lease_seconds)
+
+    async def release_all_slots(self, conn: asyncpg.Connection, token: uuid.UUID) -> None:
+        """Give back every slot held under ``token``."""
+        await conn.execute(self.slots_release_all, token)
+
+    async def limit_list(self, conn: asyncpg.Connection) -> list[Any]:
+        """(handler, concurrency, override, running) of every limit."""
+        return list(await conn.fetch(self.limits_list))
+
+    async def override_limit(
+        self, conn: asyncpg.Connection, handler: str, override: int | None
+    ) -> bool:
+        """Set (or with None clear) the operator's override; False when no such limit."""
+        return await conn.fetchval(self.limit_override, handler, override) is not None
 
 
 # -- schedule (periodic events) ---------------------------------------------------------------

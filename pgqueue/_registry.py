@@ -35,6 +35,8 @@ class Handler:
     policy: RetryPolicy
     timeout: float | None
     takes_context: bool
+    # At most this many runs at once across every worker (None: unlimited); see _limits.py.
+    concurrency: int | None = None
 
     def parse(self, payload: dict[str, Any]) -> Any:
         """The value passed to the handler: the validated model, or the dict itself."""
@@ -91,16 +93,22 @@ class Registry:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        concurrency: int | None = None,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Register the decorated async function as a handler of ``event_type``.
 
         ``name`` defaults to the function's name; the payload model is taken from the first
         parameter's annotation when it is a pydantic model (a payload that fails validation
         sends the event dead for this handler at once). ``timeout`` is in seconds per attempt.
+        ``concurrency`` caps how many runs of this handler (by name, across event types) may
+        run at once across every worker; a run that finds the limit full is deferred without
+        using an attempt (an operator may override the value: see ``handler_limits``).
         """
 
         def decorator(fn: HandlerFn) -> HandlerFn:
-            self.add(event_type, fn, name=name, retry=retry, timeout=timeout)
+            self.add(
+                event_type, fn, name=name, retry=retry, timeout=timeout, concurrency=concurrency
+            )
             return fn
 
         return decorator
@@ -113,6 +121,7 @@ class Registry:
         name: str | None = None,
         retry: RetryPolicy | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        concurrency: int | None = None,
     ) -> Handler:
         """Register ``fn`` without a decorator; returns the registered handler."""
         if not inspect.iscoroutinefunction(fn):
@@ -130,6 +139,7 @@ class Registry:
                 f"handler name {handler_name!r} is registered twice for event type "
                 f"{event_type!r}; pass name=... to one of them"
             )
+        self._check_concurrency(handler_name, concurrency)
         n_params = len(inspect.signature(fn).parameters)
         if n_params not in (1, 2):
             raise RegistryError(
@@ -144,6 +154,7 @@ class Registry:
             policy=retry or RetryPolicy(),
             timeout=timeout,
             takes_context=n_params == 2,
+            concurrency=concurrency,
         )
         for_type[handler_name] = handler
         return handler
@@ -220,6 +231,28 @@ class Registry:
     def schedules(self) -> tuple[Schedule, ...]:
         """The schedules registered with :meth:`schedule` and :meth:`periodic`."""
         return tuple(self._schedules.values())
+
+    def _check_concurrency(self, name: str, concurrency: int | None) -> None:
+        """A limit must be a positive int, and one name has one limit (it is shared)."""
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise RegistryError(
+                f"handler {name!r}: concurrency must be a positive integer or None, "
+                f"not {concurrency!r}"
+            )
+        for other in self:
+            if other.name == name and other.concurrency != concurrency:
+                raise RegistryError(
+                    f"handler name {name!r} has concurrency={other.concurrency!r} for event "
+                    f"type {other.event_type!r} and {concurrency!r} here; a limit is shared by "
+                    f"every handler of that name, so give them the same value"
+                )
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """Handler name -> concurrency, for the handlers registered with a limit."""
+        return {h.name: h.concurrency for h in self if h.concurrency is not None}
 
     @property
     def event_types(self) -> tuple[str, ...]:

@@ -52,6 +52,7 @@ from ._dispatch import (
 from ._errors import RegistryError
 from ._floor import ReadyFloor
 from ._leases import LeaseKeeper
+from ._limits import Limiter
 from ._listener import Listener
 from ._logs import WORKER_ID
 from ._metrics import Metrics
@@ -123,6 +124,7 @@ class Worker:
         self._completer: Completer | None = None
         self.metrics = metrics
         self._tracing = Tracing.for_worker(tracer_provider)
+        self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
 
     # -- control ------------------------------------------------------------------------------
 
@@ -235,13 +237,21 @@ class Worker:
                 self._after_error,
                 self.metrics,
             )
+            self._limiter = await self._make_limiter()
             leases = LeaseKeeper(
-                self._pool, self._queries, s, self._inflight, self.stats, self._wakeup.set
+                self._pool,
+                self._queries,
+                s,
+                self._inflight,
+                self.stats,
+                self._wakeup.set,
+                self._limiter.renew if self._limiter else None,
             )
             tasks = [
                 *self._runners.start(),
                 asyncio.create_task(self._completer.run()),
                 *leases.start(),
+                *([self._limiter.start()] if self._limiter else []),
             ]
             if s.listen and not s.burst:
                 listener = Listener(
@@ -257,6 +267,8 @@ class Worker:
                 task.add_done_callback(self._supervise)
             await self._claim_loop()
             await self._drain()
+            if self._limiter is not None:
+                await self._limiter.close()
             if self._fatal is not None:
                 raise self._fatal
         finally:
@@ -267,15 +279,35 @@ class Worker:
                 await self.metrics.stop()
             await self._close()
         log.info(
-            "worker %s stopped: %d done, %d retried, %d dead, %d handed back",
+            "worker %s stopped: %d done, %d retried, %d dead, %d handed back, %d deferred",
             self.worker_id,
             self.stats.done,
             self.stats.retried,
             self.stats.dead,
             self.stats.handed_back,
+            self.stats.deferred,
             extra={"event": "stop", **dataclasses.asdict(self.stats)},
         )
         return self.stats
+
+    async def _make_limiter(self) -> Limiter | None:
+        """The slot keeper, when the registry limits a handler (else None: no cost at all)."""
+        limits = self.registry.limits
+        if not limits:
+            return None
+        assert self._pool is not None and self._runners is not None
+        limiter = Limiter(
+            self._pool,
+            self._queries,
+            limits,
+            self.worker_id,
+            self.settings.lease_seconds,
+            self._runners.submit,
+            self._record,
+        )
+        async with self._pool.acquire() as conn:
+            log.info("concurrency limits: %s", await limiter.setup(conn))
+        return limiter
 
     async def _close(self) -> None:
         for pool in (self._handler_pool, self._pool):
@@ -428,6 +460,10 @@ class Worker:
                 self._complete(delivery)
                 return
             assert self._runners is not None
+            if self._limiter is not None:
+                # Limited handlers wait for a slot (the limiter starts or defers them); the
+                # others start now, whatever the limits do.
+                units = self._limiter.take(delivery, units, payload)
             self._runners.submit((delivery, h, prior, payload) for h, prior in units)
         else:
             self._complete(delivery)
@@ -469,6 +505,8 @@ class Worker:
     # -- running handlers ---------------------------------------------------------------------
 
     def _record(self, d: Delivery, handler: Handler, outcome: Outcome) -> None:
+        if self._limiter is not None and handler.concurrency is not None:
+            self._limiter.release(d, handler)  # it finished: its slot goes back at once
         d.outcomes[handler.name] = outcome
         d.waiting -= 1
         if d.waiting == 0:
@@ -497,6 +535,9 @@ class Worker:
         # Hand back whatever is still running or queued: cancel the runners (each records its
         # unit as interrupted), mark queued units interrupted, and write it all once.
         assert self._runners is not None
+        if self._limiter is not None:  # units still waiting for a slot go back too
+            for delivery, handler, prior, _ in await self._limiter.stop():
+                self._record(delivery, handler, Outcome(Kind.INTERRUPTED, prior))
         await self._runners.cancel()
         while self._runners.units:
             delivery, handler, prior, _ = self._runners.units.popleft()

@@ -10,7 +10,8 @@
 --
 --   pgqueue_producer  may enqueue (INSERT into outbox, or call enqueue()), nothing else: it
 --                     cannot read payloads, update or delete events.
---   pgqueue_worker    may claim, complete, retry events and use the effects ledger.
+--   pgqueue_worker    may claim, complete, retry events, use the effects ledger and the
+--                     concurrency slots.
 --   pgqueue_ops       may read everything in the schema (status, dashboards); no writes.
 
 DO $$
@@ -55,6 +56,13 @@ GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON 
     TO pgqueue_worker;
 -- Workers serving a registry with schedules keep the schedules table (upsert, emit ticks).
 GRANT SELECT, INSERT, UPDATE ON :"schema".schedules TO pgqueue_worker;
+-- Concurrency limits: a worker writes its registry's limits (never the operator's override)
+-- and takes, renews and releases slots (UPDATEs; the slot rows themselves are made by a
+-- SECURITY DEFINER trigger).
+GRANT SELECT ON :"schema".handler_limits TO pgqueue_worker;
+GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
+    ON :"schema".handler_limits TO pgqueue_worker;
+GRANT SELECT, UPDATE ON :"schema".handler_slots TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;

@@ -95,8 +95,9 @@ class WorkerProcess:
 class Workers:
     """Starts worker processes and guarantees none outlives the test."""
 
-    def __init__(self, logdir: Path) -> None:
+    def __init__(self, logdir: Path, handlers: str = HANDLERS) -> None:
         self.logdir = logdir
+        self.handlers = handlers
         self.started: list[WorkerProcess] = []
 
     def start(self, dsn: str, **options: Any) -> WorkerProcess:
@@ -104,7 +105,7 @@ class Workers:
 
         Option names are the CLI's with ``_`` for ``-``; True is a bare flag, None drops it.
         """
-        args = ["worker", "--dsn", dsn, "--handlers", HANDLERS]
+        args = ["worker", "--dsn", dsn, "--handlers", self.handlers]
         for name, value in {**DEFAULTS, **options}.items():
             flag = "--" + name.replace("_", "-")
             if value is True:

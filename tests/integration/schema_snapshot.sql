@@ -38,6 +38,23 @@ $$;
 
 ALTER FUNCTION pgqueue.notify_outbox() OWNER TO <owner>;
 
+CREATE FUNCTION pgqueue.sync_handler_slots() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    wanted integer := COALESCE(NEW.override, NEW.concurrency, 0);
+BEGIN
+    INSERT INTO handler_slots (handler, slot)
+    SELECT NEW.handler, g FROM generate_series(1, wanted) AS g
+    ON CONFLICT DO NOTHING;
+    DELETE FROM handler_slots WHERE handler = NEW.handler AND slot > wanted;
+    RETURN NULL;
+END
+$$;
+
+ALTER FUNCTION pgqueue.sync_handler_slots() OWNER TO <owner>;
+
 CREATE TABLE pgqueue.effects (
     event_id bigint NOT NULL,
     handler text NOT NULL,
@@ -45,6 +62,30 @@ CREATE TABLE pgqueue.effects (
 );
 
 ALTER TABLE pgqueue.effects OWNER TO <owner>;
+
+CREATE TABLE pgqueue.handler_limits (
+    handler text NOT NULL,
+    concurrency integer,
+    override integer,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT handler_limits_concurrency_positive CHECK (((concurrency IS NULL) OR (concurrency >= 1))),
+    CONSTRAINT handler_limits_handler_length CHECK (((char_length(handler) >= 1) AND (char_length(handler) <= 128))),
+    CONSTRAINT handler_limits_override_positive CHECK (((override IS NULL) OR (override >= 1)))
+);
+
+ALTER TABLE pgqueue.handler_limits OWNER TO <owner>;
+
+CREATE TABLE pgqueue.handler_slots (
+    handler text NOT NULL,
+    slot integer NOT NULL,
+    lease_token uuid,
+    leased_by text,
+    lease_expires_at timestamp with time zone,
+    CONSTRAINT handler_slots_lease_complete CHECK (((lease_token IS NULL) = (lease_expires_at IS NULL)))
+)
+WITH (fillfactor='50');
+
+ALTER TABLE pgqueue.handler_slots OWNER TO <owner>;
 
 CREATE TABLE pgqueue.outbox (
     id bigint NOT NULL,
@@ -153,6 +194,12 @@ ALTER TABLE pgqueue.schedules OWNER TO <owner>;
 ALTER TABLE ONLY pgqueue.effects
     ADD CONSTRAINT effects_pkey PRIMARY KEY (event_id, handler);
 
+ALTER TABLE ONLY pgqueue.handler_limits
+    ADD CONSTRAINT handler_limits_pkey PRIMARY KEY (handler);
+
+ALTER TABLE ONLY pgqueue.handler_slots
+    ADD CONSTRAINT handler_slots_pkey PRIMARY KEY (handler, slot);
+
 ALTER TABLE ONLY pgqueue.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
 
@@ -190,6 +237,13 @@ CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, priority DES
 
 CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filter) WHERE (finished_at IS NULL);
 
+CREATE TRIGGER handler_limits_sync AFTER INSERT OR UPDATE OF concurrency, override ON pgqueue.handler_limits FOR EACH ROW EXECUTE FUNCTION pgqueue.sync_handler_slots();
+
 CREATE TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_outbox();
 
+ALTER TABLE ONLY pgqueue.handler_slots
+    ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;
+
 REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgqueue.sync_handler_slots() FROM PUBLIC;

@@ -34,6 +34,11 @@ def _registry(calls: Calls) -> pgqueue.Registry:
     return registry
 
 
+def _all_versions() -> list[int]:
+    """Every migration's version, in order (a fresh database gets them all)."""
+    return list(range(1, latest_version() + 1))
+
+
 async def test_migrate_twice_applies_once(database_factory: Callable[..., str]) -> None:
     conn = await asyncpg.connect(database_factory(migrated=False))
     try:

@@ -92,13 +92,55 @@ async def test_ops_role_reads_but_cannot_write(with_roles: asyncpg.Connection) -
         await conn.execute("SELECT pgqueue.enqueue('a.b')")
 
 
-async def test_worker_role_runs_a_worker(with_roles: asyncpg.Connection, db_dsn: str) -> None:
-    conn = with_roles
+async def _worker_login(conn: asyncpg.Connection, db_dsn: str) -> str:
+    """A DSN of a login role that is a member of pgqueue_worker (created once per cluster)."""
     await conn.execute(
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_test_worker')"
         " THEN CREATE ROLE pgqueue_test_worker LOGIN; END IF; END $$"
     )
     await conn.execute("GRANT pgqueue_worker TO pgqueue_test_worker")
+    return (
+        db_dsn.replace("://", "://pgqueue_test_worker@", 1)
+        if "@" not in db_dsn
+        else ("postgresql://pgqueue_test_worker@" + db_dsn.split("@", 1)[1])
+    )
+
+
+async def test_worker_role_runs_a_limited_handler_but_cannot_override_limits(
+    with_roles: asyncpg.Connection, db_dsn: str
+) -> None:
+    conn = with_roles
+    event_id = await pgqueue.enqueue(conn, "order.placed", {})
+    registry = pgqueue.Registry()
+
+    @registry.on("order.placed", concurrency=3)
+    async def crm(payload: dict[str, Any]) -> None:
+        return None
+
+    worker_dsn = await _worker_login(conn, db_dsn)
+    await pgqueue.Worker(worker_dsn, registry, pgqueue.WorkerSettings(burst=True)).run()
+    assert await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id) == (
+        "done"
+    )
+    # Its slots were made by the trigger (the worker may not insert them) and given back.
+    free = "SELECT count(*) FROM pgqueue.handler_slots WHERE lease_token IS NULL"
+    assert await conn.fetchval(free) == 3
+    await conn.execute("SET ROLE pgqueue_worker")
+    for statement in (
+        "UPDATE pgqueue.handler_limits SET override = 100",
+        "INSERT INTO pgqueue.handler_slots (handler, slot) VALUES ('crm', 4)",
+        "DELETE FROM pgqueue.handler_slots",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(statement)
+    await conn.execute("SET ROLE pgqueue_ops")
+    assert await conn.fetchval("SELECT concurrency FROM pgqueue.handler_limits") == 3
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("UPDATE pgqueue.handler_limits SET override = 1")
+
+
+async def test_worker_role_runs_a_worker(with_roles: asyncpg.Connection, db_dsn: str) -> None:
+    conn = with_roles
     event_id = await pgqueue.enqueue(conn, "order.placed", {"n": 1})
     seen: list[int] = []
     registry = pgqueue.Registry()
@@ -107,11 +149,7 @@ async def test_worker_role_runs_a_worker(with_roles: asyncpg.Connection, db_dsn:
     async def record(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
         seen.append(ctx.event_id)
 
-    worker_dsn = (
-        db_dsn.replace("://", "://pgqueue_test_worker@", 1)
-        if "@" not in db_dsn
-        else ("postgresql://pgqueue_test_worker@" + db_dsn.split("@", 1)[1])
-    )
+    worker_dsn = await _worker_login(conn, db_dsn)
     await pgqueue.Worker(worker_dsn, registry, pgqueue.WorkerSettings(burst=True)).run()
     assert seen == [event_id]
     assert await conn.fetchval("SELECT state FROM pgqueue.outbox WHERE id = $1", event_id) == (
