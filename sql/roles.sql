@@ -40,6 +40,8 @@ GRANT USAGE ON SCHEMA :"schema" TO pgqueue_producer, pgqueue_worker, pgqueue_ops
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_producer;
 GRANT SELECT (id, idempotency_key) ON :"schema".outbox TO pgqueue_producer;
+-- The CLI and pgqueue.migrate() check the schema version before they write.
+GRANT SELECT ON :"schema".migrations TO pgqueue_producer;
 -- The trace context of the producing span (migration 0005), set by Python's enqueue() when
 -- a span is active.
 GRANT INSERT (headers) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;

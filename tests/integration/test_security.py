@@ -321,3 +321,26 @@ async def test_no_password_or_payload_in_json_logs(db_dsn: str, conn: asyncpg.Co
     assert any(line.get("handler") == "explode" for line in lines), lines  # it did log
     assert any("***" in line["msg"] for line in lines), lines  # the masked DSN
     assert MARKER not in result.stderr + result.stdout
+
+
+async def test_producer_login_enqueues_with_the_cli(
+    with_roles: asyncpg.Connection, db_dsn: str
+) -> None:
+    """`pgqueue enqueue` checks the schema version first: the producer may read migrations."""
+    conn = with_roles
+    await conn.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_test_producer')"
+        " THEN CREATE ROLE pgqueue_test_producer LOGIN; END IF; END $$"
+    )
+    await conn.execute("GRANT pgqueue_producer TO pgqueue_test_producer")
+    producer_dsn = (
+        "postgresql://pgqueue_test_producer@"
+        + urlsplit(db_dsn).netloc.split("@")[-1]
+        + urlsplit(db_dsn).path
+    )
+    result = run_cli("enqueue", "order.placed", '{"n": 1}', "--dsn", producer_dsn)
+    assert result.returncode == 0, result.stderr
+    event_id = int(result.stdout.strip())
+    assert await conn.fetchval("SELECT event_type FROM pgqueue.outbox WHERE id = $1", event_id) == (
+        "order.placed"
+    )
