@@ -101,13 +101,23 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int, **kwargs: Any) 
     return pool
 
 
-def pool_options(*, pooled: bool, control: bool) -> dict[str, Any]:
-    """asyncpg pool options: the worker's control pool (``control``) or the handler pool."""
+def pool_options(*, pooled: bool, control: bool, generic: bool = False) -> dict[str, Any]:
+    """asyncpg pool options: the worker's control pool (``control``) or the handler pool;
+    ``generic``: the claim's own connection, whose one statement keeps a generic plan."""
     if pooled:
         # asyncpg then sends every statement as an unnamed one, parsed in the same round trip
         # as its execution: nothing is left on the server connection for the next transaction.
         return {"statement_cache_size": 0}
-    return {"server_settings": dict(CONTROL_SETTINGS)} if control else {}
+    if not control:
+        return {}
+    settings = dict(CONTROL_SETTINGS)
+    if generic:
+        # The claim takes no arrays whose size matters (its LIMIT bounds every level's index
+        # range), so one generic plan serves it, and planning was half of a small claim:
+        # 0.19 ms planning, 0.14 ms execution; 720-820 -> 580-605 us per 1-row claim
+        # (python -m bench.claim_probe). That is the idle worker's commit-to-handler latency.
+        settings["plan_cache_mode"] = "force_generic_plan"
+    return {"server_settings": settings}
 
 
 async def behind_pooler(conn: asyncpg.Connection) -> bool:

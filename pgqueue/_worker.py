@@ -119,6 +119,7 @@ class Worker:
         self._stopping = False
         self._fatal: BaseException | None = None
         self._pool: asyncpg.Pool | None = None
+        self._claim_pool: asyncpg.Pool | None = None  # one connection: the claim loop's
         self._handler_pool: asyncpg.Pool | None = None
         self._runners: Runners | None = None
         self._completer: Completer | None = None
@@ -149,8 +150,10 @@ class Worker:
     async def _after_error(self, exc: BaseException) -> None:
         """A read-only session means a failover put us on a standby: open fresh connections
         (to the new primary) instead of reusing the ones that now point at a replica."""
-        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError) and self._pool is not None:
-            await self._pool.expire_connections()
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            for pool in (self._pool, self._claim_pool):
+                if pool is not None:
+                    await pool.expire_connections()
 
     def _supervise(self, task: asyncio.Task[Any]) -> None:
         """A background task must never end on its own: if one does, stop the worker loudly
@@ -194,6 +197,12 @@ class Worker:
                 await check_schema(conn, s.schema_name)
                 if not s.pooled:
                     await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
+            self._claim_pool = await create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=1,
+                **pool_options(pooled=s.pooled, control=True, generic=True),
+            )
             scheduler = None
             if self.registry.schedules and not s.burst:
                 scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
@@ -310,7 +319,7 @@ class Worker:
         return limiter
 
     async def _close(self) -> None:
-        for pool in (self._handler_pool, self._pool):
+        for pool in (self._handler_pool, self._claim_pool, self._pool):
             if pool is not None:
                 try:
                     await asyncio.wait_for(pool.close(), timeout=5.0)
@@ -397,10 +406,10 @@ class Worker:
 
     async def _claim(self, limit: int) -> tuple[int, bool]:
         """Claim from each queue; return (events claimed, whether a queue gave a full batch)."""
-        assert self._pool is not None
+        assert self._claim_pool is not None
         s = self.settings
         total, full = 0, False
-        async with self._pool.acquire() as conn:
+        async with self._claim_pool.acquire() as conn:
             for queue in s.queues:
                 token = uuid.uuid4()
                 rows = await self._queries.claim_batch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import time
@@ -129,14 +130,17 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
     await conn.execute("ANALYZE pgqueue.outbox")
     q = queries_for("pgqueue")
     token = uuid.uuid4()
-    # Unbounded (the periodic full read) and bounded below by a floor (see pgqueue/_floor.py).
-    for floor in (-math.inf, time.time() - 60):
+    # Unbounded (the periodic full read) and bounded below by a floor (see pgqueue/_floor.py),
+    # planned for the parameters and as the claim connection's one generic plan.
+    for floor, mode in itertools.product((-math.inf, time.time() - 60), ("custom", "generic")):
+        await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
         claim = await _explain(conn, q.claim, "default", ["t"], 500, token, "w", 30.0, floor)
         picks = [n for n in claim if n.get("Index Name") == "outbox_ready_idx" and
                  "run_at <= now()" in n.get("Index Cond", "")]  # fmt: skip
         assert picks and "priority = " in picks[0]["Index Cond"], claim
         assert "run_at >= " in picks[0]["Index Cond"], claim
         assert not [n for n in claim if n["Node Type"] == "Seq Scan"], claim
+    await conn.execute("RESET plan_cache_mode")
     for statement, args in [
         (q.complete_done, ([1, 2], token)),
         (q.heartbeat, ([1, 2], [token, token], 30.0)),
