@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 import pgqueue
+from pgqueue._db import pool_options
 from pgqueue._queries import queries_for
 from tests.helpers import run_cli
 
@@ -152,3 +153,25 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
             n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "outbox"
         ]
         assert not scans, (statement, nodes)
+
+
+async def test_claim_generic_plan_made_on_an_empty_outbox_still_uses_the_index(
+    db_dsn: str,
+) -> None:
+    """The claim keeps one generic plan per connection (pgqueue/_db.py). One made while the
+    outbox was empty must not read the table sequentially once it has grown."""
+    settings = pool_options(pooled=False, control=True, generic=True)["server_settings"]
+    conn = await asyncpg.connect(db_dsn, server_settings=settings)
+    try:
+        q = queries_for("pgqueue")
+        await conn.execute(f"PREPARE claim AS {q.claim}")
+        args = "('default', '{t}', 500, gen_random_uuid(), 'w', 30.0, '-Infinity')"
+        await conn.execute(f"EXECUTE claim {args}")  # planned now, on an empty table
+        await _seed(conn, "done", 50_000, "1 day")
+        await conn.execute("INSERT INTO pgqueue.outbox (event_type) VALUES ('t')")
+        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE claim {args}")
+        nodes = _plan_nodes(json.loads(raw)[0]["Plan"])
+        assert not [n for n in nodes if n["Node Type"] in ("Seq Scan", "Bitmap Heap Scan")], nodes
+        assert any(n.get("Index Name") == "outbox_ready_idx" for n in nodes), nodes
+    finally:
+        await conn.close()
