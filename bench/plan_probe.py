@@ -38,7 +38,7 @@ async def probe(dsn: str, mode: str, batch: int) -> str:
             t0 = time.perf_counter()
             rows = await q.claim_batch(conn, "default", [EVENT_TYPE], batch, token, "probe", 30)
             t1 = time.perf_counter()
-            await q.complete_done_batch(conn, [r.id for r in rows], [token] * len(rows))
+            await q.complete_done_batch(conn, [r.id for r in rows], token)
             t2 = time.perf_counter()
             claims.append((t1 - t0) * 1000)
             completes.append((t2 - t1) * 1000)
