@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # Event priorities: higher runs first; the range mirrors the outbox_priority_range constraint
-# (small on purpose: the claim probes every level, see CLAIM in _queries.py).
+# (small on purpose: the claim probes every level, see CLAIM in _queries/core.py).
 PRIORITY_MIN, PRIORITY_MAX = -10, 10
 
 

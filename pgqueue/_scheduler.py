@@ -10,8 +10,8 @@ steadier pick.
 
 Exactly once: every worker serving a registry with schedules runs a :class:`Scheduler`; a
 tick is emitted by a conditional UPDATE of the schedule's ``last_tick`` and the INSERT of the
-event in one statement (see ``EMIT_TICK`` in ``_queries.py``), so of many racing workers one
-wins. After downtime only the LATEST missed tick is emitted (like cron, River and Oban: a
+event in one statement (``EMIT_TICK`` in ``_queries/schedule.py``), so of many racing workers
+one wins. After downtime only the LATEST missed tick is emitted (like cron, River and Oban: a
 report that missed three hours runs once, for the latest hour; the tick is in its payload).
 Time is the database clock.
 """

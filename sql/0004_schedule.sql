@@ -6,14 +6,14 @@ SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_catalog,
 -- Python peers procrastinate and PgQueuer, so `priority => 10` reads as "more urgent"; Oban,
 -- River and graphile-worker count the other way (lower first). smallint: a rank, not a count.
 -- The range is small on purpose (21 levels, like Oban's 10): the claim probes every level
--- directly (CLAIM in pgqueue/_queries.py), which keeps each probe a bounded index range.
+-- directly (CLAIM in pgqueue/_queries/core.py), which keeps each probe a bounded index range.
 ALTER TABLE outbox ADD COLUMN priority smallint NOT NULL DEFAULT 0
     CONSTRAINT outbox_priority_range CHECK (priority BETWEEN -10 AND 10);
 
 -- The claim takes ready rows by priority, then run_at, then id. Priority leads the index so
 -- that, per priority, `queue = $1 AND priority = p AND run_at <= now()` is one bounded index
--- range, already in (run_at, id) order; the claim visits the distinct priorities present one
--- index probe each (a loose index scan: CLAIM in pgqueue/_queries.py).
+-- range, already in (run_at, id) order; the claim probes the levels one by one, highest first
+-- (CLAIM in pgqueue/_queries/core.py).
 --
 -- Priority and run_at: only READY rows compete. `run_at <= now()` bounds each range, so an
 -- event of priority 10 due tomorrow does not hold back a ready event of priority 0, and the

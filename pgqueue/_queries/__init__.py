@@ -1,0 +1,26 @@
+"""Every runtime SQL statement (DML), and one small typed function per statement.
+
+The SQL text is built once per schema (the only identifier, validated and quoted) and then
+stays fixed, so asyncpg's statement cache prepares each statement once per connection.
+Values are always bound parameters. One package, split by area: ``core`` (producer and
+worker), ``admin`` (status, prune, metrics' depths, pgqueue.testing), ``steer`` (retry,
+discard, replay, events list / show), ``limits``, ``schedule``; ``queries`` binds them to a
+schema.
+"""
+
+from .admin import scratch_databases
+from .core import PRIORITY_LEVELS
+from .queries import ClaimedRow, Queries, SelectionArgs, queries_for
+from .schedule import ScheduleQueries, database_now, schedule_queries_for
+
+__all__ = [
+    "PRIORITY_LEVELS",
+    "ClaimedRow",
+    "Queries",
+    "ScheduleQueries",
+    "SelectionArgs",
+    "database_now",
+    "queries_for",
+    "schedule_queries_for",
+    "scratch_databases",
+]

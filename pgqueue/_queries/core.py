@@ -1,0 +1,200 @@
+"""Producer and worker statements: insert, claim, complete, leases, rescue, next due."""
+
+from __future__ import annotations
+
+from .._models import PRIORITY_MAX, PRIORITY_MIN
+
+# -- producer ---------------------------------------------------------------------------------
+
+# $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 idempotency key, $5 queue,
+# $6 priority
+INSERT_ONE = """
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority)
+VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# $1 idempotency key
+ID_BY_KEY = "SELECT id FROM {s}.outbox WHERE idempotency_key = $1"
+
+# $1 idempotency keys
+IDS_BY_KEYS = "SELECT idempotency_key, id FROM {s}.outbox WHERE idempotency_key = ANY($1::text[])"
+
+# $1 event types, $2 payloads (JSON text), $3 run_at (NULL = now), $4 keys, $5 queues,
+# $6 priorities.
+# One statement per chunk: unnest is ~15x faster than row-at-a-time inserts, and the
+# statement-level trigger sends one NOTIFY for the whole chunk.
+INSERT_MANY = """
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority)
+SELECT t, p::jsonb, COALESCE(r, now()), k, q, pr
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::smallint[])
+     WITH ORDINALITY AS i(t, p, r, k, q, pr, n)
+ORDER BY n
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, idempotency_key
+"""
+
+# $1 event types, $2 payloads (JSON text). INSERT_MANY for chunks with every other column
+# defaulted (priority 0 included): no ordinality, no conflict arbiter, two arrays instead of five.
+INSERT_PLAIN = """
+INSERT INTO {s}.outbox (event_type, payload)
+SELECT t, p::jsonb FROM unnest($1::text[], $2::text[]) AS i(t, p)
+RETURNING id
+"""
+
+# $1 event id, $2 handler name
+RECORD_EFFECT = """
+INSERT INTO {s}.effects (event_id, handler) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+RETURNING true
+"""
+
+# -- worker -----------------------------------------------------------------------------------
+
+# Priorities run from PRIORITY_MAX (first) down to PRIORITY_MIN; the constraint
+# outbox_priority_range (sql/0004_schedule.sql) holds them there. A fixed, small range lets the
+# claim probe each level directly: `priority = p AND run_at BETWEEN floor AND now()` is then one
+# bounded range of outbox_ready_idx per level. A loose index scan over the priorities present
+# (the first version) had to land at each level's oldest entry, which is where the claimed
+# rows' entries pile up until VACUUM (see _floor.py), so every claim walked them again.
+PRIORITY_LEVELS = f"generate_series({PRIORITY_MAX}, {PRIORITY_MIN}, -1) AS p(priority)"
+
+# $1 queue, $2 event types this worker handles, $3 batch size, $4 lease token, $5 worker id,
+# $6 lease seconds, $7 the lowest run_at to read (epoch seconds; -Infinity = all; see _floor.py).
+# One statement claims a batch of ready events, the highest priority first, then by (run_at,
+# id); it skips rows another worker has locked, and the UPDATE counts the attempt at claim time
+# (so a handler that kills its worker still uses up attempts). now() is the database clock,
+# returned for the worker's retry arithmetic.
+#
+# Shape: `id = ANY(ARRAY(subquery))` makes the pick an InitPlan run once, and the UPDATE an
+# index scan on the primary key. The first version joined a CTE instead; the planner then
+# hashed the whole table (a seq scan: 10 of 15 ms for 500 rows among 50,000).
+#
+# Priorities (sql/0004_schedule.sql): the pick goes through the levels, highest first, and
+# per level reads outbox_ready_idx from the floor up to now(): `priority = p` makes both run_at
+# bounds limits of the index range, so future-dated events (delayed, or durable retries) are
+# never read, whatever their priority, and a future high-priority event holds back nobody.
+# A plain `ORDER BY priority DESC, run_at, id` over the same index had to step over every
+# future entry of a queue whenever the batch did not fill (100,000 events due tomorrow, 200
+# ready: 60 ms against 5.6 ms with 0001's (queue, run_at, id) index). The nested loop pulls
+# level by level and stops at LIMIT $3, so no row beyond the batch is locked; an empty level
+# costs one index descent.
+CLAIM = (
+    """
+UPDATE {s}.outbox AS o
+SET state = 'running', attempt = o.attempt + 1, lease_token = $4, leased_by = $5,
+    lease_expires_at = now() + make_interval(secs => $6)
+WHERE o.id = ANY(ARRAY(
+    SELECT c.id FROM """
+    + PRIORITY_LEVELS
+    + """ CROSS JOIN LATERAL (
+        SELECT id FROM {s}.outbox
+        WHERE state = 'pending' AND queue = $1 AND priority = p.priority
+          AND run_at <= now() AND run_at >= to_timestamp($7::float8)
+          AND event_type = ANY($2::text[])
+        ORDER BY run_at, id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    LIMIT $3
+))
+RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
+          extract(epoch FROM now())::float8 AS db_now,
+          extract(epoch FROM now() - o.created_at)::float8 AS age, o.headers
+"""
+)
+
+# $1 ids, $2 their (one) lease token. Every handler succeeded and the event had no per-handler
+# record: the happy path costs this one statement per claimed batch and no per-handler write.
+# `id = ANY($1)` keeps a primary-key index scan even under a generic plan (an unnest join
+# turned into a 35 ms plan after the fifth execution, measured on 500 rows).
+COMPLETE_DONE = """
+UPDATE {s}.outbox
+SET state = 'done', processed_at = now(), lease_token = NULL, leased_by = NULL,
+    lease_expires_at = NULL, last_error = NULL
+WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND state = 'running'
+RETURNING id
+"""
+
+# $1 ids, $2 lease tokens, $3 new states, $4 delays (seconds, for pending), $5 attempt refunds
+# (1 for work handed back at shutdown), $6 handler records (JSON text), $7 last errors.
+# Fenced by the lease token: a worker that lost its lease changes nothing (checked by the caller
+# through the returned ids).
+COMPLETE = """
+UPDATE {s}.outbox AS o
+SET state = u.state,
+    processed_at = CASE WHEN u.state = 'done' THEN now() END,
+    run_at = CASE WHEN u.state = 'pending' THEN now() + make_interval(secs => u.delay)
+             ELSE o.run_at END,
+    attempt = o.attempt - u.refund,
+    handlers = u.handlers::jsonb,
+    last_error = u.error,
+    lease_token = NULL, leased_by = NULL, lease_expires_at = NULL
+FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[],
+            $7::text[]) AS u(id, token, state, delay, refund, handlers, error)
+WHERE o.id = u.id AND o.lease_token = u.token AND o.state = 'running'
+RETURNING o.id
+"""
+
+# $1 ids, $2 lease tokens, $3 lease seconds. Returns the ids still held (renewed, or row-locked
+# by another session this round). SKIP LOCKED: one row locked by someone else (an operator's
+# open UPDATE) must not hold up the renewal of every other lease of this worker.
+HEARTBEAT = """
+WITH mine AS (
+    SELECT o.id FROM {s}.outbox AS o
+    JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON o.id = u.id
+    WHERE o.lease_token = u.token AND o.state = 'running'
+), lockable AS (
+    SELECT o.id FROM {s}.outbox AS o
+    JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON o.id = u.id
+    WHERE o.lease_token = u.token AND o.state = 'running'
+    FOR UPDATE OF o SKIP LOCKED
+), renewed AS (
+    UPDATE {s}.outbox AS o
+    SET lease_expires_at = now() + make_interval(secs => $3)
+    FROM lockable WHERE o.id = lockable.id
+    RETURNING o.id
+)
+SELECT id FROM mine
+"""
+
+# $1 max rows. Returns leases that expired (their worker died or froze) to pending. The attempt
+# stays counted; SKIP LOCKED lets several workers rescue at once without waiting.
+RESCUE = """
+WITH expired AS (
+    SELECT id, leased_by FROM {s}.outbox
+    WHERE state = 'running' AND lease_expires_at < now()
+      AND lease_token <> ALL($2::uuid[])  -- never the leases the rescuing worker holds
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.outbox AS o
+SET state = 'pending', run_at = now(), lease_token = NULL, leased_by = NULL,
+    lease_expires_at = NULL,
+    last_error = 'lease expired: worker ' || COALESCE(e.leased_by, '?') || ' stopped renewing it'
+FROM expired AS e
+WHERE o.id = e.id
+RETURNING o.id, o.event_type, e.leased_by
+"""
+
+# $1 queue, $2 event types. Seconds until the next pending event of these types falls due
+# (NULL when none), so an idle worker wakes exactly when a delayed retry is due. Only future
+# rows: a row due now that the claim did not take is locked by someone else (or below the
+# claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
+# a tight loop. Per priority level the first future row: `run_at > now()` starts each index
+# range past the claimed rows' entries.
+NEXT_DUE = (
+    """
+SELECT extract(epoch FROM min(d.run_at) - now())::float8
+FROM """
+    + PRIORITY_LEVELS
+    + """ CROSS JOIN LATERAL (
+    SELECT o.run_at FROM {s}.outbox AS o
+    WHERE o.state = 'pending' AND o.queue = $1 AND o.priority = p.priority
+      AND o.run_at > now() AND o.event_type = ANY($2::text[])
+    ORDER BY o.run_at, o.id
+    LIMIT 1
+) AS d
+"""
+)

@@ -1,0 +1,83 @@
+"""Statements of the per-handler concurrency limits (slots and overrides)."""
+
+from __future__ import annotations
+
+# -- limits -----------------------------------------------------------------------------------
+# Per-handler concurrency slots (sql/0006_limits.sql, pgqueue/_limits.py). The slot token is
+# one per worker run; every write on a slot is fenced by it.
+
+# $1 handler names (sorted: two workers starting at once lock the rows in the same order),
+# $2 their concurrency in the registry. The operator's `override` is never written here, and an
+# unchanged value writes nothing (the trigger that resizes the slots does not fire).
+LIMITS_WRITE = """
+INSERT INTO {s}.handler_limits AS l (handler, concurrency)
+SELECT h, c FROM unnest($1::text[], $2::int[]) AS i(h, c)
+ON CONFLICT (handler) DO UPDATE SET concurrency = EXCLUDED.concurrency, updated_at = now()
+WHERE l.concurrency IS DISTINCT FROM EXCLUDED.concurrency
+"""
+
+# $1 handler names
+LIMITS_READ = """
+SELECT handler, concurrency, override FROM {s}.handler_limits
+WHERE handler = ANY($1::text[]) ORDER BY handler
+"""
+
+# $1 handler names, $2 slots wanted per handler, $3 slot token, $4 worker id, $5 lease seconds.
+# One statement takes slots of several handlers: per handler, a LATERAL pick of up to the wanted
+# number of free (or expired) slots, SKIP LOCKED so that workers never wait on each other (a
+# slot another worker is taking right now counts as taken). Returns (handler, slot) taken.
+SLOTS_ACQUIRE = """
+UPDATE {s}.handler_slots AS s
+SET lease_token = $3, leased_by = $4, lease_expires_at = now() + make_interval(secs => $5)
+FROM unnest($1::text[], $2::int[]) AS w(handler, wanted)
+CROSS JOIN LATERAL (
+    SELECT f.handler, f.slot FROM {s}.handler_slots AS f
+    WHERE f.handler = w.handler AND (f.lease_token IS NULL OR f.lease_expires_at < now())
+    ORDER BY f.slot
+    LIMIT w.wanted
+    FOR UPDATE SKIP LOCKED
+) AS p
+WHERE s.handler = p.handler AND s.slot = p.slot
+RETURNING s.handler, s.slot
+"""
+
+# $1 handler names, $2 slots, $3 slot token
+SLOTS_RELEASE = """
+UPDATE {s}.handler_slots AS s
+SET lease_token = NULL, leased_by = NULL, lease_expires_at = NULL
+FROM unnest($1::text[], $2::int[]) AS r(handler, slot)
+WHERE s.handler = r.handler AND s.slot = r.slot AND s.lease_token = $3
+"""
+
+# $1 handler names, $2 slots, $3 slot token, $4 lease seconds. Only the slots the worker knows
+# it holds: a slot taken by a statement whose answer was lost is left to expire.
+SLOTS_RENEW = """
+UPDATE {s}.handler_slots AS s
+SET lease_expires_at = now() + make_interval(secs => $4)
+FROM unnest($1::text[], $2::int[]) AS r(handler, slot)
+WHERE s.handler = r.handler AND s.slot = r.slot AND s.lease_token = $3
+"""
+
+# $1 slot token. At worker exit: everything it still holds.
+SLOTS_RELEASE_ALL = """
+UPDATE {s}.handler_slots
+SET lease_token = NULL, leased_by = NULL, lease_expires_at = NULL
+WHERE lease_token = $1
+"""
+
+
+# For `pgqueue limits`: every limit with the slots held now (a slot whose lease expired is free).
+LIMITS_LIST = """
+SELECT l.handler, l.concurrency, l.override,
+       (SELECT count(*) FROM {s}.handler_slots AS s
+        WHERE s.handler = l.handler AND s.lease_expires_at > now())::int AS running
+FROM {s}.handler_limits AS l
+ORDER BY l.handler
+"""
+
+# $1 handler, $2 override (NULL: back to the registry's value). The trigger resizes the slots.
+LIMIT_OVERRIDE = """
+UPDATE {s}.handler_limits SET override = $2, updated_at = now()
+WHERE handler = $1
+RETURNING handler
+"""
