@@ -339,6 +339,9 @@ class Worker:
                 await self._progress.wait()
                 continue
             self._wakeup.clear()
+            # An outcome recorded while the claim ran (a retry back to pending) may be newer
+            # than the claim's snapshot: "nothing ready" only counts if nothing was in flight.
+            idle_before = not self._inflight
             try:
                 claimed, full = await self._claim(min(capacity, s.batch_size))
                 failures = 0
@@ -369,8 +372,10 @@ class Worker:
                 # announces it) still starts within SHORT_BATCH_WAIT of its run_at.
                 await self._sleep_or_wake(min(s.poll_interval, SHORT_BATCH_WAIT))
             elif claimed == 0 and not self._inflight:
-                if s.burst:
+                if s.burst and idle_before:
                     return
+                if s.burst:
+                    continue  # claim once more: it sees what was recorded meanwhile
                 await self._sleep_or_wake(await self._idle_timeout())
             elif claimed == 0:
                 # Busy with what we have: claim again when something finishes or on NOTIFY.
