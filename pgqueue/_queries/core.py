@@ -105,6 +105,15 @@ RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
 """
 )
 
+# Fencing by lease token alone: outbox_lease_iff_running (sql/0001_outbox.sql) holds a token
+# exactly while state = 'running', so `lease_token = $2` already means running. Saying
+# `state = 'running'` as well let the planner pick a bitmap scan of outbox_lease_idx (WHERE
+# state = 'running'), which keeps every once-running row's entry until VACUUM, and a bitmap
+# scan never marks dead entries: at 10k events/s, 20 s in, each completion read 120,000
+# entries and took 17-31 ms (auto_explain); the sustained lag p99 grew from 6 to 230 ms over a
+# 30-second run, and fell to 3.5 ms without the redundant condition. The primary key is then
+# the only path (test_operations guards these plans).
+
 # $1 ids, $2 their (one) lease token. Every handler succeeded and the event had no per-handler
 # record: the happy path costs this one statement per claimed batch and no per-handler write.
 # `id = ANY($1)` keeps a primary-key index scan even under a generic plan (an unnest join
@@ -113,7 +122,7 @@ COMPLETE_DONE = """
 UPDATE {s}.outbox
 SET state = 'done', processed_at = now(), lease_token = NULL, leased_by = NULL,
     lease_expires_at = NULL, last_error = NULL
-WHERE id = ANY($1::bigint[]) AND lease_token = $2 AND state = 'running'
+WHERE id = ANY($1::bigint[]) AND lease_token = $2
 RETURNING id
 """
 
@@ -133,7 +142,7 @@ SET state = u.state,
     lease_token = NULL, leased_by = NULL, lease_expires_at = NULL
 FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[],
             $7::text[]) AS u(id, token, state, delay, refund, handlers, error)
-WHERE o.id = u.id AND o.lease_token = u.token AND o.state = 'running'
+WHERE o.id = u.id AND o.lease_token = u.token
 RETURNING o.id
 """
 
@@ -144,11 +153,11 @@ HEARTBEAT = """
 WITH mine AS (
     SELECT o.id FROM {s}.outbox AS o
     JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON o.id = u.id
-    WHERE o.lease_token = u.token AND o.state = 'running'
+    WHERE o.lease_token = u.token
 ), lockable AS (
     SELECT o.id FROM {s}.outbox AS o
     JOIN unnest($1::bigint[], $2::uuid[]) AS u(id, token) ON o.id = u.id
-    WHERE o.lease_token = u.token AND o.state = 'running'
+    WHERE o.lease_token = u.token
     FOR UPDATE OF o SKIP LOCKED
 ), renewed AS (
     UPDATE {s}.outbox AS o
