@@ -115,7 +115,7 @@ CREATE TABLE pgqueue.outbox (
     CONSTRAINT outbox_payload_size CHECK ((octet_length((payload)::text) <= 1048576)),
     CONSTRAINT outbox_priority_range CHECK (((priority >= '-10'::integer) AND (priority <= 10))),
     CONSTRAINT outbox_processed_iff_done CHECK (((state = 'done'::text) = (processed_at IS NOT NULL))),
-    CONSTRAINT outbox_queue_format CHECK ((queue ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$'::text)),
+    CONSTRAINT outbox_queue_format CHECK (((queue ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$'::text) AND (char_length(queue) <= 63))),
     CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');

@@ -241,6 +241,9 @@ async def test_payload_of_exactly_one_mebibyte_is_accepted(tx: asyncpg.Connectio
         ("idempotency_key", "", "outbox_idempotency_key_length"),
         ("idempotency_key", "k" * 201, "outbox_idempotency_key_length"),
         ("queue", "no spaces", "outbox_queue_format"),
+        ("queue", "q" * 64, "outbox_queue_format"),
+        ("queue", ".lead", "outbox_queue_format"),
+        ("queue", "", "outbox_queue_format"),
         ("state", "paused", "outbox_state_check"),
         ("state", "done", "outbox_processed_iff_done"),
         ("state", "running", "outbox_lease_iff_running"),
@@ -254,6 +257,13 @@ async def test_other_columns_are_checked_too(
             f"INSERT INTO pgqueue.outbox (event_type, {column}) VALUES ('t', $1)", value
         )
     assert caught.value.constraint_name == constraint
+
+
+@pytest.mark.parametrize("queue", ["q" * 63, "_", "a.b:c-d_9", "9"])
+async def test_queue_names_the_rule_allows_are_accepted(tx: asyncpg.Connection, queue: str) -> None:
+    """Up to 63 characters: a letter, digit or underscore, then also . : - (sql/0007)."""
+    await tx.execute("INSERT INTO pgqueue.outbox (event_type, queue) VALUES ('t', $1)", queue)
+    assert await tx.fetchval("SELECT queue FROM pgqueue.outbox") == queue
 
 
 async def test_python_enqueue_translates_constraint_errors_without_echoing_the_payload(
