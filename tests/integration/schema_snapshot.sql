@@ -2,6 +2,28 @@ CREATE SCHEMA pgqueue;
 
 ALTER SCHEMA pgqueue OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.event_headers AS jsonb
+	CONSTRAINT outbox_headers_object CHECK ((jsonb_typeof(VALUE) = 'object'::text))
+	CONSTRAINT outbox_headers_size CHECK ((octet_length((VALUE)::text) <= 8192));
+
+ALTER DOMAIN pgqueue.event_headers OWNER TO <owner>;
+
+CREATE DOMAIN pgqueue.event_payload AS jsonb
+	CONSTRAINT outbox_payload_object CHECK ((jsonb_typeof(VALUE) = 'object'::text))
+	CONSTRAINT outbox_payload_size CHECK ((octet_length((VALUE)::text) <= 1048576));
+
+ALTER DOMAIN pgqueue.event_payload OWNER TO <owner>;
+
+CREATE DOMAIN pgqueue.idempotency_key AS text
+	CONSTRAINT outbox_idempotency_key_length CHECK (((char_length(VALUE) >= 1) AND (char_length(VALUE) <= 200)));
+
+ALTER DOMAIN pgqueue.idempotency_key OWNER TO <owner>;
+
+CREATE DOMAIN pgqueue.queue_name AS text
+	CONSTRAINT outbox_queue_format CHECK (((VALUE ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$'::text) AND (char_length(VALUE) <= 63)));
+
+ALTER DOMAIN pgqueue.queue_name OWNER TO <owner>;
+
 CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, queue text DEFAULT 'default'::text, priority integer DEFAULT 0) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
@@ -89,10 +111,10 @@ ALTER TABLE pgqueue.handler_slots OWNER TO <owner>;
 
 CREATE TABLE pgqueue.outbox (
     id bigint NOT NULL,
-    queue text DEFAULT 'default'::text NOT NULL,
+    queue pgqueue.queue_name DEFAULT 'default'::text NOT NULL,
     event_type text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    idempotency_key text,
+    payload pgqueue.event_payload DEFAULT '{}'::jsonb NOT NULL,
+    idempotency_key pgqueue.idempotency_key,
     state text DEFAULT 'pending'::text NOT NULL,
     run_at timestamp with time zone DEFAULT now() NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -104,18 +126,14 @@ CREATE TABLE pgqueue.outbox (
     last_error text,
     processed_at timestamp with time zone,
     priority smallint DEFAULT 0 NOT NULL,
-    headers jsonb,
+    headers pgqueue.event_headers,
     CONSTRAINT outbox_attempt_nonnegative CHECK ((attempt >= 0)),
     CONSTRAINT outbox_event_type_format CHECK ((event_type ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text)),
     CONSTRAINT outbox_event_type_length CHECK (((char_length(event_type) >= 1) AND (char_length(event_type) <= 128))),
     CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
-    CONSTRAINT outbox_idempotency_key_length CHECK (((idempotency_key IS NULL) OR ((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200)))),
     CONSTRAINT outbox_lease_iff_running CHECK (((state = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT outbox_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
-    CONSTRAINT outbox_payload_size CHECK ((octet_length((payload)::text) <= 1048576)),
     CONSTRAINT outbox_priority_range CHECK (((priority >= '-10'::integer) AND (priority <= 10))),
     CONSTRAINT outbox_processed_iff_done CHECK (((state = 'done'::text) = (processed_at IS NOT NULL))),
-    CONSTRAINT outbox_queue_format CHECK (((queue ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$'::text) AND (char_length(queue) <= 63))),
     CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
@@ -202,12 +220,6 @@ ALTER TABLE ONLY pgqueue.handler_slots
 
 ALTER TABLE ONLY pgqueue.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (version);
-
-ALTER TABLE pgqueue.outbox
-    ADD CONSTRAINT outbox_headers_object CHECK (((headers IS NULL) OR (jsonb_typeof(headers) = 'object'::text))) NOT VALID;
-
-ALTER TABLE pgqueue.outbox
-    ADD CONSTRAINT outbox_headers_size CHECK ((octet_length((headers)::text) <= 8192)) NOT VALID;
 
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);

@@ -259,6 +259,28 @@ async def test_other_columns_are_checked_too(
     assert caught.value.constraint_name == constraint
 
 
+@pytest.mark.parametrize(
+    "column, value, constraint",
+    [
+        ("queue", "no spaces", "outbox_queue_format"),
+        ("payload", "[]", "outbox_payload_object"),
+        ("idempotency_key", "", "outbox_idempotency_key_length"),
+        ("headers", "1", "outbox_headers_object"),
+    ],
+)
+async def test_write_once_rules_hold_for_updates_too(
+    tx: asyncpg.Connection, column: str, value: str, constraint: str
+) -> None:
+    """These rules are domains (sql/0009), checked when a value is written to the column,
+    whether by INSERT or by an UPDATE that sets it; an UPDATE that leaves them alone (claim,
+    completion) does not pay for them."""
+    await tx.execute("INSERT INTO pgqueue.outbox (event_type) VALUES ('t')")
+    cast = "::jsonb" if column in ("payload", "headers") else ""
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await tx.execute(f"UPDATE pgqueue.outbox SET {column} = $1{cast}", value)
+    assert caught.value.constraint_name == constraint
+
+
 @pytest.mark.parametrize("queue", ["q" * 63, "_", "a.b:c-d_9", "9"])
 async def test_queue_names_the_rule_allows_are_accepted(tx: asyncpg.Connection, queue: str) -> None:
     """Up to 63 characters: a letter, digit or underscore, then also . : - (sql/0007)."""
