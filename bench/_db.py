@@ -20,6 +20,8 @@ import asyncpg
 
 import pgqueue
 
+from . import minimal
+
 DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SETTINGS = (
     "shared_buffers",
@@ -63,6 +65,7 @@ class Databases:
         conn = await asyncpg.connect(dsn_for(self.admin_dsn, self.template))
         try:
             await pgqueue.migrate(conn)
+            await minimal.install(conn)
             with contextlib.suppress(ImportError):
                 from pgqueuer.db import AsyncpgDriver
                 from pgqueuer.queries import Queries

@@ -30,6 +30,8 @@ ROWS = [
     Row("3 drain 20k, 1 handler (PgQueuer bs=100)", "ev/s", "drain.pgqueue",
         "drain.pgqueuer_bs100"),
     Row("3 drain 20k, 3 handlers per event", "ev/s", "drain3.pgqueue"),
+    Row("3 drain 20k vs minimal asyncpg loop (reference)", "ev/s", "drain.pgqueue",
+        "drain.minimal"),
     Row("3 worker CPU per event, 1 handler (bs=10)", "us", "cpu_us.pgqueue",
         "cpu_us.pgqueuer_bs10"),
     Row("3 worker CPU per event, 1 handler (bs=100)", "us", "cpu_us.pgqueue",

@@ -14,6 +14,7 @@ import asyncpg
 
 import pgqueue
 
+from . import minimal
 from ._db import checkpoint
 
 EVENT_TYPE = "bench.event"  # pgqueue event type
@@ -21,18 +22,21 @@ ENTRYPOINT = "bench"  # PgQueuer entrypoint
 
 PGQUEUE = "pgqueue"
 PGQUEUER = "pgqueuer"
+MINIMAL = "minimal"  # the reference loop of bench/minimal.py (drain only)
 
 # Events not yet finished. PgQueuer deletes a job from its queue table when it completes
 # (and logs it to pgqueuer_log), so its remaining rows are exactly the unfinished jobs.
 REMAINING = {
     PGQUEUE: "SELECT count(*) FROM pgqueue.outbox WHERE state IN ('pending', 'running')",
     PGQUEUER: "SELECT count(*) FROM pgqueuer",
+    MINIMAL: minimal.REMAINING,
 }
 DONE = {
     PGQUEUE: "SELECT count(*) FROM pgqueue.outbox WHERE state = 'done'",
     PGQUEUER: "SELECT count(*) FROM pgqueuer_log WHERE status = 'successful'",
+    MINIMAL: minimal.DONE,
 }
-TABLE = {PGQUEUE: "pgqueue.outbox", PGQUEUER: "pgqueuer"}
+TABLE = {PGQUEUE: "pgqueue.outbox", PGQUEUER: "pgqueuer", MINIMAL: minimal.TABLE}
 
 
 class Producer(Protocol):
@@ -81,6 +85,19 @@ class PgqueuerProducer:
         )
 
 
+class MinimalProducer:
+    """The reference table's plain INSERTs."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def one(self, n: int) -> int:
+        return await minimal.enqueue(self.conn, {"n": n})
+
+    async def many(self, start: int, count: int) -> None:
+        await minimal.enqueue_many(self.conn, [{"n": n} for n in range(start, start + count)])
+
+
 def payload_bytes(n: int) -> bytes:
     """The same JSON payload as pgqueue's, as the bytes PgQueuer takes."""
     return json.dumps({"n": n}, separators=(",", ":")).encode()
@@ -88,6 +105,8 @@ def payload_bytes(n: int) -> bytes:
 
 def producer(system: str, conn: asyncpg.Connection) -> Producer:
     """The producer of ``system`` on ``conn``."""
+    if system == MINIMAL:
+        return MinimalProducer(conn)
     return PgqueueProducer(conn) if system == PGQUEUE else PgqueuerProducer(conn)
 
 

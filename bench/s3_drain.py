@@ -4,7 +4,9 @@ events/s = events / (worker ``run()`` entry to return, timed inside the worker p
 includes connecting, startup and the final flush). Completion is then checked in the database:
 no unfinished row left and every event recorded as done. pgqueue with its default settings, one
 handler and three handlers per event (fan-out); PgQueuer with its default batch_size (10) and
-with 100 (its best configuration measured here).
+with 100 (its best configuration measured here). And the reference of issue 4: a minimal
+hand-written asyncpg loop (bench/minimal.py: claim 100, mark processed, no leases, no retries),
+the database's own pace on this machine.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from ._options import Bench, Figures
 from ._proc import Child, scalar
-from ._systems import DONE, PGQUEUE, PGQUEUER, REMAINING, prefill
+from ._systems import DONE, MINIMAL, PGQUEUE, PGQUEUER, REMAINING, prefill
 
 N = 20_000
 Setup = Callable[[str], Awaitable[None]]
@@ -61,6 +63,7 @@ async def run(bench: Bench) -> Figures:
         ("drain.pgqueuer_bs10", PGQUEUER, {"batch_size": 10}),
         ("drain.pgqueuer_bs100", PGQUEUER, {"batch_size": 100}),
         ("drain3.pgqueue", PGQUEUE, {"handlers": 3}),
+        ("drain.minimal", MINIMAL, {"batch_size": 100}),
     ):
         result = await drain(bench, system, **kw)
         out[key] = result["rate"]

@@ -24,7 +24,8 @@ import asyncpg
 
 import pgqueue
 
-from ._systems import ENTRYPOINT, EVENT_TYPE, PGQUEUE, PGQUEUER, proc_status
+from . import minimal
+from ._systems import ENTRYPOINT, EVENT_TYPE, MINIMAL, PGQUEUE, PGQUEUER, proc_status
 
 
 class Recorder:
@@ -118,11 +119,22 @@ async def run_pgqueuer(args: argparse.Namespace, rec: Recorder) -> dict[str, Any
     return {"run_start": t0, "run_end": t1, "done": rec.count, "batch_size": batch_size}
 
 
+async def run_minimal(args: argparse.Namespace, rec: Recorder) -> dict[str, Any]:
+    """The reference loop (bench/minimal.py) on one connection; batches of 100 by default."""
+    conn = await asyncpg.connect(args.dsn)
+    batch_size = args.batch_size or 100
+    t0 = time.monotonic()
+    done = await minimal.drain(conn, rec.hit, batch_size)
+    t1 = time.monotonic()
+    await conn.close()
+    return {"run_start": t0, "run_end": t1, "done": done, "batch_size": batch_size}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder(args.record, args.mark_at)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime
-    run = run_pgqueue if args.system == PGQUEUE else run_pgqueuer
+    run = {PGQUEUE: run_pgqueue, PGQUEUER: run_pgqueuer, MINIMAL: run_minimal}[args.system]
     result = await run(args, rec)
     result.update(rec.result())
     result["status"] = proc_status()
@@ -134,7 +146,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.worker")
-    p.add_argument("--system", choices=[PGQUEUE, PGQUEUER], required=True)
+    p.add_argument("--system", choices=[PGQUEUE, PGQUEUER, MINIMAL], required=True)
     p.add_argument("--dsn", required=True)
     p.add_argument("--burst", action="store_true")
     p.add_argument("--handlers", type=int, default=1)

@@ -13,8 +13,9 @@
 -- a column a view reads cannot change type (its two checks are the cheap part).
 --
 -- Lock: changing a column to a domain over its own type rewrites nothing and reuses the
--- indexes, but checks every existing row under this migration's ACCESS EXCLUSIVE lock
--- (producers wait meanwhile).
+-- indexes, but checks every existing row under this migration's ACCESS EXCLUSIVE lock:
+-- producers and workers wait meanwhile (3.9 s on 1,000,000 rows of 200-byte payloads, 2
+-- cores). On a big outbox, prune first, or run it at a quiet hour.
 CREATE DOMAIN queue_name AS text
     CONSTRAINT outbox_queue_format
         CHECK (VALUE ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$' AND char_length(VALUE) <= 63);
