@@ -4,14 +4,17 @@ The SQL text is built once per schema (the only identifier, validated and quoted
 stays fixed, so asyncpg's statement cache prepares each statement once per connection.
 Values are always bound parameters. One package, split by area: ``core`` (producer and
 worker), ``admin`` (status, prune, metrics' depths, pgqueue.testing), ``steer`` (retry,
-discard, replay, events list / show), ``limits``, ``schedule``; ``queries`` binds them to a
-schema.
+discard, replay, events list / show), ``limits``, ``schedule``. ``statements`` fills the schema
+into those of the first four, ``core_calls``, ``admin_calls``, ``steer_calls`` and
+``limit_calls`` add each area's typed methods, and ``queries`` joins them in ``Queries``.
 """
 
 from .admin import scratch_databases
 from .core import PRIORITY_LEVELS
-from .queries import ClaimedRow, Queries, SelectionArgs, queries_for
+from .core_calls import ClaimedRow
+from .queries import Queries, queries_for
 from .schedule import ScheduleQueries, database_now, schedule_queries_for
+from .steer_calls import SelectionArgs
 
 __all__ = [
     "PRIORITY_LEVELS",

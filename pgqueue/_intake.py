@@ -1,0 +1,170 @@
+"""From claim to completion: what happens to each claimed event in this worker.
+
+The intake tracks claimed events in flight, sets aside suspects (events whose earlier claim
+never wrote back) to run them alone, plans each event's handlers and queues them for the
+runners (or the limiter), records each handler's outcome and hands a finished event to the
+completer. It also hands events back unrun (attempt refunded), for the shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+
+from ._completer import Completer
+from ._dispatch import (
+    Delivery,
+    Kind,
+    Outcome,
+    error_text,
+    finish,
+    lost_claims,
+    parse_records,
+    plan,
+)
+from ._limits import Limiter
+from ._models import WorkerStats
+from ._queries import ClaimedRow
+from ._registry import Handler, Registry
+from ._runner import Runners
+from ._wakeups import Wakeups
+
+log = logging.getLogger("pgqueue.worker")
+
+
+class Intake:
+    """Takes claimed rows in and sees each event through to its completion.
+
+    ``inflight`` (event id -> delivery) is shared with the completer, which removes an event
+    once its outcome is written, and with the lease keeper. ``stopping`` tells whether the
+    worker is shutting down. The runners, completer and limiter are attached by
+    :meth:`attach` once the worker has built them (the runners report to :meth:`record`).
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        inflight: dict[int, Delivery],
+        stats: WorkerStats,
+        wakeups: Wakeups,
+        stopping: Callable[[], bool],
+    ) -> None:
+        # The handlers per type, fixed for this run (and looked up twice per event).
+        self._handlers = {t: registry.handlers_for(t) for t in registry.event_types}
+        self.inflight = inflight
+        self.suspects: deque[Delivery] = deque()
+        self._stats = stats
+        self._wakeups = wakeups
+        self._stopping = stopping
+        self._runners: Runners | None = None
+        self._completer: Completer | None = None
+        self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
+
+    def attach(self, runners: Runners, completer: Completer, limiter: Limiter | None) -> None:
+        """Give the intake the collaborators it hands work to."""
+        self._runners = runners
+        self._completer = completer
+        self._limiter = limiter
+
+    def dispatch(self, rows: list[ClaimedRow], token: uuid.UUID) -> None:
+        """Take in the rows of one claim (under lease ``token``): start them or set aside."""
+        now = time.monotonic()
+        self._stats.claimed += len(rows)
+        for row in rows:
+            delivery = Delivery(row, token, now, parse_records(row.handlers))
+            self.inflight[row.id] = delivery
+            if lost_claims(delivery):
+                self.suspects.append(delivery)
+            else:
+                self.start(delivery)
+        # Hold one suspect at a time: one waiting in our hands would lose an attempt too if the
+        # one running kills us. The others go back to pending at once, attempt refunded.
+        while len(self.suspects) > 1:
+            self.hand_back(self.suspects.pop())
+
+    def start(self, delivery: Delivery) -> None:
+        """Plan an event's handlers and queue them for the runners."""
+        row = delivery.row
+        handlers = self._handlers[row.event_type]
+        units = plan(delivery, handlers)
+        if units:
+            try:
+                payload = json.loads(row.payload)
+            except (ValueError, RecursionError) as exc:
+                # PostgreSQL accepts JSON nested deeper than Python can decode: such an
+                # event can never run, so it goes dead at once instead of crashing us.
+                text = f"payload cannot be decoded: {error_text(exc)}"
+                log.warning(
+                    "event %d is dead: %s",
+                    row.id,
+                    text,
+                    extra={"event_id": row.id, "event_type": row.event_type},
+                )
+                for handler, prior in units:
+                    delivery.outcomes[handler.name] = Outcome(Kind.DEAD, prior + 1, text)
+                delivery.waiting = 0
+                self.complete(delivery)
+                return
+            assert self._runners is not None
+            if self._limiter is not None:
+                # Limited handlers wait for a slot (the limiter starts or defers them); the
+                # others start now, whatever the limits do.
+                units = self._limiter.take(delivery, units, payload)
+            self._runners.submit((delivery, h, prior, payload) for h, prior in units)
+        else:
+            self.complete(delivery)
+
+    def hand_back(self, delivery: Delivery) -> None:
+        """Give back a claimed event without running it: its attempt is refunded."""
+        units = plan(delivery, self._handlers[delivery.row.event_type])
+        if not units:
+            self.complete(delivery)
+        for handler, prior in units:
+            self.interrupted(delivery, handler, prior)
+
+    async def run_suspects(self) -> None:
+        """Run events whose earlier claim never wrote back, one at a time, alone.
+
+        Such an event may be the one that killed a worker (attempts count at claim, so every
+        event that worker held lost one). Running it alone, after everything else in flight
+        is recorded, means that if it kills this worker too, no innocent event pays for it.
+        """
+        while self.suspects and not self._stopping():
+            suspect = self.suspects[0]
+            await self._wait_until(lambda: len(self.inflight) <= len(self.suspects))
+            if self._stopping():
+                return
+            self.suspects.popleft()
+            self.start(suspect)
+            await self._wait_until(self._recorded(suspect.row.id))
+
+    def _recorded(self, event_id: int) -> Callable[[], bool]:
+        return lambda: event_id not in self.inflight
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition() and not self._stopping():
+            await self._wakeups.progress_or_wakeup()
+
+    def interrupted(self, delivery: Delivery, handler: Handler, prior: int) -> None:
+        """Record a unit that did not run (or was cancelled): handed back, attempt refunded."""
+        self.record(delivery, handler, Outcome(Kind.INTERRUPTED, prior))
+
+    def record(self, d: Delivery, handler: Handler, outcome: Outcome) -> None:
+        """Record one handler's outcome; complete the event when it was the last."""
+        if self._limiter is not None and handler.concurrency is not None:
+            self._limiter.release(d, handler)  # it finished: its slot goes back at once
+        d.outcomes[handler.name] = outcome
+        d.waiting -= 1
+        if d.waiting == 0:
+            self.complete(d)
+
+    def complete(self, d: Delivery) -> None:
+        """Hand a finished event to the completer."""
+        d.completed = True
+        completion = finish(d, self._handlers[d.row.event_type])
+        assert self._completer is not None
+        self._completer.add(completion)

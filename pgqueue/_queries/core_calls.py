@@ -1,0 +1,181 @@
+"""The typed calls of the producer and the worker: insert, claim, complete, leases, effects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .statements import Statements
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    """A row returned by the claim statement."""
+
+    id: int
+    event_type: str
+    payload: str
+    attempt: int
+    handlers: str | None
+    created_at: dt.datetime
+    db_now: float
+    age: float
+    headers: str | None = None  # JSON text: the producer's trace context, if any
+
+
+class CoreCalls(Statements):
+    """One method per statement of ``core``: what producers and workers run."""
+
+    async def insert_event(
+        self,
+        conn: asyncpg.Connection,
+        event_type: str,
+        payload_json: str,
+        run_at: dt.datetime | None,
+        key: str | None,
+        queue: str,
+        priority: int = 0,
+        headers: str | None = None,
+    ) -> int:
+        """Insert one event; with a key already used, return the existing event's id.
+
+        ``headers`` (JSON text) is stored with the event; without it the statement has no
+        headers column at all.
+        """
+        args = (event_type, payload_json, run_at, key, queue, priority)
+        new_id: int | None = await (
+            conn.fetchval(self.insert_one, *args)
+            if headers is None
+            else conn.fetchval(self.insert_one_headers, *args, headers)
+        )
+        if new_id is None:
+            new_id = await conn.fetchval(self.id_by_key, key)
+            if new_id is None:  # the conflicting row was deleted between the two statements
+                raise RuntimeError(f"idempotency key {key!r} conflicted but no row holds it")
+        return new_id
+
+    async def insert_events(
+        self,
+        conn: asyncpg.Connection,
+        types: Sequence[str],
+        payloads: Sequence[str],
+        run_ats: Sequence[dt.datetime | None],
+        keys: Sequence[str | None],
+        queues: Sequence[str],
+        priorities: Sequence[int],
+        headers: str | None = None,
+    ) -> list[int]:
+        """Insert many events in one statement; return ids in input order.
+
+        ``headers`` (JSON text), when given, is stored with every event of the chunk.
+        """
+        args = (types, payloads, run_ats, keys, queues, priorities)
+        rows = await (
+            conn.fetch(self.insert_many, *args)
+            if headers is None
+            else conn.fetch(self.insert_many_headers, *args, headers)
+        )
+        # Identity values are assigned in insertion order, which follows ORDER BY n, so the
+        # inserted rows sorted by id line up with the input rows that were not skipped.
+        rows.sort(key=lambda r: r[0])
+        inserted = iter(r[0] for r in rows)
+        fresh_keys = {r[1] for r in rows if r[1] is not None}
+        existing: dict[str, int] = {}
+        skipped = [k for k in keys if k is not None]
+        if len(rows) < len(types) and skipped:
+            existing = {r[0]: r[1] for r in await conn.fetch(self.ids_by_keys, skipped)}
+        ids: list[int] = []
+        for key in keys:
+            if key is None or key in fresh_keys:
+                ids.append(next(inserted))
+                if key is not None:
+                    fresh_keys.discard(key)
+            else:
+                ids.append(existing[key])
+        return ids
+
+    async def insert_plain_events(
+        self, conn: asyncpg.Connection, types: Sequence[str], payloads: Sequence[str]
+    ) -> list[int]:
+        """Insert events with default run_at, queue and no key; return ids in input order.
+
+        Identity values are assigned in insertion order, which follows the array order.
+        """
+        return sorted(r[0] for r in await conn.fetch(self.insert_plain, types, payloads))
+
+    async def claim_batch(
+        self,
+        conn: asyncpg.Connection,
+        queue: str,
+        event_types: Sequence[str],
+        limit: int,
+        token: uuid.UUID,
+        worker_id: str,
+        lease_seconds: float,
+        floor: float = -math.inf,
+    ) -> list[ClaimedRow]:
+        """Claim up to ``limit`` ready events with ``run_at >= floor`` under ``token``."""
+        rows = await conn.fetch(
+            self.claim, queue, event_types, limit, token, worker_id, lease_seconds, floor
+        )
+        return [ClaimedRow(*r) for r in rows]
+
+    async def complete_done_batch(
+        self, conn: asyncpg.Connection, ids: Sequence[int], token: uuid.UUID
+    ) -> list[int]:
+        """Mark events of one claim done (fenced by its token); return the ids updated."""
+        return [r[0] for r in await conn.fetch(self.complete_done, ids, token)]
+
+    async def complete_batch(
+        self,
+        conn: asyncpg.Connection,
+        ids: Sequence[int],
+        tokens: Sequence[uuid.UUID],
+        states: Sequence[str],
+        delays: Sequence[float],
+        refunds: Sequence[int],
+        handlers: Sequence[str | None],
+        errors: Sequence[str | None],
+    ) -> list[int]:
+        """Record any outcome (fenced); return the ids actually updated."""
+        rows = await conn.fetch(
+            self.complete, ids, tokens, states, delays, refunds, handlers, errors
+        )
+        return [r[0] for r in rows]
+
+    async def extend_leases(
+        self,
+        conn: asyncpg.Connection,
+        ids: Sequence[int],
+        tokens: Sequence[uuid.UUID],
+        lease_seconds: float,
+    ) -> list[int]:
+        """Renew the leases still held; return their ids (renewed or locked by another
+        session this round: still ours either way)."""
+        return [r[0] for r in await conn.fetch(self.heartbeat, ids, tokens, lease_seconds)]
+
+    async def rescue_expired(
+        self, conn: asyncpg.Connection, held: Sequence[uuid.UUID] = (), limit: int = 1000
+    ) -> list[Any]:
+        """Return expired leases to pending, except the ``held`` lease tokens (the caller's:
+        it is alive, it runs them); return (id, event_type, leased_by) rows."""
+        return list(await conn.fetch(self.rescue, limit, list(held)))
+
+    async def seconds_until_due(
+        self, conn: asyncpg.Connection, queue: str, event_types: Sequence[str]
+    ) -> float | None:
+        """Seconds until the next pending event falls due (None: nothing in the future)."""
+        value: float | None = await conn.fetchval(self.next_due, queue, event_types)
+        return value
+
+    async def record_effect_once(
+        self, conn: asyncpg.Connection, event_id: int, handler: str
+    ) -> bool:
+        """Record (event, handler) in the effects ledger; False when it was already there."""
+        return bool(await conn.fetchval(self.record_effect, event_id, handler))
