@@ -32,6 +32,7 @@ log = logging.getLogger("pgqueue.worker")
 
 Unit = tuple[Delivery, Handler, int, Any]  # delivery, handler, prior attempts, decoded payload
 WATCHDOG_TICK = 0.05
+YIELD_EVERY = 64
 
 
 def validation_text(handler: Handler, exc: ValidationError) -> str:
@@ -118,9 +119,13 @@ class Runners:
         units = self.units
         loop = asyncio.get_running_loop()
         while True:
+            ran = 0
             while units:
                 delivery, handler, prior, payload = units.popleft()
                 await self._run_unit(slot, delivery, handler, prior, payload)
+                ran += 1
+                if ran % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
             waiter: asyncio.Future[None] = loop.create_future()
             self._idle.append(waiter)
             await waiter

@@ -296,12 +296,10 @@ class Worker:
         return limiter
 
     async def _close(self) -> None:
-        for pool in (self._handler_pool, self._claim_pool, self._pool):
-            if pool is not None:
-                try:
-                    await asyncio.wait_for(pool.close(), timeout=5.0)
-                except Exception:
-                    pool.terminate()
+        # All at once: each graceful close waits for its server's goodbye (3 pools one after
+        # the other were ~9 ms of a 20,000-event burst run's ~450 ms).
+        pools = [p for p in (self._handler_pool, self._claim_pool, self._pool) if p is not None]
+        await asyncio.gather(*(_close_pool(pool) for pool in pools))
 
     async def _claim_loop(self) -> None:
         s = self.settings
@@ -398,3 +396,10 @@ class Worker:
                 if total >= limit:
                     break
         return total, full
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout=5.0)
+    except Exception:
+        pool.terminate()

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from tenacity import stop_after_attempt, wait_none
 
 from pgqueue import Registry, RetryPolicy
@@ -272,3 +273,20 @@ def test_handler_without_a_record_among_recorded_siblings_has_no_prior_attempts(
     delivery = _delivery(4, {"a": {"state": "pending", "attempts": 0, "seen": 3}})
     to_run = plan(delivery, handlers)
     assert [(h.name, prior) for h, prior in to_run] == [("a", 0), ("new", 0)]
+
+
+def test_decode_payload_reads_jsonb_output_and_refuses_anything_else() -> None:
+    """The worker's payload decoder (pgqueue/_intake.py) takes jsonb's canonical text."""
+    from pgqueue._intake import decode_payload
+
+    assert decode_payload('{"n": 1, "s": "x", "a": [1, {"b": null}]}') == {
+        "n": 1,
+        "s": "x",
+        "a": [1, {"b": None}],
+    }
+    with pytest.raises(ValueError, match="extra data"):
+        decode_payload('{"n": 1} {"n": 2}')
+    with pytest.raises(ValueError):
+        decode_payload('{"n": ')
+    with pytest.raises(RecursionError):
+        decode_payload("[" * 100_000 + "]" * 100_000)
