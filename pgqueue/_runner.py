@@ -32,6 +32,10 @@ log = logging.getLogger("pgqueue.worker")
 
 Unit = tuple[Delivery, Handler, int, Any]  # delivery, handler, prior attempts, decoded payload
 WATCHDOG_TICK = 0.05
+# A runner whose handlers never suspend (quick, CPU-only) would run a whole claimed batch
+# without giving the loop back: the completer could not send its statement until the batch
+# ended, nor the heartbeat or the claim loop run. Yielding every 64 units lets PostgreSQL
+# record outcomes while the rest of the batch runs (20k drain +2-4%; 16 and 256 no better).
 YIELD_EVERY = 64
 
 
