@@ -171,12 +171,14 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
     outcomes = delivery.outcomes
     # The happy path: every handler succeeded at its first try of this claim and nothing was
     # recorded before, so the row's state and attempt say everything; no record is written.
-    if (
-        delivery.records is None
-        and len(outcomes) == len(handlers)
-        and all(o.kind is Kind.DONE and o.attempts == row.attempt for o in outcomes.values())
-    ):
-        return Completion(row.id, delivery.token, "done")
+    # (A plain loop: cheaper than all() over a generator, on a path every event takes.)
+    if delivery.records is None and len(outcomes) == len(handlers):
+        attempt = row.attempt
+        for o in outcomes.values():
+            if o.kind is not Kind.DONE or o.attempts != attempt:
+                break
+        else:
+            return Completion(row.id, delivery.token, "done")
 
     now = delivery.db_now
     interrupted = any(o.kind is Kind.INTERRUPTED for o in outcomes.values())
