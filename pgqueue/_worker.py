@@ -61,6 +61,11 @@ POOLED_ADVICE = "if it pools by transaction (pool_mode = transaction), run with 
 # Seconds the claim loop waits for a NOTIFY after a batch shorter than asked for.
 SHORT_BATCH_WAIT = 0.05
 
+# A claim made with nothing in flight takes at most this many events, so that a burst landing
+# on an idle worker starts its first handler after a small claim (about 1.5 ms) rather than a
+# full batch (about 10 ms for 1,000 rows); full-size claims follow while those run.
+FIRST_CLAIM = 100
+
 
 class Worker:
     """Runs the handlers of a :class:`Registry` against one database until stopped.
@@ -317,8 +322,9 @@ class Worker:
             # An outcome recorded while the claim ran (a retry back to pending) may be newer
             # than the claim's snapshot: "nothing ready" only counts if nothing was in flight.
             idle_before = not self._inflight
+            limit = min(capacity, s.batch_size, FIRST_CLAIM if idle_before else capacity)
             try:
-                claimed, full = await self._claim(min(capacity, s.batch_size))
+                claimed, full = await self._claim(limit)
                 failures = 0
             except Exception as exc:
                 if not is_transient(exc):
