@@ -308,7 +308,9 @@ async def test_concurrent_migrations_through_pgbouncer_apply_once_and_leave_no_l
     finally:
         for c in conns:
             await c.close(timeout=5)
-    assert sorted(results, key=len) == [[], [], [], list(range(1, latest_version() + 1))]
+    # Each migration runs in its own transaction, so concurrent migrators may share the work
+    # ([1..6] and [7..9] is fine); each version is applied exactly once.
+    assert sorted(v for applied in results for v in applied) == list(range(1, latest_version() + 1))
     direct = await asyncpg.connect(direct_dsn)
     try:
         assert await direct.fetchval("SELECT max(version) FROM pgqueue.migrations") == (
