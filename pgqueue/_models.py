@@ -114,6 +114,38 @@ class Context:
         return f"{self.event_id}:{self.handler}"
 
 
+# The worker builds one Context per handler run. A frozen dataclass's __init__ sets each field
+# with object.__setattr__ (0.75 us for these 7); setting the slots through their descriptors
+# builds the same frozen object in 0.40 us. new_context must list the fields in order; a unit
+# test compares it with Context(...).
+_CONTEXT_SLOTS = tuple(
+    Context.__dict__[name].__set__
+    for name in ("event_id", "event_type", "handler", "attempt", "created_at", "pool", "schema")
+)
+
+
+def new_context(
+    event_id: int,
+    event_type: str,
+    handler: str,
+    attempt: int,
+    created_at: dt.datetime,
+    pool: Any,
+    schema: str,
+) -> Context:
+    """``Context(...)`` with these values, built faster (the worker's hot path)."""
+    ctx: Context = object.__new__(Context)
+    s0, s1, s2, s3, s4, s5, s6 = _CONTEXT_SLOTS
+    s0(ctx, event_id)
+    s1(ctx, event_type)
+    s2(ctx, handler)
+    s3(ctx, attempt)
+    s4(ctx, created_at)
+    s5(ctx, pool)
+    s6(ctx, schema)
+    return ctx
+
+
 class Event(BaseModel):
     """An event to enqueue with :func:`pgqueue.enqueue_many`."""
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ._backoff import decide
 from ._dispatch import Delivery, Kind, Outcome, error_text
-from ._models import Context
+from ._models import Context, new_context
 from ._registry import Handler
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Runners:
                 outcome = self._invalid(d, handler, prior + 1, exc)
             while outcome is None:
                 attempts += 1
-                ctx = Context(
+                ctx = new_context(
                     d.row.id,
                     d.row.event_type,
                     handler.name,

@@ -290,3 +290,20 @@ def test_decode_payload_reads_jsonb_output_and_refuses_anything_else() -> None:
         decode_payload('{"n": ')
     with pytest.raises(RecursionError):
         decode_payload("[" * 100_000 + "]" * 100_000)
+
+
+def test_new_context_builds_the_same_frozen_context() -> None:
+    """The worker's fast Context constructor (pgqueue/_models.py) sets every field, in order."""
+    import dataclasses
+
+    from pgqueue import Context
+    from pgqueue._models import new_context
+
+    created = dt.datetime.now(dt.UTC)
+    values: list[object] = [f"v{i}" for i in range(len(dataclasses.fields(Context)))]
+    values[4] = created  # distinct values: a field set from the wrong position shows
+    fast, slow = new_context(*values), Context(*values)
+    assert fast == slow and hash(fast) == hash(slow)
+    assert [getattr(fast, f.name) for f in dataclasses.fields(Context)] == values
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.attempt = 2  # type: ignore[misc]
