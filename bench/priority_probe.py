@@ -30,7 +30,7 @@ INDEX = {
     "0002": "CREATE INDEX outbox_ready_idx ON pgqueue.outbox (queue, priority DESC, run_at, id)"
     " WHERE state = 'pending'",
 }
-# The statements of 0001 (pgqueue/_queries.py before priorities).
+# The statements of 0001 (pgqueue/_queries/core.py before priorities, then one module).
 CLAIM_0001 = """
 UPDATE pgqueue.outbox AS o
 SET state = 'running', attempt = o.attempt + 1, lease_token = $4, leased_by = $5,

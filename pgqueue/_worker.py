@@ -10,7 +10,9 @@ Tasks of one worker (all in one event loop):
   one flush runs the next batch accumulates, so batches grow with load and latency stays low
   when idle.
 - heartbeat: renews the leases of everything in flight; rescuer: returns expired leases of dead
-  workers to pending.
+  workers to pending; loop watchdog: logs when the event loop stalls (all in ``_leases.py``).
+- limiter (only when a handler has a concurrency limit): leases and renews its slots
+  (``_limits.py``).
 - scheduler (only when the registry has schedules, and not in burst mode): emits cron ticks
   (``_scheduler.py``).
 
