@@ -14,13 +14,13 @@ import pytest
 from tenacity import stop_after_attempt
 
 import pgqueue
+from pgqueue import _migrate
 from pgqueue._migrate import latest_version, load_migrations
 from tests.helpers import wait_for
 from tests.integration.core_support import Calls, counting, outbox_row, run_burst
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).with_name("schema_snapshot.sql")
-ALL_VERSIONS = [m.version for m in load_migrations()]
 MIGRATIONS = sorted((ROOT / "sql").glob("[0-9][0-9][0-9][0-9]_*.sql"))
 
 
@@ -262,3 +262,37 @@ async def test_once_in_a_handler_uses_the_workers_schema(
         assert await conn.fetchval("SELECT count(*) FROM other_q.effects") == 1
     finally:
         await conn.close()
+
+
+async def test_upgrade_to_write_once_domains_keeps_the_producer_role_working(
+    database_factory: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0009 changes column types under a deployed roles.sql: the producer's column grants
+    survive, and the moved rules still refuse bad rows (by the same constraint name)."""
+    dsn = database_factory(migrated=False)
+    every = _migrate.load_migrations()
+    conn = await asyncpg.connect(dsn)
+    try:
+        before = [m for m in every if m.version < 9]
+        monkeypatch.setattr(_migrate, "load_migrations", lambda: before)
+        await pgqueue.migrate(conn)
+        await conn.execute(_migrate.roles_sql("pgqueue"))
+        await conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgqueue_test_app') "
+            "THEN CREATE ROLE pgqueue_test_app LOGIN; END IF; END $$"
+        )
+        await conn.execute("GRANT pgqueue_producer TO pgqueue_test_app")
+        monkeypatch.setattr(_migrate, "load_migrations", lambda: every)
+        assert await pgqueue.migrate(conn) == [v for v in ALL_VERSIONS if v >= 9]
+    finally:
+        await conn.close()
+    host = dsn.split("@", 1)[1]
+    app = await asyncpg.connect(f"postgresql://pgqueue_test_app@{host}")
+    try:
+        assert await pgqueue.enqueue(app, "order.placed", {"n": 1}, queue="q", idempotency_key="k")
+        assert await app.fetchval("SELECT pgqueue.enqueue('t', '{\"n\": 2}'::jsonb)")
+        with pytest.raises(asyncpg.CheckViolationError) as caught:
+            await app.execute("INSERT INTO pgqueue.outbox (event_type, queue) VALUES ('t', 'a b')")
+        assert caught.value.constraint_name == "outbox_queue_format"
+    finally:
+        await app.close()
