@@ -14,6 +14,12 @@ CREATE DOMAIN pgqueue.event_payload AS jsonb
 
 ALTER DOMAIN pgqueue.event_payload OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.event_type_name AS text
+	CONSTRAINT outbox_event_type_format CHECK ((VALUE ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text))
+	CONSTRAINT outbox_event_type_length CHECK (((char_length(VALUE) >= 1) AND (char_length(VALUE) <= 128)));
+
+ALTER DOMAIN pgqueue.event_type_name OWNER TO <owner>;
+
 CREATE DOMAIN pgqueue.idempotency_key AS text
 	CONSTRAINT outbox_idempotency_key_length CHECK (((char_length(VALUE) >= 1) AND (char_length(VALUE) <= 200)));
 
@@ -112,7 +118,7 @@ ALTER TABLE pgqueue.handler_slots OWNER TO <owner>;
 CREATE TABLE pgqueue.outbox (
     id bigint NOT NULL,
     queue pgqueue.queue_name DEFAULT 'default'::text NOT NULL,
-    event_type text NOT NULL,
+    event_type pgqueue.event_type_name NOT NULL,
     payload pgqueue.event_payload DEFAULT '{}'::jsonb NOT NULL,
     idempotency_key pgqueue.idempotency_key,
     state text DEFAULT 'pending'::text NOT NULL,
@@ -128,8 +134,6 @@ CREATE TABLE pgqueue.outbox (
     priority smallint DEFAULT 0 NOT NULL,
     headers pgqueue.event_headers,
     CONSTRAINT outbox_attempt_nonnegative CHECK ((attempt >= 0)),
-    CONSTRAINT outbox_event_type_format CHECK ((event_type ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text)),
-    CONSTRAINT outbox_event_type_length CHECK (((char_length(event_type) >= 1) AND (char_length(event_type) <= 128))),
     CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
     CONSTRAINT outbox_lease_iff_running CHECK (((state = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_priority_range CHECK (((priority >= '-10'::integer) AND (priority <= 10))),

@@ -264,11 +264,12 @@ async def test_once_in_a_handler_uses_the_workers_schema(
         await conn.close()
 
 
-async def test_upgrade_to_write_once_domains_keeps_the_producer_role_working(
+async def test_upgrade_to_domains_keeps_the_roles_working(
     database_factory: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """0009 changes column types under a deployed roles.sql: the producer's column grants
-    survive, and the moved rules still refuse bad rows (by the same constraint name)."""
+    """0009 and 0010 change column types under a deployed roles.sql: the producer's column
+    grants and the worker's grant on handler_states survive, and the moved rules still refuse
+    bad rows (by the same constraint name)."""
     dsn = database_factory(migrated=False)
     every = _migrate.load_migrations()
     conn = await asyncpg.connect(dsn)
@@ -284,6 +285,10 @@ async def test_upgrade_to_write_once_domains_keeps_the_producer_role_working(
         await conn.execute("GRANT pgqueue_producer TO pgqueue_test_app")
         monkeypatch.setattr(_migrate, "load_migrations", lambda: every)
         assert await pgqueue.migrate(conn) == [v for v in ALL_VERSIONS if v >= 9]
+        # 0010 makes the view handler_states again: roles.sql's grant on it is kept.
+        assert await conn.fetchval(
+            "SELECT has_table_privilege('pgqueue_worker', 'pgqueue.handler_states', 'SELECT')"
+        )
     finally:
         await conn.close()
     host = dsn.split("@", 1)[1]
@@ -294,5 +299,8 @@ async def test_upgrade_to_write_once_domains_keeps_the_producer_role_working(
         with pytest.raises(asyncpg.CheckViolationError) as caught:
             await app.execute("INSERT INTO pgqueue.outbox (event_type, queue) VALUES ('t', 'a b')")
         assert caught.value.constraint_name == "outbox_queue_format"
+        with pytest.raises(asyncpg.CheckViolationError) as caught:
+            await app.execute("INSERT INTO pgqueue.outbox (event_type) VALUES ('a b')")
+        assert caught.value.constraint_name == "outbox_event_type_format"
     finally:
         await app.close()
