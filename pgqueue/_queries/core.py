@@ -177,6 +177,13 @@ SELECT id FROM mine
 
 # $1 max rows. Returns leases that expired (their worker died or froze) to pending. The attempt
 # stays counted; SKIP LOCKED lets several workers rescue at once without waiting.
+# Run in RESCUE's transaction, before it. outbox_lease_idx keeps an entry for every row that
+# was ever running until VACUUM, and lease_expires_at < now() matches all the finished ones:
+# the planner's bitmap scan read them all on every rescue (20 ms after 300,000 events, growing
+# until VACUUM) and never marks them dead. A plain index scan marks them as it passes: the
+# first rescue after 300,000 events took 88 ms, the next ones 1.6 and 0.8 ms.
+RESCUE_PLAN = "SET LOCAL enable_bitmapscan = off"
+
 RESCUE = """
 WITH expired AS (
     SELECT id, leased_by FROM {s}.outbox

@@ -168,7 +168,9 @@ class CoreCalls(Statements):
     ) -> list[Any]:
         """Return expired leases to pending, except the ``held`` lease tokens (the caller's:
         it is alive, it runs them); return (id, event_type, leased_by) rows."""
-        return list(await conn.fetch(self.rescue, limit, list(held)))
+        async with conn.transaction():
+            await conn.execute(self.rescue_plan)
+            return list(await conn.fetch(self.rescue, limit, list(held)))
 
     async def seconds_until_due(
         self, conn: asyncpg.Connection, queue: str, event_types: Sequence[str]

@@ -32,6 +32,7 @@ from .core import (
     NEXT_DUE,
     RECORD_EFFECT,
     RESCUE,
+    RESCUE_PLAN,
 )
 from .limits import (
     LIMIT_OVERRIDE,
@@ -76,6 +77,7 @@ class Statements:
         self.complete = COMPLETE.format(s=s)
         self.heartbeat = HEARTBEAT.format(s=s)
         self.rescue = RESCUE.format(s=s)
+        self.rescue_plan = RESCUE_PLAN
         self.next_due = NEXT_DUE.format(s=s)
         self.active_counts = ACTIVE_COUNTS.format(s=s)
         self.done_counts = DONE_COUNTS.format(s=s)

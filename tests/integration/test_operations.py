@@ -208,3 +208,33 @@ async def test_completion_and_heartbeat_find_rows_by_key_not_by_the_lease_index(
         indexes = {n.get("Index Name") for n in nodes} - {None}
         assert "outbox_lease_idx" not in indexes, (statement, nodes)
         assert "outbox_pkey" in indexes, (statement, nodes)
+
+
+async def test_rescue_walks_the_lease_index_and_marks_finished_rows_dead(
+    conn: asyncpg.Connection,
+) -> None:
+    """The rescue reads outbox_lease_idx with a plain index scan (RESCUE_PLAN), which marks
+    the entries of finished rows dead as it passes; a bitmap scan re-read all of them on every
+    rescue until VACUUM. Seeded: 50,000 rows that were running and are done (their entries
+    stay) and 20 running rows whose lease expired."""
+    await conn.execute(
+        "INSERT INTO pgqueue.outbox (event_type, state, attempt, lease_token, lease_expires_at) "
+        "SELECT 't', 'running', 1, gen_random_uuid(), now() - interval '1 hour' "
+        "FROM generate_series(1, 50020)"
+    )
+    await conn.execute(
+        "UPDATE pgqueue.outbox SET state = 'done', processed_at = now(), lease_token = NULL, "
+        "leased_by = NULL, lease_expires_at = NULL WHERE id > 20"
+    )
+    # No ANALYZE: as on a server whose autovacuum has not run since, the planner guesses from
+    # the table's size (and picked the bitmap scan before RESCUE_PLAN).
+    q = queries_for("pgqueue")
+    async with conn.transaction():
+        await conn.execute(q.rescue_plan)
+        nodes = await _explain(conn, q.rescue, 1000, [uuid.uuid4()])
+    scans = {(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]}
+    assert ("Index Scan", "outbox_lease_idx") in scans, nodes
+    assert not [s for s in scans if s[0].startswith("Bitmap")], nodes
+    rescued = await q.rescue_expired(conn, [])
+    assert sorted(r["id"] for r in rescued) == list(range(1, 21))
+    assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE state = 'pending'") == 20
