@@ -300,6 +300,13 @@ async def test_two_workers_in_one_process_keep_their_own_metrics(
         await wait_for(
             lambda: _count(conn, "dead", 20), timeout=30, message="events never went dead"
         )
+
+        async def recorded() -> bool:
+            # The commit is visible before the worker has read the statement's reply and
+            # counted it; the counters move together, in the same step.
+            return sum(w.stats.dead for w in workers) == 20
+
+        await wait_for(recorded, timeout=10, message="workers never counted the outcomes")
         samples = [
             await scrape_when(
                 m.port or 0, lambda s: value(s, "pgqueue_queue_ready_events", queue="default")
