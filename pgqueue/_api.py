@@ -33,9 +33,11 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 def encode_payload(payload: Payload) -> str:
     """The payload as JSON text; raises PayloadError when it is not a JSON object."""
-    if isinstance(payload, BaseModel):
+    if type(payload) is dict:  # the common case, without the ABC checks (~0.3 us each)
+        pass
+    elif isinstance(payload, BaseModel):
         return payload.model_dump_json()
-    if not isinstance(payload, Mapping):
+    elif not isinstance(payload, Mapping):
         raise PayloadError(
             f"payload must be a JSON object (a dict or a pydantic model), not "
             f"{type(payload).__name__}"
