@@ -120,7 +120,9 @@ def record_of(records: dict[str, HandlerRecord], name: str) -> HandlerRecord | N
 
 def lost_claims(delivery: Delivery) -> bool:
     """True when an earlier claim of this event never wrote back (its worker died)."""
-    records = delivery.records or {}
+    if delivery.records is None:  # the common case, and every first delivery
+        return delivery.row.attempt > 1
+    records = delivery.records
     written_at = max((r.seen for r in records.values()), default=0)
     return delivery.row.attempt - 1 > written_at
 

@@ -91,14 +91,11 @@ class Intake:
         for row in rows:
             delivery = Delivery(row, token, now, parse_records(row.handlers))
             self.inflight[row.id] = delivery
-            # A first delivery (no records, attempt 1) cannot have lost a claim.
-            if (row.handlers is not None or row.attempt > 1) and lost_claims(delivery):
+            if lost_claims(delivery):
                 self.suspects.append(delivery)
             else:
                 self._plan(delivery, units)
-        if units:
-            assert self._runners is not None
-            self._runners.submit(units)
+        self._submit(units)
         # Hold one suspect at a time: one waiting in our hands would lose an attempt too if the
         # one running kills us. The others go back to pending at once, attempt refunded.
         while len(self.suspects) > 1:
@@ -108,6 +105,9 @@ class Intake:
         """Plan an event's handlers and queue them for the runners."""
         units: list[Unit] = []
         self._plan(delivery, units)
+        self._submit(units)
+
+    def _submit(self, units: list[Unit]) -> None:
         if units:
             assert self._runners is not None
             self._runners.submit(units)
