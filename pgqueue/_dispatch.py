@@ -127,6 +127,22 @@ def lost_claims(delivery: Delivery) -> bool:
     return delivery.row.attempt - 1 > written_at
 
 
+def unrecorded(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handler, int]]:
+    """The handlers due at this claim whose outcome was never recorded, with their prior
+    attempts: what a stopping worker hands back when no runner will record them any more."""
+    records = delivery.records or {}
+    written_at = max((r.seen for r in records.values()), default=0)
+    rest: list[tuple[Handler, int]] = []
+    for handler in handlers:
+        if handler.name in delivery.outcomes:
+            continue
+        record = record_of(records, handler.name)
+        if record is not None and record.state is not HandlerState.PENDING:
+            continue
+        rest.append((handler, prior_attempts(record, delivery.row.attempt, written_at)))
+    return rest
+
+
 def plan(delivery: Delivery, handlers: tuple[Handler, ...]) -> list[tuple[Handler, int]]:
     """Decide each handler's fate at this claim.
 

@@ -38,14 +38,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pydantic import ValidationError
-
 from ._api import CONSTRAINT_HINTS, Payload, _check_event_type, encode_payload
-from ._backoff import decide
 from ._errors import ConfigurationError, PayloadError
 from ._models import Context, EventState, HandlerState
 from ._registry import Handler, Registry
-from ._runner import failure_text, validation_text
+from ._runner import invalid_text, judge
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -313,8 +310,8 @@ class InProcess:
     async def _run_handler(self, handler: Handler, event: EventResult) -> HandlerResult:
         try:
             value = handler.parse(event.payload)
-        except ValidationError as exc:
-            return HandlerResult(HandlerState.DEAD, 1, validation_text(handler, exc))
+        except BaseException as exc:  # a validator may raise anything (see the worker)
+            return HandlerResult(HandlerState.DEAD, 1, invalid_text(handler, exc))
         assert event.created_at is not None
         waits: list[float] = []
         last_error: str | None = None
@@ -332,15 +329,12 @@ class InProcess:
                 async with asyncio.timeout(handler.timeout):
                     await handler(value, ctx)
                 return HandlerResult(HandlerState.DONE, attempt, last_error, tuple(waits))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # custom BaseExceptions are failures, as in the worker
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt too, as in the worker
                 if isinstance(exc, asyncio.CancelledError) and _being_cancelled():
                     raise
-                last_error = failure_text(handler, exc)
                 # Compressed waits still count as time passed, as they would in the worker.
                 elapsed = (dt.datetime.now(dt.UTC) - event.created_at).total_seconds()
-                verdict = decide(handler.policy, attempt, elapsed + sum(waits), exc)
+                verdict, last_error = judge(handler, attempt, elapsed + sum(waits), exc)
                 if verdict.dead:
                     return HandlerResult(HandlerState.DEAD, attempt, last_error, tuple(waits))
                 waits.append(verdict.delay)

@@ -25,6 +25,7 @@ from ._dispatch import (
     lost_claims,
     parse_records,
     plan,
+    unrecorded,
 )
 from ._limits import Limiter
 from ._models import WorkerStats
@@ -150,6 +151,20 @@ class Intake:
             self.complete(delivery)
         for handler, prior in units:
             self.interrupted(delivery, handler, prior)
+
+    def hand_back_unrecorded(self) -> None:
+        """Once the runners are stopped: hand back every event still waiting for an outcome
+        that no runner will record (its runner ended on a bug of ours: a fatal stop), so it
+        is not left to its lease."""
+        for delivery in list(self.inflight.values()):
+            if delivery.completed:
+                continue
+            rest = unrecorded(delivery, self._handlers[delivery.row.event_type])
+            delivery.waiting = len(rest)
+            if not rest:
+                self.complete(delivery)
+            for handler, prior in rest:
+                self.interrupted(delivery, handler, prior)
 
     async def run_suspects(self) -> None:
         """Run events whose earlier claim never wrote back, one at a time, alone.

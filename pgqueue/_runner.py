@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ._backoff import decide
-from ._dispatch import Delivery, Kind, Outcome, error_text
+from ._backoff import Verdict, decide
+from ._dispatch import MAX_ERROR_CHARS, Delivery, Kind, Outcome, error_text
 from ._models import Context, new_context
 from ._registry import Handler
 
@@ -48,11 +48,37 @@ def validation_text(handler: Handler, exc: ValidationError) -> str:
     return f"ValidationError: payload does not match {model}: {problems}"
 
 
+def invalid_text(handler: Handler, exc: BaseException) -> str:
+    """The error stored when the payload model refused the payload or raised while trying.
+
+    pydantic wraps only ValueError and AssertionError from validators into a ValidationError;
+    anything else (a validator's RuntimeError, TypeError, KeyError, even SystemExit) comes out
+    as itself, and is just as permanent: the same payload fails the same way every time.
+    """
+    if isinstance(exc, ValidationError):
+        return validation_text(handler, exc)
+    model = handler.model.__name__ if handler.model else "payload"
+    return f"{error_text(exc)} (raised while validating the payload as {model})"
+
+
 def failure_text(handler: Handler, exc: BaseException) -> str:
     """The error stored for a failed attempt."""
     if isinstance(exc, TimeoutError):
         return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
     return error_text(exc)
+
+
+def judge(
+    handler: Handler, attempts: int, elapsed: float, exc: BaseException
+) -> tuple[Verdict, str]:
+    """The verdict on a failed attempt and the error to store. The handler's retry policy is
+    its own code (tenacity callbacks): if it raises, the handler is dead, with both errors."""
+    text = failure_text(handler, exc)
+    try:
+        return decide(handler.policy, attempts, elapsed, exc), text
+    except Exception as policy_exc:
+        text = f"{text}; its retry policy raised {error_text(policy_exc)}"
+        return Verdict(dead=True), text[:MAX_ERROR_CHARS]
 
 
 class Runners:
@@ -144,7 +170,7 @@ class Runners:
         try:
             try:
                 value = handler.parse(payload)
-            except ValidationError as exc:
+            except BaseException as exc:  # parse is synchronous: never a cancel
                 outcome = self._invalid(d, handler, prior + 1, exc)
             while outcome is None:
                 attempts += 1
@@ -164,9 +190,11 @@ class Runners:
                         self._report(d, handler, "done", started, attempts)
                     # A success after quick retries keeps the last error for the record.
                     outcome = Outcome(Kind.DONE, attempts, last_error)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # custom BaseExceptions are failures too
+                except BaseException as exc:
+                    # Every BaseException a handler raises is a failure of that handler: a
+                    # custom one, SystemExit (sys.exit, or argparse/click refusing input) and
+                    # KeyboardInterrupt included. Only signals stop the worker, and those reach
+                    # it through the loop's signal handlers, never as a handler's exception.
                     if isinstance(exc, asyncio.CancelledError):
                         task = self.tasks[slot]
                         if not self._timed_out[slot] and task.cancelling():
@@ -215,11 +243,9 @@ class Runners:
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
 
-    def _invalid(
-        self, d: Delivery, handler: Handler, attempts: int, exc: ValidationError
-    ) -> Outcome:
+    def _invalid(self, d: Delivery, handler: Handler, attempts: int, exc: BaseException) -> Outcome:
         """The payload does not match the handler's model: dead at once, no retries."""
-        text = validation_text(handler, exc)
+        text = invalid_text(handler, exc)
         log.warning(
             "event %d handler %s is dead: %s",
             d.row.id,
@@ -246,8 +272,7 @@ class Runners:
         self, d: Delivery, handler: Handler, attempts: int, exc: BaseException, started: float
     ) -> Outcome | None:
         """Judge a failed attempt; None means: retry in process now (after a short sleep)."""
-        text = failure_text(handler, exc)
-        verdict = decide(handler.policy, attempts, d.elapsed, exc)
+        verdict, text = judge(handler, attempts, d.elapsed, exc)
         if self._observer is not None:
             self._report(d, handler, "dead" if verdict.dead else "retry", started, attempts)
         if verdict.dead:

@@ -64,6 +64,7 @@ class Shutdown:
         while runners.units:
             delivery, handler, prior, _ = runners.units.popleft()
             intake.interrupted(delivery, handler, prior)
+        intake.hand_back_unrecorded()
         # The completer writes them; give it a few seconds before leaving it to the leases.
         deadline = time.monotonic() + 5.0
         while intake.inflight and time.monotonic() < deadline:

@@ -258,7 +258,15 @@ class Worker:
                 tasks.append(asyncio.create_task(scheduler.run()))
             for task in tasks:
                 task.add_done_callback(self._supervise)
-            await self._claim_loop()
+            try:
+                await self._claim_loop()
+            except Exception as exc:
+                # A claim error that retrying cannot cure: stop, but hand back what we hold
+                # first, so those events run elsewhere now rather than when their leases end.
+                log.error("claiming failed (%s); stopping the worker", describe_error(exc))
+                self._fatal = exc
+                self.request_stop()
+                self.request_stop()
             await self._shutdown.drain(self._intake, runners, limiter)
             if limiter is not None:
                 await limiter.close()

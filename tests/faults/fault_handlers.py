@@ -15,6 +15,9 @@ Event types (all handlers share :func:`_run`; they differ in name, timeout and r
 - ``fault.timeout``: one handler ``a``; timeout 0.5 s; 3 attempts, 0.1 s apart.
 - ``fault.multi``: three handlers ``h1``, ``h2``, ``h3``; timeout 30 s; 20 attempts with short
   exponential backoff (survives worker kills and a server restart).
+- ``fault.model``: one handler ``m`` (like ``a``) whose payload model :class:`Hostile` has a
+  validator that raises the exception class named by ``"validator_raises"`` (a builtin name,
+  e.g. ``"RuntimeError"`` or ``"SystemExit"``), with the message ``"validator blew up"``.
 
 The payload steers what a run does, in this order (unknown keys are ignored):
 
@@ -28,7 +31,9 @@ The payload steers what a run does, in this order (unknown keys are ignored):
 4. ``"hang": true``: ``await asyncio.sleep(3600)`` (exceeds any handler timeout).
 5. ``"block": s``: ``time.sleep(s)``: blocks the worker's event loop.
 6. ``"fail": "always"``: raise RuntimeError (naming the run number); ``"discard": true``: raise
-   :class:`pgqueue.Discard` (dead at once).
+   :class:`pgqueue.Discard` (dead at once); ``"raise": "SystemExit"``: raise that builtin
+   exception class (any BaseException: ``KeyboardInterrupt``, ``GeneratorExit`` ...) with the
+   message ``"handler raised"`` (``SystemExit`` gets the code 2, as argparse exits).
 7. The effect: ``fault_effects`` row through ``pgqueue.once``, committed.
 8. ``"crash_after_effect": true``: SIGKILL its own worker process after the effect committed,
    before the worker can record the completion.
@@ -37,12 +42,14 @@ The payload steers what a run does, in this order (unknown keys are ignored):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import signal
 import time
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel, field_validator
 from tenacity import stop_after_attempt, wait_exponential, wait_fixed
 
 import pgqueue
@@ -109,6 +116,8 @@ async def _run(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
             raise RuntimeError(f"fault: run {run} of {ctx.handler} fails")
         if payload.get("discard"):
             raise pgqueue.Discard(f"fault: run {run} of {ctx.handler} discarded")
+        if payload.get("raise"):
+            raise _builtin_exception(payload["raise"], "handler raised")
     async with ctx.pool.acquire() as conn, conn.transaction():
         if await pgqueue.once(conn, ctx):
             await conn.execute(
@@ -123,11 +132,36 @@ async def _run(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
         _kill_self()
 
 
+def _builtin_exception(name: str, message: str) -> BaseException:
+    cls = getattr(builtins, name)
+    assert isinstance(cls, type) and issubclass(cls, BaseException), name
+    return cls(2) if cls is SystemExit else cls(message)
+
+
+class Hostile(BaseModel):
+    """A payload model whose validator raises what the payload names (see the docstring)."""
+
+    model_config = {"extra": "allow"}
+    validator_raises: str | None = None
+
+    @field_validator("validator_raises")
+    @classmethod
+    def _raise(cls, value: str | None) -> str | None:
+        if value:
+            raise _builtin_exception(value, "validator blew up")
+        return value
+
+
+async def _run_model(payload: Hostile, ctx: pgqueue.Context) -> None:
+    await _run(payload.model_dump(), ctx)
+
+
 def build_registry() -> pgqueue.Registry:
     """The registry the fault tests run (see the module docstring)."""
     registry = pgqueue.Registry()
     registry.add("fault", _run, name="a", retry=QUICK, timeout=30)
     registry.add("fault.timeout", _run, name="a", retry=QUICK, timeout=0.5)
+    registry.add("fault.model", _run_model, name="m", retry=QUICK, timeout=30)
     for name in ("h1", "h2", "h3"):
         registry.add("fault.multi", _run, name=name, retry=PATIENT, timeout=30)
     return registry

@@ -22,6 +22,7 @@ from pgqueue._dispatch import (
     parse_records,
     plan,
     prior_attempts,
+    unrecorded,
 )
 from pgqueue._models import HandlerRecord, HandlerState
 from pgqueue._queries import ClaimedRow
@@ -236,6 +237,27 @@ def test_interrupted_work_is_handed_back_with_the_attempt_refunded() -> None:
     assert stored["a"]["seen"] == 2 and stored["a"]["attempts"] == 2
     assert stored["a"]["error"] == "E"
     assert stored["b"]["state"] == "done"
+
+
+def test_a_handler_whose_outcome_never_came_is_handed_back_at_its_planned_attempts() -> None:
+    # A fatal stop: the runner of "c" ended without recording it; "b" finished meanwhile.
+    handlers = _handlers("a", "b", "c")
+    delivery = _delivery(
+        3,
+        {
+            "a": {"state": "done", "attempts": 1, "seen": 2},
+            "b": {"state": "pending", "attempts": 1, "seen": 2, "error": "E"},
+            "c": {"state": "pending", "attempts": 2, "seen": 2, "error": "F"},
+        },
+    )
+    planned = [(h.name, prior) for h, prior in plan(delivery, handlers)]
+    delivery.outcomes["b"] = Outcome(Kind.DONE, 2)
+    assert [(h.name, prior) for h, prior in unrecorded(delivery, handlers)] == [("c", 2)]
+    assert ("c", 2) in planned
+    delivery.outcomes["c"] = Outcome(Kind.INTERRUPTED, 2)
+    assert unrecorded(delivery, handlers) == []
+    completion = finish(delivery, handlers)
+    assert (completion.state, completion.refund) == ("pending", 1)
 
 
 def test_record_of_a_removed_handler_does_not_keep_the_event_pending() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from tenacity import stop_after_attempt, stop_after_delay, stop_never, wait_fixed, wait_none
 
 import pgqueue
@@ -539,3 +539,40 @@ def test_the_readme_in_process_example_prints_what_the_readme_shows() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == output
+
+
+class Picky(BaseModel):
+    """Its validator raises RuntimeError for 1, KeyError for 2, SystemExit for anything else."""
+
+    x: int
+
+    @field_validator("x")
+    @classmethod
+    def _boom(cls, value: int) -> int:
+        raise {1: RuntimeError, 2: KeyError}.get(value, SystemExit)("validator blew up")
+
+
+async def test_a_validator_raising_anything_and_a_handler_raising_systemexit_are_failures() -> None:
+    registry = pgqueue.Registry()
+
+    @registry.on("picky", retry=QUICK)
+    async def picky(payload: Picky) -> None:
+        raise AssertionError("never runs")
+
+    @registry.on("exits", retry=QUICK)
+    async def exits(payload: dict[str, Any]) -> None:
+        raise SystemExit(2)
+
+    bus = pgqueue.InProcess(registry)
+    for x in (1, 2, 3):
+        await bus.publish("picky", {"x": x})
+    await bus.publish("exits", {})
+    results = {(r.event_type, r.payload.get("x")): r for r in await drain(bus)}
+    errors = {key: next(iter(r.handlers.values())).error for key, r in results.items()}
+    assert {r.state for r in results.values()} == {pgqueue.EventState.DEAD}
+    suffix = " (raised while validating the payload as Picky)"
+    assert errors[("picky", 1)] == "RuntimeError: validator blew up" + suffix
+    assert errors[("picky", 2)] == "KeyError: 'validator blew up'" + suffix
+    assert errors[("picky", 3)] == "SystemExit: validator blew up" + suffix
+    assert errors[("exits", None)] == "SystemExit: 2"
+    assert results[("exits", None)].handlers["exits"].attempts == 3
