@@ -107,8 +107,14 @@ class Completer:
 
     def _account(self, batch: list[Completion], written: set[int]) -> None:
         stats, observer = self._stats, self._observer
+        inflight = self._inflight
         for c in batch:
-            delivery = self._inflight.pop(c.id, None)
+            delivery = inflight.get(c.id)
+            # Only this claim's own entry: after a lost lease this worker may have claimed the
+            # event again (a new token) while the old run was still going. Popping that newer
+            # claim's entry stopped its heartbeat, so it lost its lease too, and so on.
+            if delivery is not None and delivery.token == c.token:
+                del inflight[c.id]
             if c.id not in written:
                 stats.lost_leases += 1
                 outcome = "lease_lost"

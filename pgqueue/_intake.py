@@ -91,6 +91,11 @@ class Intake:
         units: list[Unit] = []  # handed to the runners at once: one wake-up per claim
         for row in rows:
             delivery = Delivery(row, token, now, parse_records(row.handlers))
+            older = self.inflight.get(row.id)
+            if older is not None:
+                # We lost this event's lease while running it and claimed it again: the old
+                # run's outcome will be refused; stop its in-process retries.
+                older.lost = True
             self.inflight[row.id] = delivery
             if lost_claims(delivery):
                 self.suspects.append(delivery)
@@ -180,10 +185,11 @@ class Intake:
                 return
             self.suspects.popleft()
             self.start(suspect)
-            await self._wait_until(self._recorded(suspect.row.id))
+            await self._wait_until(self._recorded(suspect))
 
-    def _recorded(self, event_id: int) -> Callable[[], bool]:
-        return lambda: event_id not in self.inflight
+    def _recorded(self, delivery: Delivery) -> Callable[[], bool]:
+        event_id = delivery.row.id
+        return lambda: self.inflight.get(event_id) is not delivery
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition() and not self._stopping():

@@ -652,3 +652,27 @@ async def test_a_locked_row_does_not_cost_its_batch_mates_their_leases(
     await wait_state(fconn, locked, "done")
     await wait_state(fconn, other, "done")
     assert [r["pid"] for r in await runs(fconn, other)] == [first.pid]
+
+
+async def test_an_event_claimed_again_while_its_lost_run_still_goes_keeps_its_new_lease(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    # The race behind the flaky locked-row test: a worker loses a lease (rescued elsewhere)
+    # while the handler still runs, then claims the same event again. When the old run ended,
+    # its refused completion removed the NEW claim from the worker's in-flight table, so the
+    # new lease was never renewed: it expired, was rescued, and the event lost attempt after
+    # attempt ("lease lost before its outcome was recorded", then dead or very late).
+    event = await enqueue(fconn, {"run_sleep": [3, 4]})
+    worker = workers.start(db_dsn)
+    await wait_running_in(fconn, event, worker)
+    # What another worker's rescuer does to a lease it believes expired.
+    await fconn.execute(
+        "UPDATE pgqueue.outbox SET state = 'pending', run_at = now(), lease_token = NULL,"
+        " leased_by = NULL, lease_expires_at = NULL WHERE id = $1",
+        event,
+    )
+    done = await wait_state(fconn, event, "done", "dead", timeout=30)
+    assert done["state"] == "done", done["last_error"]
+    assert [r["attempt"] for r in await runs(fconn, event)] == [1, 2]
+    assert len(await effects(fconn, event)) == 1  # the old run's, through pgqueue.once
+    assert worker.alive
