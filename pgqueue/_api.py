@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from ._errors import PayloadError
 from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
+from ._names import EVENT_TYPE_RULE, QUEUE_RULE
 from ._queries import queries_for
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
 from ._tracing import producer_headers
@@ -65,10 +66,8 @@ def _check_event_type(event_type: str) -> None:
 # What each named constraint means, in the words a user needs (see sql/0001_outbox.sql).
 CONSTRAINT_HINTS = {
     "outbox_event_type_length": "the event type must be 1-128 characters",
-    "outbox_event_type_format": (
-        "the event type may hold only letters, digits and _ . : / - (e.g. 'order.placed')"
-    ),
-    "outbox_queue_format": "the queue name may hold only letters, digits and _ . : -",
+    "outbox_event_type_format": f"the event type must be {EVENT_TYPE_RULE}",
+    "outbox_queue_format": f"the queue name must be {QUEUE_RULE}",
     "outbox_payload_object": "the payload must be a JSON object",
     "outbox_payload_size": "the payload is over the 1 MiB limit; store big data elsewhere",
     "outbox_idempotency_key_length": "the idempotency key must be 1-200 characters",

@@ -33,7 +33,6 @@ import contextvars
 import datetime as dt
 import itertools
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 from ._api import CONSTRAINT_HINTS, Payload, _check_event_type, encode_payload
 from ._errors import ConfigurationError, PayloadError
 from ._models import Context, EventState, HandlerState
+from ._names import event_type_ok
 from ._registry import Handler, Registry
 from ._runner import invalid_text, judge
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
@@ -49,7 +49,6 @@ Sleep = Callable[[float], Awaitable[None]]
 
 # The outbox's CHECK constraints, checked here so that a publish that would fail against the
 # database fails in process too, with the same message (see sql/0001_outbox.sql).
-_EVENT_TYPE_FORMAT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$")
 _MAX_PAYLOAD_BYTES = 1_048_576
 _MAX_KEY = 200
 # A policy that never stops (tenacity's stop_never) retries for ever in the worker, durably;
@@ -122,7 +121,7 @@ def _checked(
     _check_event_type(event_type)
     validate_queue(queue)
     body = encode_payload(payload)
-    if not _EVENT_TYPE_FORMAT.match(event_type):
+    if not event_type_ok(event_type):
         raise _reject("outbox_event_type_format")
     if len(body.encode()) > _MAX_PAYLOAD_BYTES:
         raise _reject("outbox_payload_size")

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from ._backoff import RetryPolicy
 from ._errors import RegistryError
 from ._models import Context
+from ._names import EVENT_TYPE_RULE, event_type_ok, handler_name_problem
 from ._scheduler import Schedule
 
 HandlerFn = Callable[..., Awaitable[None]]
@@ -129,8 +130,14 @@ class Registry:
                 f"handler {getattr(fn, '__name__', fn)!r} must be an async function"
             )
         handler_name = name or fn.__name__
-        if not handler_name or len(handler_name) > 128:
-            raise RegistryError(f"handler name {handler_name!r} must be 1-128 characters")
+        if not event_type_ok(event_type):
+            # The outbox would refuse every event of this type: the handler could never run.
+            raise RegistryError(
+                f"handler {handler_name!r}: event type {event_type!r} must be {EVENT_TYPE_RULE}"
+            )
+        problem = handler_name_problem(handler_name)
+        if problem is not None:
+            raise RegistryError(f"handler name {handler_name!r} {problem}")
         if timeout is not None and timeout <= 0:
             raise RegistryError(f"handler {handler_name!r}: timeout must be positive")
         for_type = self._handlers.setdefault(event_type, {})

@@ -22,7 +22,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import re
 import time
 import zoneinfo
 from collections.abc import Mapping, Sequence
@@ -35,15 +34,20 @@ from cronsim import CronSim, CronSimError
 from ._backoff import describe_error, is_transient, reconnect_delay
 from ._errors import ConfigurationError, RegistryError
 from ._models import PRIORITY_MAX, PRIORITY_MIN
+from ._names import (
+    EVENT_TYPE_RULE,
+    QUEUE_RULE,
+    SCHEDULE_NAME_RULE,
+    event_type_ok,
+    queue_ok,
+    schedule_name_ok,
+)
 from ._queries import ScheduleQueries, database_now, schedule_queries_for
 
 log = logging.getLogger("pgqueue.scheduler")
 
 # The payload key that carries the tick (ISO 8601, UTC) into the event.
 TICK_KEY = "tick"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
-_TYPE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$")
 # Sleep at most this long between looks at the clock, so a worker whose clock drifts from the
 # database's, or a suspended VM, is late by at most this much.
 MAX_SLEEP = 30.0
@@ -68,17 +72,14 @@ class Schedule:
 
     def __post_init__(self) -> None:
         where = f"schedule {self.name!r}"
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not schedule_name_ok(self.name):
+            raise RegistryError(f"schedule name {self.name!r} must be {SCHEDULE_NAME_RULE}")
+        if not event_type_ok(self.event_type):
             raise RegistryError(
-                f"schedule name {self.name!r} must be 1-128 letters, digits or _ . : -"
+                f"{where}: event type {self.event_type!r} must be {EVENT_TYPE_RULE}"
             )
-        if not _TYPE_RE.match(self.event_type):
-            raise RegistryError(
-                f"{where}: event type {self.event_type!r} may hold only letters, digits and "
-                "_ . : / - (1-128 characters)"
-            )
-        if not _QUEUE_RE.match(self.queue):
-            raise RegistryError(f"{where}: invalid queue name {self.queue!r}")
+        if not queue_ok(self.queue):
+            raise RegistryError(f"{where}: invalid queue name {self.queue!r}: use {QUEUE_RULE}")
         if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
             raise RegistryError(f"{where}: priority must be within {PRIORITY_MIN}..{PRIORITY_MAX}")
         if TICK_KEY in self.payload:

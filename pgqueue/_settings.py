@@ -12,19 +12,17 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from ._errors import ConfigurationError
+from ._names import QUEUE_RULE, queue_ok, schema_ok
 
 DEFAULT_SCHEMA = "pgqueue"
 DEFAULT_QUEUE = "default"
 
-# A schema name is a plain lower-case identifier: it is interpolated (quoted) into SQL text, so
-# it gets the strictest check we can give it rather than trusting quoting alone.
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}$")
-
 
 def validate_schema(name: str) -> str:
     """Return ``name`` if it is a valid schema name, else raise ConfigurationError."""
-    if not _SCHEMA_RE.match(name):
+    # A plain lower-case identifier: it is interpolated (quoted) into SQL text, so it gets
+    # the strictest check we can give it rather than trusting quoting alone.
+    if not schema_ok(name):
         raise ConfigurationError(
             f"invalid schema name {name!r}: use 1-63 lower-case letters, digits or underscores, "
             "starting with a letter or underscore (e.g. --schema pgqueue)"
@@ -34,10 +32,8 @@ def validate_schema(name: str) -> str:
 
 def validate_queue(name: str) -> str:
     """Return ``name`` if it is a valid queue name, else raise ConfigurationError."""
-    if not _QUEUE_RE.match(name):
-        raise ConfigurationError(
-            f"invalid queue name {name!r}: use 1-63 letters, digits, '_', '.', ':' or '-'"
-        )
+    if not queue_ok(name):
+        raise ConfigurationError(f"invalid queue name {name!r}: use {QUEUE_RULE}")
     return name
 
 

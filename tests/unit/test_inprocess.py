@@ -323,8 +323,8 @@ async def test_idempotency_key_returns_the_first_events_id() -> None:
             {},
             {},
             pgqueue.PayloadError,
-            "event rejected by constraint outbox_event_type_format: the event type may hold "
-            "only letters",
+            "event rejected by constraint outbox_event_type_format: the event type must be "
+            "1-128 characters: ASCII letters",
         ),
         (
             "t",

@@ -275,3 +275,43 @@ def test_load_registry_missing_attribute() -> None:
 def test_load_registry_attribute_that_is_not_a_registry() -> None:
     with pytest.raises(RegistryError, match=r"'json:dumps' is a function, not a pgqueue.Registry"):
         load_registry("json:dumps")
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    ["y" * 129, "order placed", "ordér.placed", "order.placed\n", "", ".order", "a\x00b"],
+)
+def test_an_event_type_the_outbox_refuses_is_refused_at_registration(event_type: str) -> None:
+    registry = Registry()
+
+    async def handle(payload: dict[str, Any]) -> None: ...
+
+    with pytest.raises(RegistryError, match=r"event type .* must be 1-128 characters: ASCII"):
+        registry.on(event_type)(handle)
+    assert registry.event_types == ()  # nothing half-registered
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("h" * 129, "1-128 characters"),
+        ("a\x00b", "NUL"),
+        ("a\ud800b", "lone surrogate"),
+        ("*", "reserved"),
+    ],
+)
+def test_a_handler_name_the_database_cannot_store_is_refused(name: str, why: str) -> None:
+    async def handle(payload: dict[str, Any]) -> None: ...
+
+    with pytest.raises(RegistryError, match=why):
+        Registry().on("order.placed", name=name)(handle)
+
+
+def test_the_longest_event_type_and_handler_name_are_accepted() -> None:
+    registry = Registry()
+
+    async def handle(payload: dict[str, Any]) -> None: ...
+
+    registry.on("y" * 128, name="h" * 128)(handle)
+    registry.on("Order_2/v1:placed-x.y", name="envoi.reçu")(handle)  # handler names: any text
+    assert len(registry.event_types) == 2

@@ -1,0 +1,70 @@
+"""The naming rules of event types, queues, handlers, schedules and schemas, as the database
+enforces them (tests/integration/test_names.py checks each against sql/).
+
+Each rule is matched with ``fullmatch``: ``re.match`` with a ``$`` anchor also accepts a
+trailing newline (``"order.placed\\n"``), which PostgreSQL's ``~ '...$'`` refuses. The
+character classes are ASCII only, as in SQL: ``é`` is not a letter here.
+"""
+
+from __future__ import annotations
+
+import re
+
+# sql/0010 (domain event_type_name): outbox_event_type_format and outbox_event_type_length.
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
+# sql/0009 (domain queue_name).
+QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}")
+# sql/0004 (schedules_name_format).
+SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+# Interpolated (quoted) into SQL text: the strictest rule we can give it.
+SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+MAX_HANDLER_NAME = 128  # sql/0006 handler_limits_handler_length
+# The wildcard handler record (pgqueue._models.ANY_HANDLER) covers every handler of an event.
+RESERVED_HANDLER_NAMES = frozenset({"*"})
+
+EVENT_TYPE_RULE = (
+    "1-128 characters: ASCII letters, digits and _ . : / - (not starting with . : / -), "
+    "e.g. 'order.placed'"
+)
+QUEUE_RULE = "1-63 ASCII letters, digits, '_', '.', ':' or '-' (not starting with . : -)"
+SCHEDULE_NAME_RULE = "1-128 ASCII letters, digits or _ . : - (not starting with . : -)"
+
+
+def event_type_ok(name: object) -> bool:
+    """True when the outbox accepts ``name`` as an event type."""
+    return isinstance(name, str) and EVENT_TYPE.fullmatch(name) is not None
+
+
+def queue_ok(name: object) -> bool:
+    """True when the outbox accepts ``name`` as a queue."""
+    return isinstance(name, str) and QUEUE.fullmatch(name) is not None
+
+
+def schedule_name_ok(name: object) -> bool:
+    """True when the schedules table accepts ``name``."""
+    return isinstance(name, str) and SCHEDULE_NAME.fullmatch(name) is not None
+
+
+def schema_ok(name: object) -> bool:
+    """True when ``name`` is a schema name pgqueue accepts."""
+    return isinstance(name, str) and SCHEMA.fullmatch(name) is not None
+
+
+def handler_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a handler name, or None when it can.
+
+    The name is a key of the event's ``handlers`` jsonb, a row of ``effects`` and of
+    ``handler_limits`` (1-128 characters): text PostgreSQL can store, so no NUL character and
+    nothing that is not valid UTF-8 (a lone surrogate).
+    """
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_HANDLER_NAME:
+        return f"must be a string of 1-{MAX_HANDLER_NAME} characters"
+    if "\x00" in name:
+        return "must not contain a NUL character"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds a lone surrogate)"
+    if name in RESERVED_HANDLER_NAMES:
+        return f"{name!r} is reserved (it stands for every handler of an event)"
+    return None
