@@ -101,6 +101,11 @@ def enqueue_cmd(
             f"PAYLOAD_JSON is not valid JSON ({exc.msg} at column "
             f"{exc.colno}); e.g. '{{\"order_id\": 42}}'"
         ) from None
+    except (ValueError, RecursionError) as exc:  # over 4,300 digits; nested too deep
+        raise click.BadParameter(
+            f"PAYLOAD_JSON cannot be read ({type(exc).__name__}: {str(exc)[:100]}); a handler "
+            "could not decode it either"
+        ) from None
     if not isinstance(payload, dict):
         raise click.BadParameter(
             f"PAYLOAD_JSON must be a JSON object, not "

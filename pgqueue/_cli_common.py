@@ -94,12 +94,20 @@ async def with_conn(
         await conn.close()
 
 
+MAX_DURATION = 36_500 * 86_400.0  # seconds
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
+
+
 def parse_duration(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    match = DURATION.fullmatch(text)
     if not match:
         raise click.BadParameter(f"{text!r} is not a duration; use e.g. 30s, 10m, 2h, 1d")
     factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
-    return float(match.group(1)) * factor
+    seconds = float(match.group(1)) * factor
+    # A timedelta (and a time that long ago or ahead) must exist: 100 years is plenty.
+    if not seconds <= MAX_DURATION:
+        raise click.BadParameter(f"{text.strip()[:40]!r} is too long; at most 36500d")
+    return seconds
 
 
 def parse_run_at(text: str) -> dt.datetime:
@@ -116,10 +124,8 @@ def parse_run_at(text: str) -> dt.datetime:
 
 def parse_time_bound(text: str) -> dt.datetime | dt.timedelta:
     """``10m`` / ``2h`` / ``3d`` (that long ago) or an ISO 8601 time with a zone."""
-    try:
+    if DURATION.fullmatch(text):  # a duration: its own errors ("too long") stand
         return dt.timedelta(seconds=parse_duration(text))
-    except click.BadParameter:
-        pass
     try:
         return parse_run_at(text)
     except click.BadParameter as exc:

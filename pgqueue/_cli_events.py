@@ -237,6 +237,10 @@ def _print_detail(event: EventDetail) -> None:
     click.echo("handlers:")
     for line in _handler_lines(event):
         click.echo(f"  {line}")
+    if event.payload is None:
+        click.echo(f"payload (raw): {event.payload_note}")
+        click.echo(f"  {event.payload_text}")
+        return
     click.echo("payload:")
     for line in json.dumps(event.payload, indent=2, ensure_ascii=False).splitlines():
         click.echo(f"  {line}")

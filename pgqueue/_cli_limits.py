@@ -11,14 +11,19 @@ from ._cli_common import cli, database, dsn_option, print_table, schema_option, 
 from ._limits import HandlerLimit, list_limits, override_limit
 from ._settings import validate_schema
 
+MAX_N = 2**31 - 1  # handler_limits.override is an integer
+
 
 def _parse_set(values: tuple[str, ...]) -> list[tuple[str, int]]:
     pairs = []
     for value in values:
         handler, sep, number = value.rpartition("=")
-        if not sep or not handler or not number.isdigit() or int(number) < 1:
+        # Length first: int() of over 4,300 digits raises; the column is an integer.
+        fits = number.isdigit() and len(number.lstrip("0")) <= 10 and 1 <= int(number) <= MAX_N
+        if not sep or not handler or not fits:
             raise click.BadParameter(
-                f"{value!r} is not HANDLER=N with N >= 1, e.g. --set crm=3", param_hint="--set"
+                f"{value[:60]!r} is not HANDLER=N with 1 <= N <= {MAX_N}, e.g. --set crm=3",
+                param_hint="--set",
             )
         pairs.append((handler, int(number)))
     return pairs

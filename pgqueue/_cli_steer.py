@@ -14,6 +14,7 @@ from ._cli_common import cli, dsn_option, echo_err, parse_duration, parse_run_at
 from ._cli_progress import preview, progress, run
 from ._steer import (
     DEFAULT_BATCH,
+    MAX_ID,
     IdSpec,
     TimeBound,
     count_dead,
@@ -26,6 +27,18 @@ from ._steer import (
 _RANGE = re.compile(r"\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?")
 
 
+def id_number(text: str, option: str) -> int:
+    """An event id typed by the user: within 1..2^63-1 (outbox.id is a bigint), checked
+    before int() (which refuses over 4,300 digits with a traceback of its own)."""
+    digits = text.strip().lstrip("0") or "0"
+    if len(digits) > len(str(MAX_ID)) or not 1 <= int(digits) <= MAX_ID:
+        raise click.BadParameter(
+            f"{text.strip()[:30]!r} is not an event id; ids are between 1 and {MAX_ID}",
+            param_hint=option,
+        )
+    return int(digits)
+
+
 def parse_ids(texts: tuple[str, ...]) -> list[IdSpec] | None:
     """``--ids 7 --ids 10..20,31`` -> [7, range(10, 21), 31] (ranges inclusive)."""
     if not texts:
@@ -33,13 +46,19 @@ def parse_ids(texts: tuple[str, ...]) -> list[IdSpec] | None:
     ids: list[IdSpec] = []
     for part in ",".join(texts).split(","):
         match = _RANGE.fullmatch(part)
-        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+        if not match:
             raise click.BadParameter(
                 f"{part.strip()!r} is not an id or an id range; use e.g. 42, 100..200 or 1..50,77",
                 param_hint="'--ids'",
             )
-        low, high = match.group(1), match.group(2)
-        ids.append(range(int(low), int(high) + 1) if high else int(low))
+        low = id_number(match.group(1), "'--ids'")
+        high = id_number(match.group(2), "'--ids'") if match.group(2) else None
+        if high is not None and high < low:
+            raise click.BadParameter(
+                f"{part.strip()!r} is an empty range; write the lower id first, e.g. 100..200",
+                param_hint="'--ids'",
+            )
+        ids.append(range(low, high + 1) if high is not None else low)
     return ids
 
 
@@ -173,7 +192,13 @@ def _dead_options(name: str, handler_help: str) -> Callable[[Callable[..., Any]]
         fn = selection_options(fn)
         for option in reversed(
             [
-                click.option("--id", "ids", type=int, multiple=True, help="Event id (repeatable)."),
+                click.option(
+                    "--id",
+                    "ids",
+                    type=click.IntRange(1, MAX_ID),
+                    multiple=True,
+                    help="Event id (repeatable).",
+                ),
                 click.option(
                     "--type", "event_type", default=None, help="Only events of this type."
                 ),

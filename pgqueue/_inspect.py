@@ -73,7 +73,14 @@ class HandlerDetail(_Frozen):
 class EventDetail(EventSummary):
     """Everything about one event, payload included."""
 
-    payload: dict[str, Any]
+    #: The decoded payload; None when Python cannot decode what PostgreSQL stored (an
+    #: integer of over 4,300 digits, nesting deeper than the recursion limit): then see
+    #: ``payload_text`` and ``payload_note``.
+    payload: dict[str, Any] | None
+    #: The payload's JSON text as stored, when it cannot be decoded (else None).
+    payload_text: str | None = None
+    #: Why the payload could not be decoded (else None).
+    payload_note: str | None = None
     lease_token: str | None
     #: Per-handler records; empty when there are none (see ``has_records``).
     handler_records: list[HandlerDetail]
@@ -144,15 +151,31 @@ async def get_event(
     if row is None:
         return None
     records = json.loads(row["handlers"]) if row["handlers"] is not None else {}
+    payload, text, note = _decoded(row["payload"])
     return EventDetail(
         **_summary_fields(row),
         handlers={name: r.get("state", "pending") for name, r in records.items()} or None,
-        payload=json.loads(row["payload"]),
+        payload=payload,
+        payload_text=text,
+        payload_note=note,
         lease_token=str(row["lease_token"]) if row["lease_token"] else None,
         handler_records=[_handler(name, r) for name, r in sorted(records.items())],
         effects=list(row["effects"]),
         db_now=row["db_now"],
     )
+
+
+def _decoded(text: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """(payload, None, None), or (None, the stored text, why) when Python cannot decode it.
+
+    PostgreSQL accepts JSON that Python refuses: these are the events a worker marks dead
+    ("payload cannot be decoded"), exactly the ones an operator needs to look at.
+    """
+    try:
+        return json.loads(text), None, None
+    except (ValueError, RecursionError) as exc:
+        why = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:200]
+        return None, text, f"Python cannot decode this payload ({why}); shown as stored"
 
 
 def _split(bound: TimeBound | None) -> tuple[dt.datetime | None, dt.timedelta | None]:

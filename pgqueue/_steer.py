@@ -91,7 +91,8 @@ def _id_ranges(ids: Sequence[IdSpec]) -> tuple[tuple[int, int], ...]:
     ranges = []
     for item in ids:
         if isinstance(item, range):
-            if item.step != 1 or len(item) == 0:
+            # Not len(item): it raises OverflowError past sys.maxsize (1..99999999999999999999).
+            if item.step != 1 or item.start >= item.stop:
                 raise ConfigurationError(f"id range {item!r} must be non-empty with step 1")
             low, high = item.start, item.stop - 1
         elif isinstance(item, int) and not isinstance(item, bool):
@@ -99,7 +100,8 @@ def _id_ranges(ids: Sequence[IdSpec]) -> tuple[tuple[int, int], ...]:
         else:
             raise ConfigurationError(f"event id must be an int or a range, not {item!r}")
         if not 1 <= low <= high <= MAX_ID:
-            raise ConfigurationError(f"event ids are between 1 and {MAX_ID}, got {item!r}")
+            shown = f"{low}..{high}" if low != high else str(low)
+            raise ConfigurationError(f"event ids are between 1 and {MAX_ID}, got {shown}")
         ranges.append((low, high))
     return tuple(ranges)
 
