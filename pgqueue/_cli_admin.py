@@ -19,10 +19,13 @@ from ._api import (
     status,
 )
 from ._cli_common import (
+    STATUS_TOP,
+    by_backlog,
     cli,
     database,
     dsn_option,
     format_age,
+    more_lines,
     parse_duration,
     parse_run_at,
     print_table,
@@ -155,10 +158,25 @@ def enqueue_cmd(
     is_flag=True,
     help="Count every done event, however large the outbox (one scan of the table).",
 )
+@click.option(
+    "--top",
+    type=click.IntRange(1, 1_000_000),
+    default=STATUS_TOP,
+    show_default=True,
+    help="Show the event types (and dead handlers) with the largest backlog (pending + "
+    "running + dead) first, this many; a last line says how many more there are.",
+)
+@click.option("--all", "show_all", is_flag=True, help="Show every event type (no --top).")
 @dsn_option()
 @schema_option
 def status_cmd(
-    watch: bool, interval: float | None, exact: bool, dsn: str | None, schema: str
+    watch: bool,
+    interval: float | None,
+    exact: bool,
+    top: int,
+    show_all: bool,
+    dsn: str | None,
+    schema: str,
 ) -> None:
     """Show events per type and state, the oldest ready age, and dead handlers.
 
@@ -170,8 +188,9 @@ def status_cmd(
         raise click.UsageError("--interval only applies with --watch")
     if exact and watch:
         raise click.UsageError("--exact does not apply with --watch (it counts no done totals)")
+    shown = None if show_all else top
     if watch:
-        watch_status(dsn, schema, interval or 2.0)
+        watch_status(dsn, schema, interval or 2.0, shown)
         return
     limit = None if exact else EXACT_STATUS_ROWS
 
@@ -181,15 +200,20 @@ def status_cmd(
                 real_dsn, schema, lambda c: status(c, schema=schema, exact_limit=limit)
             )
 
-    _print_status(asyncio.run(main()))
+    print_status(asyncio.run(main()), shown)
 
 
-def _print_status(report: StatusReport) -> None:
-    types = sorted({r.event_type for r in report.counts})
+def print_status(report: StatusReport, top: int | None) -> None:
+    """Print the report: the ``top`` event types by backlog (None: all), then a line saying
+    how many more. One pass over the counts: grouping by type inside a loop over the types
+    was quadratic (20,000 types: 76 s; 100,000 types never finished)."""
     states = ["pending", "running", "done", "dead", "discarded"]
+    by_type: dict[str, dict[str, StatusRow]] = {}
+    for row in report.counts:
+        by_type.setdefault(row.event_type, {})[row.state] = row
+    ranked = by_backlog(by_type, lambda rows: sum(rows[s].events for s in BACKLOG if s in rows))
     table = [["event type", *states, "oldest ready"]]
-    for t in types:
-        rows = {r.state: r for r in report.counts if r.event_type == t}
+    for t, rows in ranked[:top]:
         ages = [r.oldest_ready_age for r in rows.values() if r.oldest_ready_age is not None]
         table.append(
             [
@@ -202,16 +226,21 @@ def _print_status(report: StatusReport) -> None:
         click.echo("the outbox is empty")
     else:
         print_table(table)
+        for line in more_lines(len(ranked) - (len(table) - 1), "event type"):
+            click.echo(line)
     if any(r.estimated for r in report.counts):
         click.echo("~ done counts estimated from a sample of the table; --exact counts all")
     if report.dead_handlers:
+        dead = sorted(report.dead_handlers, key=lambda d: (-d[2], d[0], d[1]))
         click.echo("")
         print_table(
-            [
-                ["event type", "dead handler", "events"],
-                *([t, h, str(n)] for t, h, n in report.dead_handlers),
-            ]
+            [["event type", "dead handler", "events"], *([t, h, str(n)] for t, h, n in dead[:top])]
         )
+        for line in more_lines(len(dead) - len(dead[:top]), "dead handler"):
+            click.echo(line)
+
+
+BACKLOG = ("pending", "running", "dead")
 
 
 def _count(row: StatusRow) -> str:

@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Container
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,6 +170,25 @@ def table_lines(rows: list[list[str]], right: Container[int]) -> list[str]:
         ).rstrip()
         for row in rows
     ]
+
+
+# Event types are data: a producer bug that puts ids into them makes 100,000 types. Human
+# output shows this many by default (most backlog first) and says how many more there are.
+STATUS_TOP = 50
+
+V = TypeVar("V")
+
+
+def by_backlog(groups: Mapping[str, V], backlog: Callable[[V], int]) -> list[tuple[str, V]]:
+    """The groups, largest backlog first, then by name (O(n log n))."""
+    return sorted(groups.items(), key=lambda item: (-backlog(item[1]), item[0]))
+
+
+def more_lines(hidden: int, what: str) -> list[str]:
+    """The line saying how many rows a bounded table left out (none when it left none)."""
+    if hidden <= 0:
+        return []
+    return [f"... and {hidden} more {what}{'s' if hidden != 1 else ''} (--all shows all)"]
 
 
 def print_table(rows: list[list[str]]) -> None:

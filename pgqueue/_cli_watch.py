@@ -15,7 +15,7 @@ import sys
 import asyncpg
 import click
 
-from ._cli_common import database, format_age, table_lines, with_conn
+from ._cli_common import by_backlog, database, format_age, more_lines, table_lines, with_conn
 from ._errors import DatabaseUnavailableError
 from ._inspect import LiveStatus, live_status
 from ._settings import mask_dsn
@@ -32,12 +32,13 @@ LOST = (
 )
 
 
-def watch_status(dsn: str | None, schema: str, interval: float) -> None:
-    """Refresh a live status every ``interval`` seconds until SIGINT / SIGTERM."""
-    asyncio.run(_watch(dsn, schema, interval, sys.stdout.isatty()))
+def watch_status(dsn: str | None, schema: str, interval: float, top: int | None = None) -> None:
+    """Refresh a live status every ``interval`` seconds until SIGINT / SIGTERM; each refresh
+    shows the ``top`` event types by backlog (None: all)."""
+    asyncio.run(_watch(dsn, schema, interval, sys.stdout.isatty(), top))
 
 
-async def _watch(dsn: str | None, schema: str, interval: float, tty: bool) -> None:
+async def _watch(dsn: str | None, schema: str, interval: float, tty: bool, top: int | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -54,7 +55,7 @@ async def _watch(dsn: str | None, schema: str, interval: float, tty: bool) -> No
                         f"lost the connection to {mask_dsn(real_dsn)} while watching: "
                         f"{exc or type(exc).__name__}; run the command again once it is back"
                     ) from exc
-                text = "\n".join(render(snapshot, interval))
+                text = "\n".join(render(snapshot, interval, top))
                 click.echo(CLEAR + text if tty else text + "\n")
                 # A fixed cadence (not interval + query time), so the blocks stay `interval`
                 # apart, as the throughput window assumes.
@@ -65,8 +66,9 @@ async def _watch(dsn: str | None, schema: str, interval: float, tty: bool) -> No
         await with_conn(real_dsn, schema, refresh)
 
 
-def render(snapshot: LiveStatus, interval: float) -> list[str]:
-    """One refresh as lines of text."""
+def render(snapshot: LiveStatus, interval: float, top: int | None = None) -> list[str]:
+    """One refresh as lines of text: the ``top`` event types by backlog (None: all), and the
+    handler states of those types."""
     window = f"{interval:g}s"
     lines = [
         f"{BLOCK_HEADER} {snapshot.db_now:%Y-%m-%d %H:%M:%S %Z} (every {window}; Ctrl-C stops)",
@@ -76,6 +78,10 @@ def render(snapshot: LiveStatus, interval: float) -> list[str]:
     ]
     if not snapshot.types:
         return [*lines, "no pending, running or dead events, none done in the window"]
+    ranked = by_backlog(
+        {t.event_type: t for t in snapshot.types}, lambda t: t.pending + t.running + t.dead
+    )
+    shown = [t for _, t in ranked[:top]]
     rows = [["event type", "pending", "running", "dead", f"done/{window}", "oldest ready"]]
     rows += [
         [
@@ -86,13 +92,16 @@ def render(snapshot: LiveStatus, interval: float) -> list[str]:
             str(t.done_recently),
             format_age(t.oldest_ready_age),
         ]
-        for t in snapshot.types
+        for t in shown
     ]
     lines += table_lines(rows, right=range(1, len(rows[0])))
-    if snapshot.handlers:
+    lines += more_lines(len(ranked) - len(shown), "event type")
+    names = {t.event_type for t in shown}
+    handlers = [h for h in snapshot.handlers if h.event_type in names]
+    if handlers:
         states = ["pending", "done", "dead"]
-        counts = {(h.event_type, h.handler, h.state.value): h.events for h in snapshot.handlers}
-        pairs = sorted({(h.event_type, h.handler) for h in snapshot.handlers})
+        counts = {(h.event_type, h.handler, h.state.value): h.events for h in handlers}
+        pairs = sorted({(h.event_type, h.handler) for h in handlers})
         table = [["event type", "handler", *states]]
         table += [[t, h, *(str(counts.get((t, h, s), 0)) for s in states)] for t, h in pairs]
         lines += ["", "handlers of unfinished events:", *table_lines(table, right={2, 3, 4})]

@@ -44,6 +44,11 @@ from ._errors import ConfigurationError
 from ._queries import Queries
 
 log = logging.getLogger("pgqueue.worker")
+# Event types are data (a producer bug can make 100,000 of them): one dead-events series per
+# type would flood Prometheus. The types with the most dead events get their own series; the
+# rest are summed under OTHER_TYPES, a label no event type can have (parentheses and a space).
+DEAD_TYPES = 100
+OTHER_TYPES = "(other types)"
 
 # Handler run time: from a millisecond to the 10-minute range of long handlers.
 DURATION_BUCKETS = (
@@ -330,8 +335,12 @@ class Metrics:
         dead_events = GaugeMetricFamily(
             "pgqueue_dead_events", "Dead events in the outbox" + limit, labels=["event_type"]
         )
-        for row in dead:
+        ranked = sorted(dead, key=lambda row: (-row["events"], row["event_type"]))
+        for row in ranked[:DEAD_TYPES]:
             dead_events.add_metric([row["event_type"]], row["events"])
+        if len(ranked) > DEAD_TYPES:
+            rest = sum(row["events"] for row in ranked[DEAD_TYPES:])
+            dead_events.add_metric([OTHER_TYPES], rest)
         return [ready, scheduled, oldest, dead_events]
 
     def _refresh(self) -> None:
