@@ -64,7 +64,8 @@ def load_migrations() -> list[Migration]:
 def roles_sql(schema: str) -> str:
     """The roles script (sql/roles.sql) with the schema filled in, ready for psql."""
     text = dict(_sql_files())["roles.sql"]
-    return text.replace(':"schema"', quote_ident(schema))
+    literal = "'" + validate_schema(schema) + "'"  # psql's :'schema' (no quote can occur)
+    return text.replace(':"schema"', quote_ident(schema)).replace(":'schema'", literal)
 
 
 def latest_version() -> int:

@@ -34,12 +34,26 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA :"schema" FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA :"schema" TO pgqueue_producer, pgqueue_worker, pgqueue_ops;
 
--- Producer: INSERT of the producer columns only. RETURNING id and the idempotency-key lookup
--- of pgqueue.enqueue() (Python) need SELECT on those two columns, and no others: payloads
--- stay unreadable. The SQL enqueue() function is SECURITY DEFINER and needs EXECUTE only.
+-- Producer: INSERT of the producer columns only, and SELECT of id for RETURNING id: payloads
+-- and idempotency keys (often personal data) stay unreadable. pgqueue.enqueue() (Python) finds
+-- the id of a key already used through event_ids_by_keys(), and the SQL enqueue() function does
+-- it all: both are SECURITY DEFINER and need EXECUTE only. (Before migration 0011 this script
+-- granted SELECT on idempotency_key: revoked here when it runs again.)
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_producer;
-GRANT SELECT (id, idempotency_key) ON :"schema".outbox TO pgqueue_producer;
+REVOKE SELECT ON :"schema".outbox FROM pgqueue_producer;
+GRANT SELECT (id) ON :"schema".outbox TO pgqueue_producer;
+-- (From migration 0011 on; a schema still older gets it from that migration instead.)
+SELECT set_config('pgqueue.roles_schema', :'schema', false);
+DO $$
+DECLARE
+    target text := quote_ident(current_setting('pgqueue.roles_schema'));
+BEGIN
+    IF to_regprocedure(target || '.event_ids_by_keys(text[])') IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.event_ids_by_keys(text[]) '
+                       'TO pgqueue_producer, pgqueue_worker', target);
+    END IF;
+END $$;
 -- The CLI and pgqueue.migrate() check the schema version before they write.
 GRANT SELECT ON :"schema".migrations TO pgqueue_producer;
 -- The trace context of the producing span (migration 0005), set by Python's enqueue() when
@@ -48,23 +62,39 @@ GRANT INSERT (headers) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;
 GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
     TO pgqueue_producer;
 
--- Worker: claim / complete / heartbeat / rescue / retry are UPDATEs; no DELETE, no DDL.
-GRANT SELECT, UPDATE ON :"schema".outbox TO pgqueue_worker;
-GRANT SELECT, INSERT ON :"schema".effects TO pgqueue_worker;
+-- Worker: claim / complete / heartbeat / rescue / retry are UPDATEs of exactly these columns;
+-- what a producer wrote (type, payload, key, queue, priority, headers, created_at) stays as
+-- written. No DELETE, no DDL. (A table-wide UPDATE, as before issue 11, is revoked first: the
+-- REVOKE also drops column grants, which are then made again.)
+REVOKE UPDATE ON :"schema".outbox FROM pgqueue_worker;
+GRANT SELECT ON :"schema".outbox TO pgqueue_worker;
+GRANT UPDATE (state, attempt, run_at, lease_token, leased_by, lease_expires_at, processed_at,
+              handlers, last_error) ON :"schema".outbox TO pgqueue_worker;
+REVOKE INSERT ON :"schema".effects FROM pgqueue_worker;
+GRANT SELECT, INSERT (event_id, handler) ON :"schema".effects TO pgqueue_worker;
 GRANT SELECT ON :"schema".migrations, :"schema".handler_states TO pgqueue_worker;
 GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
     TO pgqueue_worker;
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_worker;
--- Workers serving a registry with schedules keep the schedules table (upsert, emit ticks).
-GRANT SELECT, INSERT, UPDATE ON :"schema".schedules TO pgqueue_worker;
+-- Workers serving a registry with schedules keep the schedules table: the upsert of their
+-- registry's schedules (the code owns expression, time zone, type, payload, queue and
+-- priority: a worker role can rewrite them, as its code does at every start) and the ticks.
+-- Never the name (a schedule keeps its identity) and never DELETE.
+REVOKE INSERT, UPDATE ON :"schema".schedules FROM pgqueue_worker;
+GRANT SELECT ON :"schema".schedules TO pgqueue_worker;
+GRANT INSERT (name, expression, timezone, event_type, payload, queue, priority),
+      UPDATE (expression, timezone, event_type, payload, queue, priority, last_tick, synced_at)
+    ON :"schema".schedules TO pgqueue_worker;
 -- Concurrency limits: a worker writes its registry's limits (never the operator's override)
 -- and takes, renews and releases slots (UPDATEs; the slot rows themselves are made by a
 -- SECURITY DEFINER trigger).
 GRANT SELECT ON :"schema".handler_limits TO pgqueue_worker;
 GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
     ON :"schema".handler_limits TO pgqueue_worker;
-GRANT SELECT, UPDATE ON :"schema".handler_slots TO pgqueue_worker;
+REVOKE UPDATE ON :"schema".handler_slots FROM pgqueue_worker;
+GRANT SELECT, UPDATE (lease_token, leased_by, lease_expires_at) ON :"schema".handler_slots
+    TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;

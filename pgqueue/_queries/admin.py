@@ -166,7 +166,7 @@ GROUP BY event_type
 INSERT_ONE_HEADERS = """
 INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers)
 VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6, $7::jsonb)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING id
 """
 
@@ -178,6 +178,6 @@ SELECT t, p::jsonb, COALESCE(r, now()), k, q, pr, $7::jsonb
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::smallint[])
      WITH ORDINALITY AS i(t, p, r, k, q, pr, n)
 ORDER BY n
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, idempotency_key
+ON CONFLICT DO NOTHING
+RETURNING id
 """

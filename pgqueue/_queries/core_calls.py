@@ -57,9 +57,10 @@ class CoreCalls(Statements):
             else conn.fetchval(self.insert_one_headers, *args, headers)
         )
         if new_id is None:
-            new_id = await conn.fetchval(self.id_by_key, key)
-            if new_id is None:  # the conflicting row was deleted between the two statements
+            found = await conn.fetch(self.ids_by_keys, [key])
+            if not found:  # the conflicting row was deleted between the two statements
                 raise RuntimeError(f"idempotency key {key!r} conflicted but no row holds it")
+            new_id = found[0][1]
         return new_id
 
     async def insert_events(
@@ -84,23 +85,20 @@ class CoreCalls(Statements):
             else conn.fetch(self.insert_many_headers, *args, headers)
         )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
-        # inserted rows sorted by id line up with the input rows that were not skipped.
-        rows.sort(key=lambda r: r[0])
-        inserted = iter(r[0] for r in rows)
-        fresh_keys = {r[1] for r in rows if r[1] is not None}
-        existing: dict[str, int] = {}
-        skipped = [k for k in keys if k is not None]
-        if len(rows) < len(types) and skipped:
-            existing = {r[0]: r[1] for r in await conn.fetch(self.ids_by_keys, skipped)}
-        ids: list[int] = []
-        for key in keys:
-            if key is None or key in fresh_keys:
-                ids.append(next(inserted))
-                if key is not None:
-                    fresh_keys.discard(key)
-            else:
-                ids.append(existing[key])
-        return ids
+        # inserted rows sorted by id line up with the input rows when none was skipped.
+        inserted = sorted(r[0] for r in rows)
+        if len(inserted) == len(types):
+            return inserted
+        # Some keys were already used (or repeated in the chunk): every keyed row takes its
+        # key's id (the producer may not read keys, so it asks the SECURITY DEFINER lookup),
+        # the others the remaining inserted ids in order.
+        by_key: dict[str, int] = {
+            r[0]: r[1]
+            for r in await conn.fetch(self.ids_by_keys, [k for k in keys if k is not None])
+        }
+        keyed = set(by_key.values())
+        plain = iter(i for i in inserted if i not in keyed)
+        return [by_key[key] if key is not None else next(plain) for key in keys]
 
     async def insert_plain_events(
         self, conn: asyncpg.Connection, types: Sequence[str], payloads: Sequence[str]

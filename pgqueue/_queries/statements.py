@@ -24,7 +24,6 @@ from .core import (
     COMPLETE,
     COMPLETE_DONE,
     HEARTBEAT,
-    ID_BY_KEY,
     IDS_BY_KEYS,
     INSERT_MANY,
     INSERT_ONE,
@@ -67,7 +66,6 @@ class Statements:
         s = quote_ident(schema)
         self.schema = schema
         self.insert_one = INSERT_ONE.format(s=s)
-        self.id_by_key = ID_BY_KEY.format(s=s)
         self.ids_by_keys = IDS_BY_KEYS.format(s=s)
         self.insert_many = INSERT_MANY.format(s=s)
         self.insert_plain = INSERT_PLAIN.format(s=s)

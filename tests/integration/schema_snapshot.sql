@@ -53,6 +53,15 @@ $$;
 
 ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) OWNER TO <owner>;
 
+CREATE FUNCTION pgqueue.event_ids_by_keys(keys text[]) RETURNS TABLE(idempotency_key text, id bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT o.idempotency_key, o.id FROM outbox AS o WHERE o.idempotency_key = ANY(keys)
+$$;
+
+ALTER FUNCTION pgqueue.event_ids_by_keys(keys text[]) OWNER TO <owner>;
+
 CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
@@ -261,5 +270,8 @@ ALTER TABLE ONLY pgqueue.handler_slots
     ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;
 
 REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION pgqueue.event_ids_by_keys(keys text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION pgqueue.event_ids_by_keys(keys text[]) TO pg_write_all_data;
 
 REVOKE ALL ON FUNCTION pgqueue.sync_handler_slots() FROM PUBLIC;
