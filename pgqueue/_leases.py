@@ -133,7 +133,7 @@ class LeaseKeeper:
                 self.stats.loop_stalls += 1
                 log.warning(
                     "event loop blocked for %.1fs: a handler is doing blocking work; run it "
-                    "with asyncio.to_thread (leases are not renewed while the loop is blocked)",
+                    "with asyncio.to_thread (meanwhile only the stall guard renews leases)",
                     stall,
                     extra={"stall_seconds": round(stall, 3)},
                 )

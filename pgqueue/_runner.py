@@ -61,8 +61,27 @@ def invalid_text(handler: Handler, exc: BaseException) -> str:
     return f"{error_text(exc)} (raised while validating the payload as {model})"
 
 
+# A handler that returns this much past its timeout without the watchdog having cancelled
+# it blocked the event loop (the watchdog could not run); an awaiting one is cancelled within
+# WATCHDOG_TICK.
+BLOCKED_SLACK = 1.0
+
+
+class LoopBlocked(TimeoutError):
+    """A handler ran past its timeout by blocking the event loop (see _stallguard.py)."""
+
+    def __init__(self, handler: Handler, seconds: float) -> None:
+        super().__init__(
+            f"handler {handler.name} blocked the event loop for {seconds:.1f}s, past its "
+            f"timeout of {handler.timeout:g}s (blocking calls in an async handler: run them "
+            "with asyncio.to_thread)"
+        )
+
+
 def failure_text(handler: Handler, exc: BaseException) -> str:
     """The error stored for a failed attempt."""
+    if isinstance(exc, LoopBlocked):
+        return error_text(exc)
     if isinstance(exc, TimeoutError):
         return f"TimeoutError: handler exceeded its timeout of {handler.timeout:g}s"
     return error_text(exc)
@@ -107,6 +126,7 @@ class Runners:
         self._idle: deque[asyncio.Future[None]] = deque()
         self._deadlines = [math.inf] * concurrency
         self._timed_out = [False] * concurrency
+        self._started = [0.0] * concurrency  # loop time each slot's current call started
         self.tasks: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -202,7 +222,7 @@ class Runners:
                         if self._timed_out[slot]:
                             self._timed_out[slot] = False
                             task.uncancel()
-                            exc = TimeoutError()
+                            exc = self._timeout_error(slot, handler, loop)
                         # else: the handler awaited something cancelled elsewhere: a failure
                     outcome = await self._failed(d, handler, attempts, exc, started)
                     last_error = failure_text(handler, exc)
@@ -223,8 +243,9 @@ class Runners:
         ctx: Context,
         headers: str | None,
     ) -> None:
+        self._started[slot] = started = loop.time()
         if handler.timeout is not None:
-            self._deadlines[slot] = loop.time() + handler.timeout
+            self._deadlines[slot] = started + handler.timeout
         try:
             if self._tracing is None:
                 await handler(value, ctx)
@@ -242,6 +263,20 @@ class Runners:
         if self._timed_out[slot]:  # the handler swallowed our cancel and finished anyway
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
+        elif handler.timeout is not None:
+            took = loop.time() - started
+            if took > handler.timeout + BLOCKED_SLACK:  # nothing could cancel it: it blocked
+                raise LoopBlocked(handler, took)
+
+    def _timeout_error(
+        self, slot: int, handler: Handler, loop: asyncio.AbstractEventLoop
+    ) -> TimeoutError:
+        """The watchdog cancelled this slot's handler: past its timeout by blocking the loop
+        (the watchdog could not run in time), or by awaiting."""
+        took = loop.time() - self._started[slot]
+        if handler.timeout is not None and took > handler.timeout + BLOCKED_SLACK:
+            return LoopBlocked(handler, took)
+        return TimeoutError()
 
     def _invalid(self, d: Delivery, handler: Handler, attempts: int, exc: BaseException) -> Outcome:
         """The payload does not match the handler's model: dead at once, no retries."""

@@ -49,11 +49,12 @@ from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
 from ._queries import Queries, queries_for
-from ._registry import Registry
+from ._registry import DEFAULT_TIMEOUT, Registry
 from ._runner import Runners
 from ._scheduler import Scheduler
 from ._settings import WorkerSettings, check_listen, mask_dsn
 from ._shutdown import Shutdown
+from ._stallguard import StallGuard
 from ._tracing import Tracing
 from ._wakeups import Wakeups
 
@@ -240,10 +241,20 @@ class Worker:
                 self._wakeups.wakeup.set,
                 limiter.renew if limiter else None,
             )
+            guard = StallGuard(
+                dsn=self._dsn,
+                connect_options=pool_options(pooled=s.pooled, control=True),
+                queries=self._queries,
+                inflight=self._inflight,
+                lease_seconds=s.lease_seconds,
+                interval=s.heartbeat_interval,
+                grace=self._stall_grace(),
+            )
             tasks = [
                 *runners.start(),
                 asyncio.create_task(completer.run()),
                 *leases.start(),
+                asyncio.create_task(guard.run()),
                 *([limiter.start()] if limiter else []),
             ]
             if s.listen and not s.burst:
@@ -290,6 +301,17 @@ class Worker:
             extra={"event": "stop", **dataclasses.asdict(self.stats)},
         )
         return self.stats
+
+    def _stall_grace(self) -> float:
+        """How long a blocked event loop may keep its leases (see _stallguard.py): twice the
+        longest handler timeout (a handler without one counts as DEFAULT_TIMEOUT), and at
+        least two leases. Past that the worker counts as dead and its events are rescued."""
+        timeouts = [
+            h.timeout or DEFAULT_TIMEOUT
+            for t in self._event_types
+            for h in self.registry.handlers_for(t)
+        ]
+        return max(2 * max(timeouts, default=DEFAULT_TIMEOUT), 2 * self.settings.lease_seconds)
 
     async def _make_limiter(self, runners: Runners) -> Limiter | None:
         """The slot keeper, when the registry limits a handler (else None: no cost at all)."""

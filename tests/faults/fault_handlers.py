@@ -15,6 +15,7 @@ Event types (all handlers share :func:`_run`; they differ in name, timeout and r
 - ``fault.timeout``: one handler ``a``; timeout 0.5 s; 3 attempts, 0.1 s apart.
 - ``fault.multi``: three handlers ``h1``, ``h2``, ``h3``; timeout 30 s; 20 attempts with short
   exponential backoff (survives worker kills and a server restart).
+- ``fault.block``: one handler ``a``; timeout 1 s; 3 attempts, 0.1 s apart (for ``"block"``).
 - ``fault.model``: one handler ``m`` (like ``a``) whose payload model :class:`Hostile` has a
   validator that raises the exception class named by ``"validator_raises"`` (a builtin name,
   e.g. ``"RuntimeError"`` or ``"SystemExit"``), with the message ``"validator blew up"``.
@@ -161,6 +162,7 @@ def build_registry() -> pgqueue.Registry:
     registry = pgqueue.Registry()
     registry.add("fault", _run, name="a", retry=QUICK, timeout=30)
     registry.add("fault.timeout", _run, name="a", retry=QUICK, timeout=0.5)
+    registry.add("fault.block", _run, name="a", retry=QUICK, timeout=1)
     registry.add("fault.model", _run_model, name="m", retry=QUICK, timeout=30)
     for name in ("h1", "h2", "h3"):
         registry.add("fault.multi", _run, name=name, retry=PATIENT, timeout=30)

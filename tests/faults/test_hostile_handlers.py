@@ -120,3 +120,31 @@ async def test_a_handler_raising_systemexit_or_keyboardinterrupt_fails_and_the_w
     for worker in pair:
         worker.signal(15)
     assert [await w.wait_exit() for w in pair] == [0, 0]
+
+
+async def test_a_handler_blocking_the_loop_costs_no_lease_and_dies_of_its_real_cause(
+    fconn: asyncpg.Connection, db_dsn: str, workers: Workers
+) -> None:
+    # time.sleep(2.5) in an async handler, with 1 s leases and a 1 s handler timeout; the
+    # innocent event is claimed with it and waits for the loop. A second worker rescues
+    # expired leases every 0.2 s: before the stall guard, both events were rescued onto it
+    # (the innocent ran twice) and the blocker ended "gave up ... never finished".
+    blocker = await pgqueue.enqueue(fconn, "fault.block", {"block": 2.5})
+    innocent = await pgqueue.enqueue(fconn, "fault", {"sleep": 0.2})
+    first = workers.start(db_dsn)
+    await first.wait_started()
+    second = workers.start(db_dsn)
+    await settle(fconn, [blocker, innocent], [first, second])
+
+    dead = await outcome(fconn, blocker)
+    assert dead["state"] == "dead", dict(dead)
+    assert dead["last_error"].startswith("a: LoopBlocked: handler a blocked the event loop for "), (
+        dead["last_error"]
+    )
+    assert "past its timeout of 1s" in dead["last_error"]
+    runs = await fconn.fetch("SELECT pid FROM fault_log WHERE event_id = $1", blocker)
+    assert [r["pid"] for r in runs] == [first.pid] * 3  # never rescued: one worker, 3 tries
+    innocent_runs = await fconn.fetch("SELECT pid FROM fault_log WHERE event_id = $1", innocent)
+    assert [r["pid"] for r in innocent_runs] == [first.pid]  # ran once: its lease held
+    assert (await outcome(fconn, innocent))["state"] == "done"
+    assert first.alive and second.alive
