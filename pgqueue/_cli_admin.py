@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
 import json
 
 import asyncpg
@@ -209,11 +210,13 @@ def print_status(report: StatusReport, top: int | None) -> None:
     was quadratic (20,000 types: 76 s; 100,000 types never finished)."""
     states = ["pending", "running", "done", "dead", "discarded"]
     by_type: dict[str, dict[str, StatusRow]] = {}
+    backlog: dict[str, int] = {}
     for row in report.counts:
         by_type.setdefault(row.event_type, {})[row.state] = row
-    ranked = by_backlog(by_type, lambda rows: sum(rows[s].events for s in BACKLOG if s in rows))
+        if row.state in BACKLOG:
+            backlog[row.event_type] = backlog.get(row.event_type, 0) + row.events
     table = [["event type", *states, "oldest ready"]]
-    for t, rows in ranked[:top]:
+    for t, rows in by_backlog(by_type, backlog, top):
         ages = [r.oldest_ready_age for r in rows.values() if r.oldest_ready_age is not None]
         table.append(
             [
@@ -226,17 +229,21 @@ def print_status(report: StatusReport, top: int | None) -> None:
         click.echo("the outbox is empty")
     else:
         print_table(table)
-        for line in more_lines(len(ranked) - (len(table) - 1), "event type"):
+        for line in more_lines(len(by_type) - (len(table) - 1), "event type"):
             click.echo(line)
     if any(r.estimated for r in report.counts):
         click.echo("~ done counts estimated from a sample of the table; --exact counts all")
     if report.dead_handlers:
-        dead = sorted(report.dead_handlers, key=lambda d: (-d[2], d[0], d[1]))
+        dead = heapq.nsmallest(
+            len(report.dead_handlers) if top is None else top,
+            report.dead_handlers,
+            key=lambda d: (-d[2], d[0], d[1]),
+        )
         click.echo("")
         print_table(
-            [["event type", "dead handler", "events"], *([t, h, str(n)] for t, h, n in dead[:top])]
+            [["event type", "dead handler", "events"], *([t, h, str(n)] for t, h, n in dead)]
         )
-        for line in more_lines(len(dead) - len(dead[:top]), "dead handler"):
+        for line in more_lines(len(report.dead_handlers) - len(dead), "dead handler"):
             click.echo(line)
 
 

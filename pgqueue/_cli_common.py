@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import heapq
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
@@ -179,9 +180,16 @@ STATUS_TOP = 50
 V = TypeVar("V")
 
 
-def by_backlog(groups: Mapping[str, V], backlog: Callable[[V], int]) -> list[tuple[str, V]]:
-    """The groups, largest backlog first, then by name (O(n log n))."""
-    return sorted(groups.items(), key=lambda item: (-backlog(item[1]), item[0]))
+def by_backlog(
+    groups: Mapping[str, V], backlog: Mapping[str, int], top: int | None
+) -> list[tuple[str, V]]:
+    """The ``top`` groups (None: all), largest backlog first, then by name: O(n log top)."""
+    items = groups.items()
+
+    def key(item: tuple[str, V]) -> tuple[int, str]:
+        return -backlog.get(item[0], 0), item[0]
+
+    return sorted(items, key=key) if top is None else heapq.nsmallest(top, items, key=key)
 
 
 def more_lines(hidden: int, what: str) -> list[str]:

@@ -78,10 +78,9 @@ def render(snapshot: LiveStatus, interval: float, top: int | None = None) -> lis
     ]
     if not snapshot.types:
         return [*lines, "no pending, running or dead events, none done in the window"]
-    ranked = by_backlog(
-        {t.event_type: t for t in snapshot.types}, lambda t: t.pending + t.running + t.dead
-    )
-    shown = [t for _, t in ranked[:top]]
+    types = {t.event_type: t for t in snapshot.types}
+    backlog = {t.event_type: t.pending + t.running + t.dead for t in snapshot.types}
+    shown = [t for _, t in by_backlog(types, backlog, top)]
     rows = [["event type", "pending", "running", "dead", f"done/{window}", "oldest ready"]]
     rows += [
         [
@@ -95,7 +94,7 @@ def render(snapshot: LiveStatus, interval: float, top: int | None = None) -> lis
         for t in shown
     ]
     lines += table_lines(rows, right=range(1, len(rows[0])))
-    lines += more_lines(len(ranked) - len(shown), "event type")
+    lines += more_lines(len(types) - len(shown), "event type")
     names = {t.event_type for t in shown}
     handlers = [h for h in snapshot.handlers if h.event_type in names]
     if handlers:
