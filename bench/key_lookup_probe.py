@@ -3,10 +3,12 @@ target (migration 0011: the target needs SELECT on the key column, a bare DO NOT
 
 ``python -m bench.key_lookup_probe [--dsn DSN] [--rows 5000] [--rounds 5]``
 
-On one fresh database, alternating the forms round by round: single-row inserts in autocommit
-(as ``enqueue`` in its own transaction), without a key and with a fresh key, and 1,000-row
-``INSERT ... SELECT FROM unnest`` with keys (``enqueue_many``). Prints the median microseconds
-per row of each form over the rounds.
+On one fresh database, alternating the forms round by round: single-row inserts (``enqueue``),
+without a key and with a fresh key, and 1,000-row ``INSERT ... SELECT FROM unnest`` with keys
+(``enqueue_many``). Each round runs inside one transaction, rolled back: what differs between
+the forms is the statement's own cost, and a commit per row (an fsync wait on a shared disk)
+made the first runs of this probe all noise (4-24 ms per row, rounds disagreeing 5x). Prints
+the median microseconds per row of each form over the rounds.
 """
 
 from __future__ import annotations
@@ -45,19 +47,29 @@ MANY = {
 
 
 async def single(conn: asyncpg.Connection, sql: str, rows: int, keyed: bool) -> float:
-    start = time.perf_counter()
-    for _ in range(rows):
-        key = uuid.uuid4().hex if keyed else None
-        await conn.fetchval(sql, "bench.key", '{"n": 1}', key)
-    return (time.perf_counter() - start) / rows * 1e6
+    keys = [uuid.uuid4().hex if keyed else None for _ in range(rows)]
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        start = time.perf_counter()
+        for key in keys:
+            await conn.fetchval(sql, "bench.key", '{"n": 1}', key)
+        return (time.perf_counter() - start) / rows * 1e6
+    finally:
+        await tx.rollback()
 
 
 async def many(conn: asyncpg.Connection, sql: str, rows: int) -> float:
-    start = time.perf_counter()
-    for _ in range(rows // 1000):
-        keys = [uuid.uuid4().hex for _ in range(1000)]
-        await conn.fetch(sql, ["bench.key"] * 1000, ['{"n": 1}'] * 1000, keys)
-    return (time.perf_counter() - start) / rows * 1e6
+    chunks = [[uuid.uuid4().hex for _ in range(1000)] for _ in range(rows // 1000)]
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        start = time.perf_counter()
+        for keys in chunks:
+            await conn.fetch(sql, ["bench.key"] * 1000, ['{"n": 1}'] * 1000, keys)
+        return (time.perf_counter() - start) / rows * 1e6
+    finally:
+        await tx.rollback()
 
 
 async def main(args: argparse.Namespace) -> None:
