@@ -207,6 +207,17 @@ RETURNING o.id, o.event_type, e.leased_by
 # claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
 # a tight loop. Per priority level the first future row: `run_at > now()` starts each index
 # range past the claimed rows' entries.
+# $1 the skippers lock's first key ('<schema>.outbox skippers'), $2 queues. Waits until every
+# producer transaction that skipped its NOTIFY behind a gate holder (sql/0011) has finished
+# committing: each holds this lock shared during its commit; the exclusive request waits for
+# them, and is released again when the statement ends (its own transaction). A claim after it
+# sees their events.
+WAIT_FOR_SKIPPERS = """
+SELECT count(*) FROM (
+    SELECT pg_advisory_xact_lock(hashtext($1), hashtext(q))::text FROM unnest($2::text[]) AS q
+) AS waited
+"""
+
 NEXT_DUE = (
     """
 SELECT extract(epoch FROM min(d.run_at) - now())::float8

@@ -179,6 +179,12 @@ class CoreCalls(Statements):
         value: float | None = await conn.fetchval(self.next_due, queue, event_types)
         return value
 
+    async def sweep_skippers(
+        self, conn: asyncpg.Connection, queues: Sequence[str], timeout: float
+    ) -> None:
+        """Wait until no producer that skipped its NOTIFY on ``queues`` is still committing."""
+        await conn.fetchval(self.wait_for_skippers, self.skippers_key, queues, timeout=timeout)
+
     async def record_effect_once(
         self, conn: asyncpg.Connection, event_id: int, handler: str
     ) -> bool:
