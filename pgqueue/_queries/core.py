@@ -207,11 +207,17 @@ RETURNING o.id, o.event_type, e.leased_by
 # claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
 # a tight loop. Per priority level the first future row: `run_at > now()` starts each index
 # range past the claimed rows' entries.
-# $1 the skippers lock's first key ('<schema>.outbox skippers'), $2 queues. Waits until every
+# $1 the skippers lock's first key ('<schema>.outbox skippers'), $2 queues. SKIPPERS_DONE: true
+# when no producer that skipped its NOTIFY is committing right now (never waits; usually the
+# case). WAIT_FOR_SKIPPERS: waits until every
 # producer transaction that skipped its NOTIFY behind a gate holder (sql/0011) has finished
 # committing: each holds this lock shared during its commit; the exclusive request waits for
 # them, and is released again when the statement ends (its own transaction). A claim after it
 # sees their events.
+SKIPPERS_DONE = """
+SELECT bool_and(pg_try_advisory_xact_lock(hashtext($1), hashtext(q))) FROM unnest($2::text[]) AS q
+"""
+
 WAIT_FOR_SKIPPERS = """
 SELECT count(*) FROM (
     SELECT pg_advisory_xact_lock(hashtext($1), hashtext(q))::text FROM unnest($2::text[]) AS q

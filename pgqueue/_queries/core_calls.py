@@ -179,6 +179,10 @@ class CoreCalls(Statements):
         value: float | None = await conn.fetchval(self.next_due, queue, event_types)
         return value
 
+    async def no_skippers(self, conn: asyncpg.Connection, queues: Sequence[str]) -> bool:
+        """True when no producer that skipped its NOTIFY on ``queues`` is committing now."""
+        return bool(await conn.fetchval(self.skippers_done, self.skippers_key, queues))
+
     async def sweep_skippers(
         self, conn: asyncpg.Connection, queues: Sequence[str], timeout: float
     ) -> None:
