@@ -15,9 +15,9 @@ temporary directory, stock settings: max_connections 100, fsync and synchronous_
 the server behind --dsn may be shared, and other clients would take the connection slots and
 land their load inside the runs); every table is truncated and a CHECKPOINT taken before each
 measured run; the server and its directory are removed at the end. An idle pgqueue worker
-listens meanwhile (it serves another event type, so it wakes and sweeps on every notification and claims nothing): the issue measured
-0.2x with one. Figures: tps and mean latency per variant, and the outbox / plain ratio of each
-run. The exact pgbench command is printed.
+listens meanwhile (it serves another event type, so it wakes and sweeps on every notification
+and claims nothing): the issue measured 0.2x with one. Figures: tps and mean latency per
+variant, and the outbox / plain ratio of each run. The exact pgbench command is printed.
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def describe(pgbench: str, seconds: float, most: int | str = "<max>") -> str:
     return (
         f"figure 8 (producers): {shlex.join(shown)}  (-c 1, 16, 64, {most}; -j = min(clients, "
         f"cores)) on a private server; outbox_nonotify = outbox.sql with `ALTER TABLE "
-        f"pgqueue.outbox DISABLE TRIGGER outbox_notify`; tables truncated and CHECKPOINT before each run; an idle pgqueue "
-        f"worker listens\n{scripts}"
+        f"pgqueue.outbox DISABLE TRIGGER outbox_notify`; tables truncated and CHECKPOINT "
+        f"before each run; an idle pgqueue worker listens\n{scripts}"
     )
 
 
