@@ -9,19 +9,21 @@ Producers go through a notify gate at commit (sql/0011_producer_commit.sql): one
 transaction per queue at a time notifies, the others skip NOTIFY so that their commits do not
 queue behind PostgreSQL's notify lock. A skipping producer may finish its commit after the
 claim that the gate holder's notification started. So after each such notification (payload:
-the queue name) the listener first sweeps: on its own connection it checks that no skipping
-producer is still committing (the skippers' advisory lock, taken exclusive for an instant),
-and if some are, wakes the claimer and waits for them; then it calls ``swept``, which makes
-the worker claim. An event of a skipping producer thus waits
+the queue name) the listener first sweeps: on its own connection it looks whether skipping
+producers are still committing (they hold the skippers' advisory lock in share mode; pg_locks
+shows them), and if some are, wakes the claimer and waits until they are gone; then it calls
+``swept``, which makes the worker claim. An event of a skipping producer thus waits
 for at most the gate holder's notification plus the end of its own commit, never for the poll
-interval. A notification ``<queue>!`` comes from a producer that found a sweep under way and
-notified for itself: it wakes the claimer at once and needs no sweep.
+interval. A notification ``<queue>!`` comes from a producer that could not take the skippers'
+lock (someone holds it exclusively) and notified for itself: it wakes the claimer at once and
+needs no sweep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,10 +39,13 @@ LISTEN_THROUGH_POOLER = (
     "if it pools by transaction, LISTEN there receives no notification and events wait for "
     "the poll interval; give --listen-dsn a direct connection to PostgreSQL"
 )
-# A sweep waits for producers in the middle of their COMMIT (milliseconds). One stuck longer
-# (synchronous replication waiting for a standby) holds it up to this long; then the listener
-# wakes the claimer anyway and sweeps again.
+# A sweep waits for producers in the middle of their COMMIT (milliseconds), looking again
+# after 1, 2, 4, ... ms (at most every 20 ms). One stuck longer (synchronous replication waiting
+# for a standby) holds it up to SWEEP_TIMEOUT; then the claimer runs anyway and the listener
+# sweeps again.
 SWEEP_TIMEOUT = 5.0
+SWEEP_POLL_FIRST = 0.001
+SWEEP_POLL_MAX = 0.02
 
 
 class Listener:
@@ -86,10 +91,10 @@ class Listener:
             return
         else:
             return
-        # The claim follows the sweep's first look (one round trip that never waits; nobody is
-        # usually committing behind the gate holder): one claim per notification. Claiming
-        # first and again after every sweep cost the idle worker a third statement per
-        # notification, which the producers paid for on 2 cores.
+        # The claim follows the sweep's first look (one round trip, never waits): one claim per
+        # notification when nobody is committing behind the gate holder. Claiming first and
+        # again after every sweep cost an idle worker a third statement per notification,
+        # which the producers paid for on 2 cores.
         self._sweep.set()
 
     def _on_terminate(self, _conn: Any) -> None:
@@ -155,14 +160,21 @@ class Listener:
         """Wait out the producers that skipped their NOTIFY, then have the worker claim."""
         self._sweep.clear()
         queues, self._to_sweep = sorted(self._to_sweep), set()
-        if not await self._queries.no_skippers(conn, queues):
-            # Some are still committing: claim what is there now, then wait for them.
+        committing = await self._queries.committing_skippers(conn, queues)
+        if committing:
+            # Claim what is there now, then again once they have committed (milliseconds:
+            # they are inside their COMMIT). Polled, never waited for on the lock itself.
             self._wake()
-            try:
-                await self._queries.sweep_skippers(conn, queues, SWEEP_TIMEOUT)
-            except TimeoutError:
-                self._to_sweep.update(queues)  # still committing: look again
-                self._sweep.set()
+            deadline = time.monotonic() + SWEEP_TIMEOUT
+            delay = SWEEP_POLL_FIRST
+            while committing:
+                if time.monotonic() >= deadline:
+                    self._to_sweep.update(queues)  # still committing: look again
+                    self._sweep.set()
+                    break
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, SWEEP_POLL_MAX)
+                committing = await self._queries.committing_skippers(conn, queues, committing)
         self.sweeps += 1
         self._swept(queues)
 

@@ -207,21 +207,25 @@ RETURNING o.id, o.event_type, e.leased_by
 # claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
 # a tight loop. Per priority level the first future row: `run_at > now()` starts each index
 # range past the claimed rows' entries.
-# $1 the skippers lock's first key ('<schema>.outbox skippers'), $2 queues. SKIPPERS_DONE: true
-# when no producer that skipped its NOTIFY is committing right now (never waits; usually the
-# case). WAIT_FOR_SKIPPERS: waits until every
-# producer transaction that skipped its NOTIFY behind a gate holder (sql/0011) has finished
-# committing: each holds this lock shared during its commit; the exclusive request waits for
-# them, and is released again when the statement ends (its own transaction). A claim after it
-# sees their events.
-SKIPPERS_DONE = """
-SELECT bool_and(pg_try_advisory_xact_lock(hashtext($1), hashtext(q))) FROM unnest($2::text[]) AS q
-"""
-
-WAIT_FOR_SKIPPERS = """
-SELECT count(*) FROM (
-    SELECT pg_advisory_xact_lock(hashtext($1), hashtext(q))::text FROM unnest($2::text[]) AS q
-) AS waited
+# $1 the skippers lock's first key ('<schema>.outbox skippers'), $2 queues, $3 NULL or the
+# transactions of an earlier look. The producer transactions that skipped their NOTIFY behind
+# a gate holder (sql/0011) and are still committing: each holds this advisory lock in share
+# mode until its commit is visible. pg_locks is one consistent copy of the lock table, and
+# advisory locks never take the fast path, so a skipper missing here has released the lock,
+# and its commit is visible to any claim that starts afterwards.
+# Why look instead of taking the lock exclusively (which waits for all of them): while a
+# worker holds or waits for it, producers cannot take it shared and must notify for
+# themselves. With an idle worker listening, 16 pgbench clients then sent 709 such
+# notifications beside 409 gate holders' in 5 s, and ran at 0.40x a plain table's tps
+# instead of 0.9x with a bare listener.
+SKIPPERS = """
+SELECT coalesce(array_agg(l.virtualtransaction), '{}')
+FROM pg_locks AS l
+WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.objsubid = 2
+  AND l.classid = (hashtext($1)::bigint & 4294967295)::oid
+  AND l.objid = ANY(ARRAY(SELECT (hashtext(q)::bigint & 4294967295)::oid
+                          FROM unnest($2::text[]) AS q))
+  AND ($3::text[] IS NULL OR l.virtualtransaction = ANY($3::text[]))
 """
 
 NEXT_DUE = (

@@ -179,15 +179,16 @@ class CoreCalls(Statements):
         value: float | None = await conn.fetchval(self.next_due, queue, event_types)
         return value
 
-    async def no_skippers(self, conn: asyncpg.Connection, queues: Sequence[str]) -> bool:
-        """True when no producer that skipped its NOTIFY on ``queues`` is committing now."""
-        return bool(await conn.fetchval(self.skippers_done, self.skippers_key, queues))
-
-    async def sweep_skippers(
-        self, conn: asyncpg.Connection, queues: Sequence[str], timeout: float
-    ) -> None:
-        """Wait until no producer that skipped its NOTIFY on ``queues`` is still committing."""
-        await conn.fetchval(self.wait_for_skippers, self.skippers_key, queues, timeout=timeout)
+    async def committing_skippers(
+        self,
+        conn: asyncpg.Connection,
+        queues: Sequence[str],
+        among: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The producer transactions that skipped their NOTIFY on ``queues`` and are still
+        committing (of ``among``, when given): their virtual transaction ids."""
+        found: list[str] = await conn.fetchval(self.skippers, self.skippers_key, queues, among)
+        return found
 
     async def record_effect_once(
         self, conn: asyncpg.Connection, event_id: int, handler: str

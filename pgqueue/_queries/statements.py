@@ -33,8 +33,7 @@ from .core import (
     RECORD_EFFECT,
     RESCUE,
     RESCUE_PLAN,
-    SKIPPERS_DONE,
-    WAIT_FOR_SKIPPERS,
+    SKIPPERS,
 )
 from .limits import (
     LIMIT_OVERRIDE,
@@ -81,8 +80,7 @@ class Statements:
         self.rescue = RESCUE.format(s=s)
         self.rescue_plan = RESCUE_PLAN
         self.next_due = NEXT_DUE.format(s=s)
-        self.wait_for_skippers = WAIT_FOR_SKIPPERS
-        self.skippers_done = SKIPPERS_DONE
+        self.skippers = SKIPPERS
         self.skippers_key = f"{schema}.outbox skippers"
         self.active_counts = ACTIVE_COUNTS.format(s=s)
         self.done_counts = DONE_COUNTS.format(s=s)
