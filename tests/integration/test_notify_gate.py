@@ -150,20 +150,21 @@ async def test_a_producer_that_skipped_notify_is_claimed_after_the_gate_holders_
     assert worker.stats.done >= 3
 
 
-async def test_a_producer_finding_a_sweep_under_way_notifies_for_itself(
+async def test_a_producer_that_cannot_register_as_a_skipper_notifies_for_itself(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
+    """Someone holds the skippers lock exclusively (an application's advisory lock with the
+    same keys): a producer then cannot count on a sweep, and never waits for that lock."""
     payloads: list[str] = []
     listener = await asyncpg.connect(db_dsn)
     sweeper = await asyncpg.connect(db_dsn)
     try:
         await listen(listener, payloads)
         async with sweeper.transaction():
-            # As a worker's sweep does, for an instant: the skippers lock, exclusive.
             await sweeper.execute(
                 "SELECT pg_advisory_xact_lock(hashtext($1), hashtext('default'))", SKIPPERS
             )
-            await pgqueue.enqueue(conn, "gate.test", {})  # never waits for the sweeper
+            await pgqueue.enqueue(conn, "gate.test", {})  # never waits for the lock holder
         await wait_for(lambda: _count(payloads, 1), message="no notification")
         assert payloads == ["default!"]
     finally:
