@@ -89,7 +89,7 @@ BEGIN
     IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(
             pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' skippers'),
             pg_catalog.hashtext(NEW.queue)) THEN
-        -- A worker is waiting for the skippers right now: wake it ourselves.
+        -- Held exclusively by someone: no sweep will wait for us, wake the workers ourselves.
         PERFORM pg_catalog.pg_notify(channel, NEW.queue OPERATOR(pg_catalog.||) '!');
     ELSIF pg_catalog.pg_try_advisory_xact_lock(
             pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' gate'),
