@@ -75,26 +75,17 @@ ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp 
 
 CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     LANGUAGE plpgsql
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    channel text;
-    marker text;
+    channel text := TG_TABLE_SCHEMA || '.outbox';
 BEGIN
-    channel := TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.outbox';
-    marker := channel OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) NEW.queue;
-    IF pg_catalog.current_setting('pgqueue.notify_done', true) OPERATOR(pg_catalog.=) marker THEN
-        RETURN NULL;  -- this transaction has been through the gate for this queue
-    END IF;
-    PERFORM pg_catalog.set_config('pgqueue.notify_done', marker, true);
-    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(
-            pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' skippers'),
-            pg_catalog.hashtext(NEW.queue)) THEN
+    IF NOT pg_try_advisory_xact_lock_shared(hashtext(channel || ' skippers'),
+                                            hashtext(NEW.queue)) THEN
         -- Held exclusively by someone: no sweep will wait for us, wake the workers ourselves.
-        PERFORM pg_catalog.pg_notify(channel, NEW.queue OPERATOR(pg_catalog.||) '!');
-    ELSIF pg_catalog.pg_try_advisory_xact_lock(
-            pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' gate'),
-            pg_catalog.hashtext(NEW.queue)) THEN
-        PERFORM pg_catalog.pg_notify(channel, NEW.queue);
+        PERFORM pg_notify(channel, NEW.queue || '!');
+    ELSIF pg_try_advisory_xact_lock(hashtext(channel || ' gate'), hashtext(NEW.queue)) THEN
+        PERFORM pg_notify(channel, NEW.queue);
     END IF;
     RETURN NULL;
 END
@@ -285,7 +276,7 @@ CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filte
 
 CREATE TRIGGER handler_limits_sync AFTER INSERT OR UPDATE OF concurrency, override ON pgqueue.handler_limits FOR EACH ROW EXECUTE FUNCTION pgqueue.sync_handler_slots();
 
-CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgqueue.notify_outbox();
+CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((current_setting('pgqueue.notify_queued'::text, true) IS DISTINCT FROM (((new.tableoid)::text || ' '::text) || (new.queue)::text)) AND (set_config('pgqueue.notify_queued'::text, (((new.tableoid)::text || ' '::text) || (new.queue)::text), true) IS NOT NULL))) EXECUTE FUNCTION pgqueue.notify_outbox();
 
 ALTER TABLE ONLY pgqueue.handler_slots
     ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;

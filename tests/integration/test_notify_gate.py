@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import asyncpg
 
@@ -92,7 +92,7 @@ async def test_one_committer_notifies_the_one_committing_meanwhile_skips(
     await conn.execute(SLOW_COMMIT)
     payloads: list[str] = []
     listener = await asyncpg.connect(db_dsn)
-    first, _ = await slow_producer(db_dsn, 1.0)
+    first, _ = await slow_producer(db_dsn, 2.0)
     second, _ = await slow_producer(db_dsn, 0.0)
     try:
         await listen(listener, payloads)
@@ -112,6 +112,10 @@ async def _count(payloads: list[str], n: int) -> bool:
     return len(payloads) >= n
 
 
+async def _two(count: Awaitable[int]) -> bool:
+    return await count >= 2
+
+
 async def test_a_producer_that_skipped_notify_is_claimed_after_the_gate_holders_wakeup(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
@@ -123,16 +127,16 @@ async def test_a_producer_that_skipped_notify_is_claimed_after_the_gate_holders_
     async with running_worker(db_dsn, ran) as worker:
         warm = await pgqueue.enqueue(conn, "gate.test", {})
         await wait_for(lambda: processed(conn, warm), message="first event never ran")
-        holder, holder_event = await slow_producer(db_dsn, 0.5)
-        skipper, skipper_event = await slow_producer(db_dsn, 2.0)
+        holder, holder_event = await slow_producer(db_dsn, 1.5)
+        skipper, skipper_event = await slow_producer(db_dsn, 4.0)
         try:
             await listen(listener, payloads)
             holder_commit = asyncio.create_task(holder.execute("COMMIT"))
             await wait_for(lambda: held(conn, GATE, "ExclusiveLock"), message="no gate holder")
             skipper_commit = asyncio.create_task(skipper.execute("COMMIT"))
-            # The skipper went past the gate (it holds the skippers lock and sleeps in its
-            # commit) while the holder still held it.
-            await wait_for(lambda: held(conn, SKIPPERS, "ShareLock"), message="no skipper")
+            # The skipper went past the gate (like the holder, it holds the skippers lock, and
+            # sleeps in its commit) while the holder still held the gate.
+            await wait_for(lambda: _two(held(conn, SKIPPERS, "ShareLock")), message="no skipper")
             await holder_commit
             await wait_for(lambda: processed(conn, holder_event), message="holder's event")
             assert not await processed(conn, skipper_event)  # still committing
