@@ -25,6 +25,7 @@ from . import (
     s5_sustained,
     s6_growth,
     s7_memory,
+    s8_producers,
 )
 from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info
 from ._options import Bench, Figures, Options
@@ -41,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     "sustained": s5_sustained.run,
     "growth": s6_growth.run,
     "memory": s7_memory.run,
+    "producers": s8_producers.run,
 }
 
 
@@ -127,6 +129,9 @@ async def main(argv: list[str]) -> int:
         f"PgQueuer {machine['versions']['pgqueuer']}"
     )
     print(f"median [min-max] of {opts.runs} run(s); ratio = pgqueue / PgQueuer (medians)")
+    if "producers" in args.selected:
+        print("figure 8: the PgQueuer column is the plain table (no queue), measured alternately")
+        print(s8_producers.describe(s8_producers.pgbench_path(), s8_producers.run_seconds(opts)))
     loads = [v for k, vs in samples.items() if k.startswith("load_1m.") for v in vs]
     if loads and max(loads) > machine["nproc"] / 2:
         print(

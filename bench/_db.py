@@ -78,6 +78,11 @@ class Databases:
         """Drop the template."""
         await self._admin(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
 
+    @property
+    def made(self) -> int:
+        """How many fresh databases were handed out so far."""
+        return self._count
+
     @contextlib.asynccontextmanager
     async def fresh(self) -> AsyncIterator[str]:
         """A new database cloned from the template (dropped on exit); yields its DSN."""

@@ -31,9 +31,11 @@ class Wakeups:
         self.progress.clear()
         await first(self.progress.wait(), other, timeout)
 
-    async def progress_or_wakeup(self) -> None:
-        """Wait for the next progress or ``wakeup``, at most the poll interval."""
-        await self.progress_or(self.wakeup.wait(), self.poll_interval)
+    async def progress_or_wakeup(self, timeout: float | None = None) -> None:
+        """Wait for the next progress or ``wakeup``, at most ``timeout`` (the poll interval)."""
+        await self.progress_or(
+            self.wakeup.wait(), self.poll_interval if timeout is None else timeout
+        )
 
 
 async def first(a: Awaitable[Any], b: Awaitable[Any], timeout: float) -> None:

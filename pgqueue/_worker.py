@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -260,9 +261,10 @@ class Worker:
             if s.listen and not s.burst:
                 listener = Listener(
                     self._listen_dsn or self._dsn,
-                    self._queries.channel,
+                    self._queries,
                     s.queues,
                     self._wakeups.wakeup.set,
+                    self._swept,
                 )
                 tasks.append(asyncio.create_task(listener.run()))
             if scheduler is not None:
@@ -338,6 +340,11 @@ class Worker:
         pools = [p for p in (self._handler_pool, self._claim_pool, self._pool) if p is not None]
         await asyncio.gather(*(_close_pool(pool) for pool in pools))
 
+    def _swept(self, queues: Sequence[str]) -> None:
+        """After a notification (and its sweep): claim ``queues`` again, reading it all."""
+        self._floor.owe_full(queues)
+        self._wakeups.wakeup.set()
+
     async def _claim_loop(self) -> None:
         s = self.settings
         failures = 0
@@ -383,16 +390,23 @@ class Worker:
                 # per claim (EXPLAIN BUFFERS), and it halves the claims under steady load.
                 # The wait is short so that a delayed event falling due meanwhile (no NOTIFY
                 # announces it) still starts within SHORT_BATCH_WAIT of its run_at.
-                await self._wakeups.sleep_or_wake(min(s.poll_interval, SHORT_BATCH_WAIT))
+                await self._wakeups.sleep_or_wake(
+                    self._owed(min(s.poll_interval, SHORT_BATCH_WAIT))
+                )
             elif claimed == 0 and not self._inflight:
                 if s.burst and idle_before:
                     return
                 if s.burst:
                     continue  # claim once more: it sees what was recorded meanwhile
-                await self._wakeups.sleep_or_wake(await self._idle_timeout())
+                await self._wakeups.sleep_or_wake(self._owed(await self._idle_timeout()))
             elif claimed == 0:
                 # Busy with what we have: claim again when something finishes or on NOTIFY.
-                await self._wakeups.progress_or_wakeup()
+                await self._wakeups.progress_or_wakeup(self._owed(s.poll_interval))
+
+    def _owed(self, timeout: float) -> float:
+        """``timeout``, or less when a full claim owed after a notification is due sooner."""
+        owed = self._floor.owed_in()
+        return timeout if owed is None else min(timeout, owed)
 
     async def _idle_timeout(self) -> float:
         """Sleep until the poll interval, or earlier when a delayed event is due sooner."""

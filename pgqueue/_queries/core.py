@@ -209,6 +209,27 @@ RETURNING o.id, o.event_type, e.leased_by
 # claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
 # a tight loop. Per priority level the first future row: `run_at > now()` starts each index
 # range past the claimed rows' entries.
+# $1 the skippers lock's first key ('<schema>.outbox skippers'), $2 queues, $3 NULL or the
+# transactions of an earlier look. The producer transactions that skipped their NOTIFY behind
+# a gate holder (sql/0011) and are still committing: each holds this advisory lock in share
+# mode until its commit is visible. pg_locks is one consistent copy of the lock table, and
+# advisory locks never take the fast path, so a skipper missing here has released the lock,
+# and its commit is visible to any claim that starts afterwards.
+# Why look instead of taking the lock exclusively (which waits for all of them): while a
+# worker holds or waits for it, producers cannot take it shared and must notify for
+# themselves. With an idle worker listening, 16 pgbench clients then sent 709 such
+# notifications beside 409 gate holders' in 5 s, and ran at 0.40x a plain table's tps
+# instead of 0.9x with a bare listener.
+SKIPPERS = """
+SELECT coalesce(array_agg(l.virtualtransaction), '{}')
+FROM pg_locks AS l
+WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ShareLock' AND l.objsubid = 2
+  AND l.classid = (hashtext($1)::bigint & 4294967295)::oid
+  AND l.objid = ANY(ARRAY(SELECT (hashtext(q)::bigint & 4294967295)::oid
+                          FROM unnest($2::text[]) AS q))
+  AND ($3::text[] IS NULL OR l.virtualtransaction = ANY($3::text[]))
+"""
+
 NEXT_DUE = (
     """
 SELECT extract(epoch FROM min(d.run_at) - now())::float8

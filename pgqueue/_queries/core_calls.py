@@ -177,6 +177,17 @@ class CoreCalls(Statements):
         value: float | None = await conn.fetchval(self.next_due, queue, event_types)
         return value
 
+    async def committing_skippers(
+        self,
+        conn: asyncpg.Connection,
+        queues: Sequence[str],
+        among: Sequence[str] | None = None,
+    ) -> list[str]:
+        """The producer transactions that skipped their NOTIFY on ``queues`` and are still
+        committing (of ``among``, when given): their virtual transaction ids."""
+        found: list[str] = await conn.fetchval(self.skippers, self.skippers_key, queues, among)
+        return found
+
     async def record_effect_once(
         self, conn: asyncpg.Connection, event_id: int, handler: str
     ) -> bool:

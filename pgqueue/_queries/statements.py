@@ -32,6 +32,7 @@ from .core import (
     RECORD_EFFECT,
     RESCUE,
     RESCUE_PLAN,
+    SKIPPERS,
 )
 from .limits import (
     LIMIT_OVERRIDE,
@@ -77,6 +78,8 @@ class Statements:
         self.rescue = RESCUE.format(s=s)
         self.rescue_plan = RESCUE_PLAN
         self.next_due = NEXT_DUE.format(s=s)
+        self.skippers = SKIPPERS
+        self.skippers_key = f"{schema}.outbox skippers"
         self.active_counts = ACTIVE_COUNTS.format(s=s)
         self.done_counts = DONE_COUNTS.format(s=s)
         self.done_counts_sampled = DONE_COUNTS_SAMPLED.format(s=s)

@@ -2,6 +2,11 @@ CREATE SCHEMA pgqueue;
 
 ALTER SCHEMA pgqueue OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.event_attempt AS integer
+	CONSTRAINT outbox_attempt_nonnegative CHECK ((VALUE >= 0));
+
+ALTER DOMAIN pgqueue.event_attempt OWNER TO <owner>;
+
 CREATE DOMAIN pgqueue.event_headers AS jsonb
 	CONSTRAINT outbox_headers_object CHECK ((jsonb_typeof(VALUE) = 'object'::text))
 	CONSTRAINT outbox_headers_size CHECK ((octet_length((VALUE)::text) <= 8192));
@@ -13,6 +18,21 @@ CREATE DOMAIN pgqueue.event_payload AS jsonb
 	CONSTRAINT outbox_payload_size CHECK ((octet_length((VALUE)::text) <= 1048576));
 
 ALTER DOMAIN pgqueue.event_payload OWNER TO <owner>;
+
+CREATE DOMAIN pgqueue.event_priority AS smallint
+	CONSTRAINT outbox_priority_range CHECK (((VALUE >= '-10'::integer) AND (VALUE <= 10)));
+
+ALTER DOMAIN pgqueue.event_priority OWNER TO <owner>;
+
+CREATE DOMAIN pgqueue.event_run_at AS timestamp with time zone
+	CONSTRAINT outbox_run_at_finite CHECK (isfinite(VALUE));
+
+ALTER DOMAIN pgqueue.event_run_at OWNER TO <owner>;
+
+CREATE DOMAIN pgqueue.event_state AS text
+	CONSTRAINT outbox_state_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text])));
+
+ALTER DOMAIN pgqueue.event_state OWNER TO <owner>;
 
 CREATE DOMAIN pgqueue.event_type_name AS text
 	CONSTRAINT outbox_event_type_format CHECK ((VALUE ~ '^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$'::text))
@@ -66,9 +86,16 @@ CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
     AS $$
+DECLARE
+    channel text := TG_TABLE_SCHEMA || '.outbox';
 BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '.outbox', q.queue)
-    FROM (SELECT DISTINCT queue FROM new_rows) AS q;
+    IF NOT pg_try_advisory_xact_lock_shared(hashtext(channel || ' skippers'),
+                                            hashtext(NEW.queue)) THEN
+        -- Held exclusively by someone: no sweep will wait for us, wake the workers ourselves.
+        PERFORM pg_notify(channel, NEW.queue || '!');
+    ELSIF pg_try_advisory_xact_lock(hashtext(channel || ' gate'), hashtext(NEW.queue)) THEN
+        PERFORM pg_notify(channel, NEW.queue);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -130,24 +157,21 @@ CREATE TABLE pgqueue.outbox (
     event_type pgqueue.event_type_name NOT NULL,
     payload pgqueue.event_payload DEFAULT '{}'::jsonb NOT NULL,
     idempotency_key pgqueue.idempotency_key,
-    state text DEFAULT 'pending'::text NOT NULL,
-    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    state pgqueue.event_state DEFAULT 'pending'::text NOT NULL,
+    run_at pgqueue.event_run_at DEFAULT now() NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    attempt integer DEFAULT 0 NOT NULL,
+    attempt pgqueue.event_attempt DEFAULT 0 NOT NULL,
     lease_token uuid,
     leased_by text,
     lease_expires_at timestamp with time zone,
     handlers jsonb,
     last_error text,
     processed_at timestamp with time zone,
-    priority smallint DEFAULT 0 NOT NULL,
+    priority pgqueue.event_priority DEFAULT 0 NOT NULL,
     headers pgqueue.event_headers,
-    CONSTRAINT outbox_attempt_nonnegative CHECK ((attempt >= 0)),
     CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
-    CONSTRAINT outbox_lease_iff_running CHECK (((state = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
-    CONSTRAINT outbox_priority_range CHECK (((priority >= '-10'::integer) AND (priority <= 10))),
-    CONSTRAINT outbox_processed_iff_done CHECK (((state = 'done'::text) = (processed_at IS NOT NULL))),
-    CONSTRAINT outbox_run_at_finite CHECK (isfinite(run_at))
+    CONSTRAINT outbox_lease_iff_running CHECK ((((state)::text = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
+    CONSTRAINT outbox_processed_iff_done CHECK ((((state)::text = 'done'::text) = (processed_at IS NOT NULL)))
 )
 WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0.01', autovacuum_analyze_scale_factor='0.02');
 
@@ -237,34 +261,31 @@ ALTER TABLE ONLY pgqueue.migrations
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
 
-ALTER TABLE pgqueue.outbox
-    ADD CONSTRAINT outbox_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text]))) NOT VALID;
-
 ALTER TABLE ONLY pgqueue.replays
     ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY pgqueue.schedules
     ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
 
-CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'dead'::text);
+CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'dead'::text);
 
-CREATE INDEX outbox_discarded_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'discarded'::text);
+CREATE INDEX outbox_discarded_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'discarded'::text);
 
 CREATE INDEX outbox_handlers_idx ON pgqueue.outbox USING btree (id) WHERE (handlers IS NOT NULL);
 
 CREATE UNIQUE INDEX outbox_idempotency_key_idx ON pgqueue.outbox USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
-CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) WHERE (state = 'running'::text);
+CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) WHERE ((state)::text = 'running'::text);
 
-CREATE INDEX outbox_processed_idx ON pgqueue.outbox USING btree (processed_at) WHERE (state = 'done'::text);
+CREATE INDEX outbox_processed_idx ON pgqueue.outbox USING btree (processed_at) WHERE ((state)::text = 'done'::text);
 
-CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, priority DESC, run_at, id) WHERE (state = 'pending'::text);
+CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, priority DESC, run_at, id) WHERE ((state)::text = 'pending'::text);
 
 CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filter) WHERE (finished_at IS NULL);
 
 CREATE TRIGGER handler_limits_sync AFTER INSERT OR UPDATE OF concurrency, override ON pgqueue.handler_limits FOR EACH ROW EXECUTE FUNCTION pgqueue.sync_handler_slots();
 
-CREATE TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pgqueue.notify_outbox();
+CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((current_setting('pgqueue.notify_queued'::text, true) IS DISTINCT FROM (((new.tableoid)::text || ' '::text) || (new.queue)::text)) AND (set_config('pgqueue.notify_queued'::text, (((new.tableoid)::text || ' '::text) || (new.queue)::text), true) IS NOT NULL))) EXECUTE FUNCTION pgqueue.notify_outbox();
 
 ALTER TABLE ONLY pgqueue.handler_slots
     ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;

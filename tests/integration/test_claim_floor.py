@@ -2,7 +2,10 @@
 
 A running worker reads the ready index from (last short claim's time - FLOOR_MARGIN) on; the
 rows that bound can miss (a past run_at, a producer transaction open longer than the margin)
-must still run, picked up by the full read the worker makes every poll interval.
+must still run, and promptly: their commit's notification (or the sweep after the gate
+holder's, tests/integration/test_notify_gate.py) makes the worker's next claim read the whole
+index (issue 11: they waited for the poll interval). The worker here polls once a minute, so
+an event that waited for the poll fails the test.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ async def running_worker(dsn: str, ran: set[int]) -> AsyncIterator[pgqueue.Worke
         ran.add(ctx.event_id)
 
     registry.add("floor.test", record, name="record")
-    worker = pgqueue.Worker(dsn, registry, pgqueue.WorkerSettings(poll_interval=0.3))
+    worker = pgqueue.Worker(dsn, registry, pgqueue.WorkerSettings(poll_interval=60.0))
     task = asyncio.create_task(worker.run())
     try:
         yield worker
@@ -50,7 +53,11 @@ async def test_event_enqueued_with_a_past_run_at_runs_on_a_busy_worker(
         past = await conn.fetchval(
             "SELECT pgqueue.enqueue('floor.test', '{}', now() - interval '1 hour')"
         )
-        await wait_for(lambda: processed(conn, past), message="event with past run_at stranded")
+        await wait_for(
+            lambda: processed(conn, past),
+            timeout=10,
+            message="an event with a past run_at waited for the poll interval",
+        )
     assert {first, past} <= ran
 
 
@@ -77,7 +84,9 @@ async def test_event_from_a_transaction_open_longer_than_the_margin_runs(
             await wait_for(bound_moved_past, timeout=20, interval=0.2)
             await tx.commit()
             await wait_for(
-                lambda: processed(conn, late), message="event of a long transaction stranded"
+                lambda: processed(conn, late),
+                timeout=10,
+                message="a long transaction's event waited for the poll interval",
             )
     finally:
         await producer.close()

@@ -25,8 +25,9 @@ async def _seed(conn: asyncpg.Connection, state: str, n: int, age: str) -> None:
     """Insert ``n`` rows in ``state``, processed/created ``age`` ago, in one statement."""
     await conn.execute(
         "INSERT INTO pgqueue.outbox (event_type, state, created_at, processed_at) "
-        "SELECT 'old.event', $1, now() - $2::text::interval, "
-        "CASE WHEN $1 = 'done' THEN now() - $2::text::interval END FROM generate_series(1, $3)",
+        "SELECT 'old.event', $1::text, now() - $2::text::interval, "
+        "CASE WHEN $1::text = 'done' THEN now() - $2::text::interval END "
+        "FROM generate_series(1, $3)",
         state,
         age,
         n,
@@ -112,6 +113,14 @@ async def _explain(conn: asyncpg.Connection, sql: str, *args: Any) -> list[dict[
     return _plan_nodes(json.loads(raw)[0]["Plan"])
 
 
+def _bare(condition: str) -> str:
+    """An index condition without the casts from the columns' domains (sql/0011) to their
+    base types: ``(run_at)::timestamp with time zone <= now()`` reads ``run_at <= now()``."""
+    return condition.replace("(run_at)::timestamp with time zone", "run_at").replace(
+        "(priority)::smallint", "priority"
+    )
+
+
 async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) -> None:
     """On a table of 200,000 done rows, 2,000 ready ones of three priorities and 20,000 due
     tomorrow, no statement of the hot path scans the table: the claim walks outbox_ready_idx
@@ -137,9 +146,9 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
         await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
         claim = await _explain(conn, q.claim, "default", ["t"], 500, token, "w", 30.0, floor)
         picks = [n for n in claim if n.get("Index Name") == "outbox_ready_idx" and
-                 "run_at <= now()" in n.get("Index Cond", "")]  # fmt: skip
-        assert picks and "priority = " in picks[0]["Index Cond"], claim
-        assert "run_at >= " in picks[0]["Index Cond"], claim
+                 "run_at <= now()" in _bare(n.get("Index Cond", ""))]  # fmt: skip
+        assert picks and "priority = " in _bare(picks[0]["Index Cond"]), claim
+        assert "run_at >= " in _bare(picks[0]["Index Cond"]), claim
         assert not [n for n in claim if n["Node Type"] == "Seq Scan"], claim
     await conn.execute("RESET plan_cache_mode")
     for statement, args in [

@@ -92,7 +92,7 @@ def _check_values(constraint: str) -> list[str]:
     found = []
     for path in sorted(SQL_DIR.glob("0*.sql")):
         found += re.findall(
-            rf"CONSTRAINT {constraint}\s+CHECK \(state IN \(([^)]*)\)\)", path.read_text()
+            rf"CONSTRAINT {constraint}\s+CHECK \((?:state|VALUE) IN \(([^)]*)\)\)", path.read_text()
         )
     assert found, f"constraint {constraint} not found in {SQL_DIR}"
     return re.findall(r"'([^']*)'", found[-1])
