@@ -1,5 +1,5 @@
 """What the producer's INSERT costs with and without naming idempotency_key as its ON CONFLICT
-target (migration 0011: the target needs SELECT on the key column, a bare DO NOTHING does not).
+target (migration 0012: the target needs SELECT on the key column, a bare DO NOTHING does not).
 
 ``python -m bench.key_lookup_probe [--dsn DSN] [--rows 5000] [--rounds 5]``
 

@@ -37,13 +37,13 @@ GRANT USAGE ON SCHEMA :"schema" TO pgqueue_producer, pgqueue_worker, pgqueue_ops
 -- Producer: INSERT of the producer columns only, and SELECT of id for RETURNING id: payloads
 -- and idempotency keys (often personal data) stay unreadable. pgqueue.enqueue() (Python) finds
 -- the id of a key already used through event_ids_by_keys(), and the SQL enqueue() function does
--- it all: both are SECURITY DEFINER and need EXECUTE only. (Before migration 0011 this script
+-- it all: both are SECURITY DEFINER and need EXECUTE only. (Before migration 0012 this script
 -- granted SELECT on idempotency_key: revoked here when it runs again.)
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_producer;
 REVOKE SELECT ON :"schema".outbox FROM pgqueue_producer;
 GRANT SELECT (id) ON :"schema".outbox TO pgqueue_producer;
--- (From migration 0011 on; a schema still older gets it from that migration instead.)
+-- (From migration 0012 on; a schema still older gets it from that migration instead.)
 SELECT set_config('pgqueue.roles_schema', :'schema', false);
 DO $$
 DECLARE

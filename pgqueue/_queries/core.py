@@ -9,7 +9,7 @@ from .._models import PRIORITY_MAX, PRIORITY_MIN
 # $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 idempotency key, $5 queue,
 # $6 priority
 # ON CONFLICT names no target: a target column needs SELECT on it, and a producer may not read
-# idempotency keys (they often hold personal data; sql/0011). The only other unique index is
+# idempotency keys (they often hold personal data; sql/0012). The only other unique index is
 # the primary key, an identity nobody else writes. Measured (bench/key_lookup_probe.py): the
 # same cost per row as the named target.
 INSERT_ONE = """
@@ -20,7 +20,7 @@ RETURNING id
 """
 
 # $1 idempotency keys. The ids of keys the producer already knows, through a SECURITY DEFINER
-# function (sql/0011): the producer role cannot read the key column itself.
+# function (sql/0012): the producer role cannot read the key column itself.
 IDS_BY_KEYS = "SELECT idempotency_key, id FROM {s}.event_ids_by_keys($1::text[])"
 
 # $1 event types, $2 payloads (JSON text), $3 run_at (NULL = now), $4 keys, $5 queues,

@@ -1,4 +1,4 @@
--- pgqueue migration 0011: find events by idempotency key without reading the keys.
+-- pgqueue migration 0012: find events by idempotency key without reading the keys.
 --
 -- enqueue() with a key that is already used returns the first event's id. Python's enqueue
 -- found it with SELECT ... WHERE idempotency_key = $1, and its INSERT named the key column as
@@ -39,4 +39,4 @@ BEGIN
     END LOOP;
 END $$;
 
-INSERT INTO migrations (version, name) VALUES (11, 'key_lookup');
+INSERT INTO migrations (version, name) VALUES (12, 'key_lookup');
