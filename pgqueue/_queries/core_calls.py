@@ -1,4 +1,8 @@
-"""The typed calls of the producer and the worker: insert, claim, complete, leases, effects."""
+"""The typed calls of the producer and the worker: insert, claim, complete, leases, effects.
+
+The producer's calls (inserts, effects) are plans (see ``plans.py``): every driver that can
+enqueue runs the same ones. The worker's calls are asyncpg only.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from .plans import Plan
 from .statements import Statements
 
 
@@ -34,9 +39,8 @@ class ClaimedRow(NamedTuple):
 class CoreCalls(Statements):
     """One method per statement of ``core``: what producers and workers run."""
 
-    async def insert_event(
+    def insert_event(
         self,
-        conn: asyncpg.Connection,
         event_type: str,
         payload_json: str,
         run_at: dt.datetime | None,
@@ -44,27 +48,27 @@ class CoreCalls(Statements):
         queue: str,
         priority: int = 0,
         headers: str | None = None,
-    ) -> int:
+    ) -> Plan[int]:
         """Insert one event; with a key already used, return the existing event's id.
 
         ``headers`` (JSON text) is stored with the event; without it the statement has no
         headers column at all.
         """
         args = (event_type, payload_json, run_at, key, queue, priority)
-        new_id: int | None = await (
-            conn.fetchval(self.insert_one, *args)
+        rows = yield (
+            (self.insert_one, args)
             if headers is None
-            else conn.fetchval(self.insert_one_headers, *args, headers)
+            else (self.insert_one_headers, (*args, headers))
         )
-        if new_id is None:
-            new_id = await conn.fetchval(self.id_by_key, key)
-            if new_id is None:  # the conflicting row was deleted between the two statements
+        if not rows:
+            rows = yield (self.id_by_key, (key,))
+            if not rows:  # the conflicting row was deleted between the two statements
                 raise RuntimeError(f"idempotency key {key!r} conflicted but no row holds it")
+        new_id: int = rows[0][0]
         return new_id
 
-    async def insert_events(
+    def insert_events(
         self,
-        conn: asyncpg.Connection,
         types: Sequence[str],
         payloads: Sequence[str],
         run_ats: Sequence[dt.datetime | None],
@@ -72,16 +76,16 @@ class CoreCalls(Statements):
         queues: Sequence[str],
         priorities: Sequence[int],
         headers: str | None = None,
-    ) -> list[int]:
+    ) -> Plan[list[int]]:
         """Insert many events in one statement; return ids in input order.
 
         ``headers`` (JSON text), when given, is stored with every event of the chunk.
         """
         args = (types, payloads, run_ats, keys, queues, priorities)
-        rows = await (
-            conn.fetch(self.insert_many, *args)
+        rows = list(
+            (yield (self.insert_many, args))
             if headers is None
-            else conn.fetch(self.insert_many_headers, *args, headers)
+            else (yield (self.insert_many_headers, (*args, headers)))
         )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
         # inserted rows sorted by id line up with the input rows that were not skipped.
@@ -91,7 +95,7 @@ class CoreCalls(Statements):
         existing: dict[str, int] = {}
         skipped = [k for k in keys if k is not None]
         if len(rows) < len(types) and skipped:
-            existing = {r[0]: r[1] for r in await conn.fetch(self.ids_by_keys, skipped)}
+            existing = {r[0]: r[1] for r in (yield (self.ids_by_keys, (skipped,)))}
         ids: list[int] = []
         for key in keys:
             if key is None or key in fresh_keys:
@@ -102,14 +106,12 @@ class CoreCalls(Statements):
                 ids.append(existing[key])
         return ids
 
-    async def insert_plain_events(
-        self, conn: asyncpg.Connection, types: Sequence[str], payloads: Sequence[str]
-    ) -> list[int]:
+    def insert_plain_events(self, types: Sequence[str], payloads: Sequence[str]) -> Plan[list[int]]:
         """Insert events with default run_at, queue and no key; return ids in input order.
 
         Identity values are assigned in insertion order, which follows the array order.
         """
-        return sorted(r[0] for r in await conn.fetch(self.insert_plain, types, payloads))
+        return sorted(r[0] for r in (yield (self.insert_plain, (types, payloads))))
 
     async def claim_batch(
         self,
@@ -179,8 +181,6 @@ class CoreCalls(Statements):
         value: float | None = await conn.fetchval(self.next_due, queue, event_types)
         return value
 
-    async def record_effect_once(
-        self, conn: asyncpg.Connection, event_id: int, handler: str
-    ) -> bool:
+    def record_effect_once(self, event_id: int, handler: str) -> Plan[bool]:
         """Record (event, handler) in the effects ledger; False when it was already there."""
-        return bool(await conn.fetchval(self.record_effect, event_id, handler))
+        return bool((yield (self.record_effect, (event_id, handler))))
