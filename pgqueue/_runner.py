@@ -26,6 +26,7 @@ from ._registry import Handler
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
+    from ._threads import ThreadPool
     from ._tracing import Tracing
 
 log = logging.getLogger("pgqueue.worker")
@@ -67,8 +68,10 @@ class Runners:
         schema: str,
         observer: Metrics | None = None,
         tracing: Tracing | None = None,
+        threads: ThreadPool | None = None,
     ) -> None:
         self.units: deque[Unit] = deque()
+        self._threads = threads  # for plain-def handlers (None when the registry has none)
         # Both optional; None costs one `is None` test per handler run.
         self._observer = observer
         self._tracing = tracing
@@ -195,14 +198,21 @@ class Runners:
         ctx: Context,
         headers: str | None,
     ) -> None:
-        if handler.timeout is not None:
-            self._deadlines[slot] = loop.time() + handler.timeout
+        def start_clock() -> None:
+            if handler.timeout is not None:
+                self._deadlines[slot] = loop.time() + handler.timeout
+
+        if handler.is_async or self._threads is None:
+            start_clock()
+            call = handler(value, ctx)
+        else:  # the clock starts once a thread is free (see _threads.py)
+            call = self._threads.run(handler.call_sync, (value, ctx), start_clock)
         try:
             if self._tracing is None:
-                await handler(value, ctx)
+                await call
             else:
                 await self._tracing.run(
-                    handler(value, ctx),
+                    call,
                     headers,
                     ctx.event_id,
                     ctx.event_type,
