@@ -25,9 +25,10 @@ def _url(dsn: str, driver: str) -> str:
     return dsn.replace("postgresql://", f"postgresql+{driver}://", 1)
 
 
-def test_sync_session_and_connection(db_dsn: str) -> None:
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])  # psycopg2: SQLAlchemy's default
+def test_sync_session_and_connection(db_dsn: str, driver: str) -> None:
     asyncio.run(create_orders(db_dsn))
-    engine = create_engine(_url(db_dsn, "psycopg"))
+    engine = create_engine(_url(db_dsn, driver))
     try:
         with Session(engine) as session, session.begin():  # committed: the row and its event
             pgqueue.enqueue_sync(session, "order.placed", {"order": 1})  # the first statement

@@ -231,3 +231,38 @@ async def test_a_sync_handler_runs_on_a_plain_burst_worker(
     await pgqueue.enqueue(conn, "ping", {})
     stats = await run_burst(db_dsn, registry)
     assert stats.done == 1 and names == ["pgqueue-sync-0"]
+
+
+async def test_shutdown_hands_back_a_sync_handler_that_is_still_running(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """Past the shutdown timeout a running sync handler is handed back (attempt refunded) and
+    the worker stops, although its thread cannot be stopped and is still blocked."""
+    started, gate = threading.Event(), threading.Event()
+    registry = pgqueue.Registry()
+
+    @registry.on("slow.sync")
+    def slow(payload: dict[str, Any]) -> None:
+        started.set()
+        gate.wait(60)
+
+    event_id = await pgqueue.enqueue(conn, "slow.sync", {})
+    settings = pgqueue.WorkerSettings(shutdown_timeout=0, poll_interval=0.1)
+    worker = pgqueue.Worker(db_dsn, registry, settings)
+    task = asyncio.create_task(worker.run())
+    try:
+
+        async def is_started() -> bool:
+            return started.is_set()
+
+        await wait_for(is_started, 30, message="the sync handler never started")
+        worker.request_stop()
+        stats = await asyncio.wait_for(task, 30)
+        assert not gate.is_set()  # the worker stopped while the thread was still blocked
+    finally:
+        gate.set()
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)
+    row = await conn.fetchrow("SELECT state, attempt FROM pgqueue.outbox WHERE id = $1", event_id)
+    assert (row["state"], row["attempt"]) == ("pending", 0)
+    assert stats.handed_back == 1
