@@ -198,15 +198,13 @@ class Runners:
         ctx: Context,
         headers: str | None,
     ) -> None:
-        def start_clock() -> None:
-            if handler.timeout is not None:
-                self._deadlines[slot] = loop.time() + handler.timeout
-
         if handler.is_async or self._threads is None:
-            start_clock()
+            self._start_clock(slot, loop, handler)
             call = handler(value, ctx)
         else:  # the clock starts once a thread is free (see _threads.py)
-            call = self._threads.run(handler.call_sync, (value, ctx), start_clock)
+            call = self._threads.run(
+                handler.call_sync, (value, ctx), lambda: self._start_clock(slot, loop, handler)
+            )
         try:
             if self._tracing is None:
                 await call
@@ -224,6 +222,10 @@ class Runners:
         if self._timed_out[slot]:  # the handler swallowed our cancel and finished anyway
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
+
+    def _start_clock(self, slot: int, loop: asyncio.AbstractEventLoop, handler: Handler) -> None:
+        if handler.timeout is not None:
+            self._deadlines[slot] = loop.time() + handler.timeout
 
     def _invalid(
         self, d: Delivery, handler: Handler, attempts: int, exc: ValidationError
