@@ -274,8 +274,8 @@ def once(conn: Any, ctx: Context, *, schema: str | None = None) -> Coroutine[Any
 
     ``conn`` as for :func:`enqueue`; a sync handler uses :func:`once_sync`.
     """
-    queries = queries_for(schema or ctx.schema)  # default: the schema the worker serves
     fetch = async_fetch(conn, "once")
+    queries = queries_for(schema or ctx.schema)  # default: the schema the worker serves
     return run_async(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
 
 
@@ -287,9 +287,9 @@ def once_sync(conn: Any, ctx: Context, *, schema: str | None = None) -> bool:
             if pgqueue.once_sync(connection, ctx):
                 Shipment.objects.create(order_id=order.order_id)
     """
+    fetch = sync_fetch(conn, "once")
     queries = queries_for(schema or ctx.schema)
-    plan = queries.record_effect_once(ctx.event_id, ctx.handler)
-    return run_sync(plan, sync_fetch(conn, "once"))
+    return run_sync(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
 
 
 # Above this many rows (the planner's estimate), done events are estimated from a sample of

@@ -63,7 +63,13 @@ def _adapt(conn: Any) -> Adapted | None:
         return adapted
     for library, module in _OPTIONAL:
         if library in sys.modules:
-            adapter = importlib.import_module(module, __name__)
+            try:
+                adapter = importlib.import_module(module, __name__)
+            except ImportError as exc:  # a version without what the adapter needs
+                raise TypeError(
+                    f"pgqueue cannot use this {library} ({exc}); install a supported "
+                    f"version: pip install 'pgqueue[{library}]'"
+                ) from exc
             found: Adapted | None = adapter.adapt(conn)
             if found is not None:
                 return found

@@ -10,16 +10,12 @@ had not begun yet.) Inside ``begin_nested()`` the event is in the savepoint.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
-from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
-    AsyncSession,
-    async_scoped_session,
-)
 from sqlalchemy.orm import Session, scoped_session
 
 from .._queries.plans import Rows, by_name, named
@@ -33,24 +29,31 @@ def _clause(statement: str) -> TextClause:
 
 def adapt(conn: Any) -> tuple[bool, Any] | None:
     """(is async, fetch) for a SQLAlchemy session or connection; None for anything else."""
-    if isinstance(conn, async_scoped_session):
-        conn = conn()
-    if isinstance(conn, AsyncSession | AsyncConnection):
-        target: AsyncSession | AsyncConnection = conn
-
-        async def fetch_async(statement: str, args: Sequence[Any]) -> Rows:
-            result = await target.execute(_clause(statement), by_name(args))
-            return result.all()
-
-        return True, fetch_async
     if isinstance(conn, scoped_session):
         conn = conn()
     if isinstance(conn, Session | Connection):
-        sync_target: Session | Connection = conn
+        target: Session | Connection = conn
 
         def fetch(statement: str, args: Sequence[Any]) -> Rows:
-            result = sync_target.execute(_clause(statement), by_name(args))
-            return result.all()
+            return target.execute(_clause(statement), by_name(args)).all()
 
         return False, fetch
+    # The asyncio extension (and greenlet under it) only when the program uses it.
+    if "sqlalchemy.ext.asyncio" in sys.modules:
+        return _adapt_async(conn)
     return None
+
+
+def _adapt_async(conn: Any) -> tuple[bool, Any] | None:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+
+    if isinstance(conn, async_scoped_session):
+        conn = conn()
+    if not isinstance(conn, AsyncSession | AsyncConnection):
+        return None
+    target: AsyncSession | AsyncConnection = conn
+
+    async def fetch(statement: str, args: Sequence[Any]) -> Rows:
+        return (await target.execute(_clause(statement), by_name(args))).all()
+
+    return True, fetch
