@@ -1,7 +1,8 @@
 """What enqueueing through each driver adapter costs, against the same driver's hand-written
 INSERT of the same event in the same transaction.
 
-``python -m bench.adapters_probe [--dsn ADMIN_DSN] [--transactions 1000] [--rounds 3]``
+``python -m bench.adapters_probe [--dsn ADMIN_DSN] [--transactions 1000] [--rounds 3]
+[--only asyncpg,psycopg,sqlalchemy,django]``
 
 Per driver, each transaction inserts one ``orders`` row and one event and commits: once with
 ``pgqueue.enqueue`` / ``enqueue_sync`` on the driver's connection or session, once with the
@@ -188,7 +189,7 @@ DRIVERS: dict[str, Callable[[str], Awaitable[Timed]]] = {
 }
 
 
-async def main(admin_dsn: str, transactions: int, rounds: int) -> None:
+async def main(admin_dsn: str, transactions: int, rounds: int, only: set[str]) -> None:
     databases = Databases(admin_dsn)
     await databases.setup()
     print(
@@ -201,6 +202,8 @@ async def main(admin_dsn: str, transactions: int, rounds: int) -> None:
     )
     try:
         for label, make in DRIVERS.items():
+            if only and label.split()[0].lower() not in only:
+                continue
             async with databases.fresh() as dsn:
                 setup = await asyncpg.connect(dsn)
                 await setup.execute(ORDERS)
@@ -231,8 +234,12 @@ def cli() -> None:
     parser.add_argument("--dsn", default=DEFAULT_ADMIN_DSN)
     parser.add_argument("--transactions", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only", default="", help="comma-separated drivers to run, by their first word"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.dsn, args.transactions, args.rounds))
+    only = {name.strip().lower() for name in args.only.split(",") if name.strip()}
+    asyncio.run(main(args.dsn, args.transactions, args.rounds, only))
 
 
 if __name__ == "__main__":
