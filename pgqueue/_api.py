@@ -1,27 +1,34 @@
 """Producer and admin functions. Each takes the caller's connection and never opens, commits
 or rolls back a transaction of its own: an event enqueued inside a transaction that rolls
 back was never there.
+
+The producer functions take any driver's connection that ``_adapters`` knows and run the
+same statement plans (``_queries/plans.py``) on each: ``enqueue`` and friends on the
+asynchronous ones, ``enqueue_sync`` and friends on the synchronous ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import BaseModel
 
+from ._adapters import async_fetch, database_error, sync_fetch
 from ._errors import PayloadError
 from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
 from ._names import EVENT_TYPE_RULE, QUEUE_RULE
-from ._queries import queries_for
+from ._queries import Queries, queries_for
+from ._queries.plans import Plan, run_async, run_sync
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
 from ._tracing import producer_headers
 
 Payload = Mapping[str, Any] | BaseModel
+T = TypeVar("T")
 
 # Event types are data: any type matching this may be enqueued, with or without a handler
 # registered anywhere (a worker that has none leaves it pending and `pgqueue status` shows it).
@@ -75,19 +82,91 @@ CONSTRAINT_HINTS = {
 }
 
 
-def _translate(exc: asyncpg.PostgresError) -> PayloadError:
+def _rejected(exc: BaseException) -> PayloadError | None:
+    """The PayloadError for a constraint or data error of the outbox, from any driver."""
+    error = database_error(exc)
+    if error is None:
+        return None
+    sqlstate, constraint, message = error
+    if sqlstate != "23514" and not sqlstate.startswith("22"):  # check_violation, data errors
+        return None
     # Only the primary message and the constraint: the DETAIL line would echo the whole row,
     # payload included, into logs and terminals.
-    constraint = getattr(exc, "constraint_name", None)
     hint = CONSTRAINT_HINTS.get(constraint or "")
     if hint:
         return PayloadError(f"event rejected by constraint {constraint}: {hint}")
-    message = getattr(exc, "message", None) or type(exc).__name__
     return PayloadError(f"event rejected by the database: {message}")
 
 
-async def enqueue(
-    conn: asyncpg.Connection,
+def _translated(plan: Plan[T]) -> Plan[T]:
+    """``plan``, with a constraint or data error of the outbox as a one-line PayloadError."""
+    try:
+        return (yield from plan)
+    except Exception as exc:
+        rejected = _rejected(exc)
+        if rejected is None:
+            raise
+        raise rejected from exc
+
+
+def aware(moment: dt.datetime | None) -> dt.datetime | None:
+    """A naive datetime is UTC (asyncpg's reading of one bound to timestamptz, which every
+    driver then gets, rather than its session's TimeZone)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=dt.UTC)
+
+
+def _one(
+    event_type: str,
+    payload: Payload,
+    run_at: dt.datetime | None,
+    idempotency_key: str | None,
+    queue: str,
+    priority: int,
+    schema: str,
+) -> Plan[int]:
+    _check_event_type(event_type)
+    validate_queue(queue)
+    _check_priority(priority)
+    body = encode_payload(payload)
+    return (
+        yield from queries_for(schema).insert_event(
+            event_type, body, aware(run_at), idempotency_key, queue, priority, producer_headers()
+        )
+    )
+
+
+def enqueue(
+    conn: Any,
+    event_type: str,
+    payload: Payload,
+    *,
+    run_at: dt.datetime | None = None,
+    idempotency_key: str | None = None,
+    queue: str = DEFAULT_QUEUE,
+    priority: int = 0,
+    schema: str = DEFAULT_SCHEMA,
+) -> Coroutine[Any, Any, int]:
+    """Write one event on ``conn``, inside the caller's transaction; return its id (await it).
+
+    ``conn``: an asyncpg ``Connection`` (or ``Pool``), a psycopg ``AsyncConnection``, or a
+    SQLAlchemy ``AsyncSession`` or ``AsyncConnection``; for synchronous ones see
+    :func:`enqueue_sync`. The event is written through ``conn`` itself, so it commits or rolls
+    back (savepoints included) with the caller's other writes there.
+    With ``idempotency_key``, a second call with the same key inserts nothing and returns the
+    first event's id. ``run_at`` delays the event (a naive datetime is read as UTC). Of the
+    events ready in a queue, a higher ``priority`` is claimed first (default 0, -10..10).
+    When an OpenTelemetry span is active, its trace context is stored with the event and
+    the handlers' spans continue that trace.
+    """
+    fetch = async_fetch(conn, "enqueue")  # checked now: a sync connection fails un-awaited
+    plan = _one(event_type, payload, run_at, idempotency_key, queue, priority, schema)
+    return run_async(_translated(plan), fetch)
+
+
+def enqueue_sync(
+    conn: Any,
     event_type: str,
     payload: Payload,
     *,
@@ -97,88 +176,92 @@ async def enqueue(
     priority: int = 0,
     schema: str = DEFAULT_SCHEMA,
 ) -> int:
-    """Write one event on ``conn``, inside the caller's transaction; return its id.
+    """:func:`enqueue` for synchronous code: the same arguments, checks and result.
 
-    With ``idempotency_key``, a second call with the same key inserts nothing and returns the
-    first event's id. ``run_at`` delays the event (a timezone-aware datetime). Of the events
-    ready in a queue, a higher ``priority`` is claimed first (default 0, -10..10).
-    When an OpenTelemetry span is active, its trace context is stored with the event and
-    the handlers' spans continue that trace.
+    ``conn``: a psycopg ``Connection``, a SQLAlchemy ``Session`` or ``Connection``, or a
+    Django connection (``django.db.connection`` or ``connections[alias]``). The event is
+    written through ``conn``, inside the caller's transaction (``transaction.atomic()``,
+    ``session.begin()``, ``conn.transaction()``), and never commits on its own.
     """
-    _check_event_type(event_type)
-    validate_queue(queue)
-    _check_priority(priority)
-    body = encode_payload(payload)
-    try:
-        return await queries_for(schema).insert_event(
-            conn, event_type, body, run_at, idempotency_key, queue, priority, producer_headers()
+    plan = _one(event_type, payload, run_at, idempotency_key, queue, priority, schema)
+    return run_sync(_translated(plan), sync_fetch(conn, "enqueue"))
+
+
+def _many(events: Iterable[Event], schema: str, chunk_size: int) -> Plan[list[int]]:
+    queries = queries_for(schema)
+    headers = producer_headers()
+    ids: list[int] = []
+    chunk: list[Event] = []
+    for event in events:
+        chunk.append(event)
+        if len(chunk) >= chunk_size:
+            ids.extend((yield from _chunk(queries, chunk, headers)))
+            chunk = []
+    if chunk:
+        ids.extend((yield from _chunk(queries, chunk, headers)))
+    return ids
+
+
+def _chunk(queries: Queries, chunk: list[Event], headers: str | None) -> Plan[list[int]]:
+    types = [e.event_type for e in chunk]
+    for event_type in types:
+        _check_event_type(event_type)
+    payloads = [encode_payload(e.payload) for e in chunk]
+    plain = headers is None and all(
+        e.run_at is None
+        and e.idempotency_key is None
+        and e.queue == DEFAULT_QUEUE
+        and e.priority == 0
+        for e in chunk
+    )
+    if plain:  # the common case: a leaner statement (~30% faster, measured)
+        return (yield from queries.insert_plain_events(types, payloads))
+    for e in chunk:
+        validate_queue(e.queue)
+    return (
+        yield from queries.insert_events(
+            types,
+            payloads,
+            [aware(e.run_at) for e in chunk],
+            [e.idempotency_key for e in chunk],
+            [e.queue for e in chunk],
+            [e.priority for e in chunk],
+            headers,
         )
-    except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
-        raise _translate(exc) from exc
+    )
 
 
-async def enqueue_many(
-    conn: asyncpg.Connection,
+def enqueue_many(
+    conn: Any,
     events: Iterable[Event],
     *,
     schema: str = DEFAULT_SCHEMA,
     chunk_size: int = 1000,
-) -> list[int]:
-    """Write many events in one statement per ``chunk_size``; return ids in input order.
+) -> Coroutine[Any, Any, list[int]]:
+    """Write many events in one statement per ``chunk_size``; return ids in input order
+    (await it). ``conn`` as for :func:`enqueue`; synchronous code: :func:`enqueue_many_sync`.
 
     Events whose idempotency key already exists are not inserted; their existing id is
     returned in their place. The active OpenTelemetry trace context (if any) is stored with
     every event.
     """
-    queries = queries_for(schema)
-    headers = producer_headers()
-    ids: list[int] = []
-    chunk: list[Event] = []
-
-    async def flush() -> None:
-        types = [e.event_type for e in chunk]
-        for event_type in types:
-            _check_event_type(event_type)
-        payloads = [encode_payload(e.payload) for e in chunk]
-        plain = headers is None and all(
-            e.run_at is None
-            and e.idempotency_key is None
-            and e.queue == DEFAULT_QUEUE
-            and e.priority == 0
-            for e in chunk
-        )
-        try:
-            if plain:  # the common case: a leaner statement (~30% faster, measured)
-                ids.extend(await queries.insert_plain_events(conn, types, payloads))
-            else:
-                for e in chunk:
-                    validate_queue(e.queue)
-                ids.extend(
-                    await queries.insert_events(
-                        conn,
-                        types,
-                        payloads,
-                        [e.run_at for e in chunk],
-                        [e.idempotency_key for e in chunk],
-                        [e.queue for e in chunk],
-                        [e.priority for e in chunk],
-                        headers,
-                    )
-                )
-        except (asyncpg.CheckViolationError, asyncpg.DataError) as exc:
-            raise _translate(exc) from exc
-        chunk.clear()
-
-    for event in events:
-        chunk.append(event)
-        if len(chunk) >= chunk_size:
-            await flush()
-    if chunk:
-        await flush()
-    return ids
+    fetch = async_fetch(conn, "enqueue_many")
+    return run_async(_translated(_many(events, schema, chunk_size)), fetch)
 
 
-async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str | None = None) -> bool:
+def enqueue_many_sync(
+    conn: Any,
+    events: Iterable[Event],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    chunk_size: int = 1000,
+) -> list[int]:
+    """:func:`enqueue_many` for synchronous code (``conn`` as for :func:`enqueue_sync`)."""
+    plan = _translated(_many(events, schema, chunk_size))
+    return run_sync(plan, sync_fetch(conn, "enqueue_many"))
+
+
+def once(conn: Any, ctx: Context, *, schema: str | None = None) -> Coroutine[Any, Any, bool]:
     """Record that ``ctx``'s (event, handler) has had its effect; True the first time only.
 
     Call it inside the same transaction as the effect, and skip the effect when it returns
@@ -187,9 +270,25 @@ async def once(conn: asyncpg.Connection, ctx: Context, *, schema: str | None = N
         async with ctx.pool.acquire() as conn, conn.transaction():
             if await pgqueue.once(conn, ctx):
                 await conn.execute("INSERT INTO shipments ...")
+
+    ``conn`` as for :func:`enqueue`; a sync handler uses :func:`once_sync`.
     """
+    fetch = async_fetch(conn, "once")
     queries = queries_for(schema or ctx.schema)  # default: the schema the worker serves
-    return await queries.record_effect_once(conn, ctx.event_id, ctx.handler)
+    return run_async(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
+
+
+def once_sync(conn: Any, ctx: Context, *, schema: str | None = None) -> bool:
+    """:func:`once` for synchronous code (a sync handler), on a connection of the kinds
+    :func:`enqueue_sync` takes::
+
+        with transaction.atomic():
+            if pgqueue.once_sync(connection, ctx):
+                Shipment.objects.create(order_id=order.order_id)
+    """
+    fetch = sync_fetch(conn, "once")
+    queries = queries_for(schema or ctx.schema)
+    return run_sync(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
 
 
 # Above this many rows (the planner's estimate), done events are estimated from a sample of

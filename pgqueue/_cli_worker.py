@@ -21,6 +21,14 @@ from ._settings import WorkerSettings, check_listen, validate_schema
 from ._worker import Worker
 
 
+def _field_range(name: str) -> tuple[int, int]:
+    """The (min, max) of an int field of WorkerSettings: its CLI option reads them here."""
+    metadata = WorkerSettings.model_fields[name].metadata
+    low = next(m.ge for m in metadata if hasattr(m, "ge"))
+    high = next(m.le for m in metadata if hasattr(m, "le"))
+    return int(low), int(high)
+
+
 @cli.command("worker")
 @dsn_option(" Without any, a bundled PostgreSQL is started (and migrated) for this run.")
 @schema_option
@@ -90,6 +98,17 @@ from ._worker import Worker
     default=10.0,
     show_default=True,
     help="Seconds to let in-flight handlers finish on SIGINT/SIGTERM.",
+)
+@click.option(
+    "--sync-threads",
+    type=click.IntRange(*_field_range("sync_threads")),
+    default=WorkerSettings.model_fields["sync_threads"].default,
+    show_default=True,
+    envvar="PGQUEUE_SYNC_THREADS",
+    show_envvar=True,
+    help="Threads per process for plain-def (sync) handlers: at most this many run at once. "
+    "A timeout cannot stop a thread: the attempt fails at once, the thread keeps its slot "
+    "until the function returns.",
 )
 @click.option("--burst", is_flag=True, help="Exit 0 once nothing is ready.")
 @click.option(
@@ -173,6 +192,7 @@ def worker_cmd(
     heartbeat_seconds: float | None,
     rescue_interval: float,
     shutdown_timeout: float,
+    sync_threads: int,
     burst: bool,
     processes: int,
     pooled: bool,
@@ -199,6 +219,7 @@ def worker_cmd(
         heartbeat_seconds=heartbeat_seconds,
         rescue_interval=rescue_interval,
         shutdown_timeout=shutdown_timeout,
+        sync_threads=sync_threads,
         burst=burst,
         listen=not poll_only,
         pooled=pooled,

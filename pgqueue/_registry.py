@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import typing
@@ -17,7 +18,8 @@ from ._models import Context
 from ._names import EVENT_TYPE_RULE, event_type_ok, handler_name_problem
 from ._scheduler import Schedule
 
-HandlerFn = Callable[..., Awaitable[None]]
+# An async function, or a plain one (run in the worker's thread pool: see _threads.py).
+HandlerFn = Callable[..., Awaitable[None]] | Callable[..., None]
 DEFAULT_TIMEOUT = 60.0
 
 
@@ -38,6 +40,8 @@ class Handler:
     takes_context: bool
     # At most this many runs at once across every worker (None: unlimited); see _limits.py.
     concurrency: int | None = None
+    # False: a plain ``def``; the worker runs it in its thread pool (``sync_threads``).
+    is_async: bool = True
 
     def parse(self, payload: dict[str, Any]) -> Any:
         """The value passed to the handler: the validated model, or the dict itself."""
@@ -46,11 +50,26 @@ class Handler:
         return self.model.model_validate(payload)
 
     async def __call__(self, payload: Any, ctx: Context) -> None:
-        """Run the handler function once."""
-        if self.takes_context:
-            await self.fn(payload, ctx)
+        """Run the handler function once (a sync one in a thread of asyncio's default pool;
+        the worker uses its own bounded pool and :meth:`call_sync` instead)."""
+        if not self.is_async:
+            await asyncio.to_thread(self.call_sync, payload, ctx)
+        elif self.takes_context:
+            await self.fn(payload, ctx)  # type: ignore[misc]
         else:
-            await self.fn(payload)
+            await self.fn(payload)  # type: ignore[misc]
+
+    def call_sync(self, payload: Any, ctx: Context) -> None:
+        """Run a plain-``def`` handler once, in the calling thread."""
+        result = self.fn(payload, ctx) if self.takes_context else self.fn(payload)
+        if inspect.isawaitable(result):  # e.g. a lambda or partial around an async function
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()  # no "never awaited" warning on top of this error
+            raise TypeError(
+                f"handler {self.name!r} returned an awaitable from a plain function: "
+                "register the async function itself (async def), or make it synchronous"
+            )
 
 
 def _payload_model(fn: HandlerFn) -> type[BaseModel] | None:
@@ -96,7 +115,12 @@ class Registry:
         timeout: float | None = DEFAULT_TIMEOUT,
         concurrency: int | None = None,
     ) -> Callable[[HandlerFn], HandlerFn]:
-        """Register the decorated async function as a handler of ``event_type``.
+        """Register the decorated function as a handler of ``event_type``.
+
+        An ``async def`` runs on the worker's event loop; a plain ``def`` (Django ORM code,
+        a requests-based client) runs in the worker's bounded thread pool
+        (``WorkerSettings.sync_threads``) with the same retries, timeout, dead state and
+        metrics. A timeout cannot stop a thread: see docs/frameworks.md.
 
         ``name`` defaults to the function's name; the payload model is taken from the first
         parameter's annotation when it is a pydantic model (a payload that fails validation
@@ -125,18 +149,19 @@ class Registry:
         concurrency: int | None = None,
     ) -> Handler:
         """Register ``fn`` without a decorator; returns the registered handler."""
-        if not inspect.iscoroutinefunction(fn):
+        if not callable(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
             raise RegistryError(
-                f"handler {getattr(fn, '__name__', fn)!r} must be an async function"
+                f"handler {getattr(fn, '__name__', fn)!r} must be a function (async def or "
+                "def), not a generator or another object"
             )
-        handler_name = name or fn.__name__
+        handler_name = name or getattr(fn, "__name__", "")
         if not event_type_ok(event_type):
             # The outbox would refuse every event of this type: the handler could never run.
             raise RegistryError(
                 f"handler {handler_name!r}: event type {event_type!r} must be {EVENT_TYPE_RULE}"
             )
         problem = handler_name_problem(handler_name)
-        if problem is not None:
+        if problem is not None or not isinstance(handler_name, str):
             raise RegistryError(f"handler name {handler_name!r} {problem}")
         if timeout is not None and timeout <= 0:
             raise RegistryError(f"handler {handler_name!r}: timeout must be positive")
@@ -162,6 +187,7 @@ class Registry:
             timeout=timeout,
             takes_context=n_params == 2,
             concurrency=concurrency,
+            is_async=inspect.iscoroutinefunction(fn),
         )
         for_type[handler_name] = handler
         return handler

@@ -26,6 +26,7 @@ from ._registry import Handler
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
+    from ._threads import ThreadPool
     from ._tracing import Tracing
 
 log = logging.getLogger("pgqueue.worker")
@@ -112,8 +113,10 @@ class Runners:
         schema: str,
         observer: Metrics | None = None,
         tracing: Tracing | None = None,
+        threads: ThreadPool | None = None,
     ) -> None:
         self.units: deque[Unit] = deque()
+        self._threads = threads  # for plain-def handlers (None when the registry has none)
         # Both optional; None costs one `is None` test per handler run.
         self._observer = observer
         self._tracing = tracing
@@ -243,15 +246,20 @@ class Runners:
         ctx: Context,
         headers: str | None,
     ) -> None:
-        self._started[slot] = started = loop.time()
-        if handler.timeout is not None:
-            self._deadlines[slot] = started + handler.timeout
+        self._started[slot] = loop.time()
+        if handler.is_async or self._threads is None:
+            self._start_clock(slot, loop, handler)
+            call = handler(value, ctx)
+        else:  # the clock starts once a thread is free (see _threads.py)
+            call = self._threads.run(
+                handler.call_sync, (value, ctx), lambda: self._start_clock(slot, loop, handler)
+            )
         try:
             if self._tracing is None:
-                await handler(value, ctx)
+                await call
             else:
                 await self._tracing.run(
-                    handler(value, ctx),
+                    call,
                     headers,
                     ctx.event_id,
                     ctx.event_type,
@@ -263,18 +271,25 @@ class Runners:
         if self._timed_out[slot]:  # the handler swallowed our cancel and finished anyway
             self._timed_out[slot] = False
             self.tasks[slot].uncancel()
-        elif handler.timeout is not None:
-            took = loop.time() - started
+        elif handler.is_async and handler.timeout is not None:
+            took = loop.time() - self._started[slot]
             if took > handler.timeout + BLOCKED_SLACK:  # nothing could cancel it: it blocked
                 raise LoopBlocked(handler, took)
+
+    def _start_clock(self, slot: int, loop: asyncio.AbstractEventLoop, handler: Handler) -> None:
+        self._started[slot] = started = loop.time()
+        if handler.timeout is not None:
+            self._deadlines[slot] = started + handler.timeout
 
     def _timeout_error(
         self, slot: int, handler: Handler, loop: asyncio.AbstractEventLoop
     ) -> TimeoutError:
         """The watchdog cancelled this slot's handler: past its timeout by blocking the loop
-        (the watchdog could not run in time), or by awaiting."""
+        (the watchdog could not run in time), or by awaiting. A sync handler runs in a thread
+        and cannot block the loop: its timeout is a plain one."""
         took = loop.time() - self._started[slot]
-        if handler.timeout is not None and took > handler.timeout + BLOCKED_SLACK:
+        blocked = handler.timeout is not None and took > handler.timeout + BLOCKED_SLACK
+        if blocked and handler.is_async:
             return LoopBlocked(handler, took)
         return TimeoutError()
 

@@ -5,7 +5,8 @@ Tasks of one worker (all in one event loop):
 - claimer (the ``run`` coroutine): one statement claims up to ``batch_size`` ready events under
   a lease; it sleeps on NOTIFY (listener) or the poll interval when nothing is ready.
 - runners (``concurrency`` of them): run (event, handler) units from a local deque, each under
-  its timeout and the handler's quick in-process retries.
+  its timeout and the handler's quick in-process retries; a plain-``def`` handler runs in the
+  bounded thread pool (``sync_threads``, ``_threads.py``) while its runner awaits it.
 - completer: writes finished events with one statement per flush, fenced by lease token. While
   one flush runs the next batch accumulates, so batches grow with load and latency stays low
   when idle.
@@ -56,6 +57,7 @@ from ._scheduler import Scheduler
 from ._settings import WorkerSettings, check_listen, mask_dsn
 from ._shutdown import Shutdown
 from ._stallguard import StallGuard
+from ._threads import ThreadPool
 from ._tracing import Tracing
 from ._wakeups import Wakeups
 
@@ -177,6 +179,7 @@ class Worker:
             self._dsn, min_size=1, max_size=4, **pool_options(pooled=s.pooled, control=True)
         )
         tasks: list[asyncio.Task[Any]] = []
+        threads: ThreadPool | None = None
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name)
@@ -213,6 +216,8 @@ class Worker:
                 s.batch_size,
                 extra={"event": "start", "queues": list(s.queues)},
             )
+            if any(not h.is_async for h in self.registry):
+                threads = ThreadPool(s.sync_threads)
             runners = Runners(
                 s.concurrency,
                 self._intake.record,
@@ -221,6 +226,7 @@ class Worker:
                 s.schema_name,
                 self.metrics,
                 self._tracing,
+                threads=threads,
             )
             completer = Completer(
                 self._pool,
@@ -289,6 +295,8 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if threads is not None:
+                threads.close()
             if self.metrics is not None:
                 await self.metrics.stop()
             await self._close()

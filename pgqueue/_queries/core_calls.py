@@ -1,4 +1,8 @@
-"""The typed calls of the producer and the worker: insert, claim, complete, leases, effects."""
+"""The typed calls of the producer and the worker: insert, claim, complete, leases, effects.
+
+The producer's calls (inserts, effects) are plans (see ``plans.py``): every driver that can
+enqueue runs the same ones. The worker's calls are asyncpg only.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from .plans import Plan
 from .statements import Statements
 
 
@@ -34,9 +39,8 @@ class ClaimedRow(NamedTuple):
 class CoreCalls(Statements):
     """One method per statement of ``core``: what producers and workers run."""
 
-    async def insert_event(
+    def insert_event(
         self,
-        conn: asyncpg.Connection,
         event_type: str,
         payload_json: str,
         run_at: dt.datetime | None,
@@ -44,28 +48,29 @@ class CoreCalls(Statements):
         queue: str,
         priority: int = 0,
         headers: str | None = None,
-    ) -> int:
+    ) -> Plan[int]:
         """Insert one event; with a key already used, return the existing event's id.
 
         ``headers`` (JSON text) is stored with the event; without it the statement has no
         headers column at all.
         """
         args = (event_type, payload_json, run_at, key, queue, priority)
-        new_id: int | None = await (
-            conn.fetchval(self.insert_one, *args)
+        rows = yield (
+            (self.insert_one, args)
             if headers is None
-            else conn.fetchval(self.insert_one_headers, *args, headers)
+            else (self.insert_one_headers, (*args, headers))
         )
-        if new_id is None:
-            found = await conn.fetch(self.ids_by_keys, [key])
-            if not found:  # the conflicting row was deleted between the two statements
+        if not rows:
+            # The key was already used: its event's id, through the SECURITY DEFINER lookup
+            # (the producer may not read keys).
+            rows = [(r[1],) for r in (yield (self.ids_by_keys, ([key],)))]
+            if not rows:  # the conflicting row was deleted between the two statements
                 raise RuntimeError(f"idempotency key {key!r} conflicted but no row holds it")
-            new_id = found[0][1]
+        new_id: int = rows[0][0]
         return new_id
 
-    async def insert_events(
+    def insert_events(
         self,
-        conn: asyncpg.Connection,
         types: Sequence[str],
         payloads: Sequence[str],
         run_ats: Sequence[dt.datetime | None],
@@ -73,16 +78,16 @@ class CoreCalls(Statements):
         queues: Sequence[str],
         priorities: Sequence[int],
         headers: str | None = None,
-    ) -> list[int]:
+    ) -> Plan[list[int]]:
         """Insert many events in one statement; return ids in input order.
 
         ``headers`` (JSON text), when given, is stored with every event of the chunk.
         """
         args = (types, payloads, run_ats, keys, queues, priorities)
-        rows = await (
-            conn.fetch(self.insert_many, *args)
+        rows = list(
+            (yield (self.insert_many, args))
             if headers is None
-            else conn.fetch(self.insert_many_headers, *args, headers)
+            else (yield (self.insert_many_headers, (*args, headers)))
         )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
         # inserted rows sorted by id line up with the input rows when none was skipped.
@@ -92,22 +97,18 @@ class CoreCalls(Statements):
         # Some keys were already used (or repeated in the chunk): every keyed row takes its
         # key's id (the producer may not read keys, so it asks the SECURITY DEFINER lookup),
         # the others the remaining inserted ids in order.
-        by_key: dict[str, int] = {
-            r[0]: r[1]
-            for r in await conn.fetch(self.ids_by_keys, [k for k in keys if k is not None])
-        }
+        found = yield (self.ids_by_keys, ([k for k in keys if k is not None],))
+        by_key: dict[str, int] = {r[0]: r[1] for r in found}
         keyed = set(by_key.values())
         plain = iter(i for i in inserted if i not in keyed)
         return [by_key[key] if key is not None else next(plain) for key in keys]
 
-    async def insert_plain_events(
-        self, conn: asyncpg.Connection, types: Sequence[str], payloads: Sequence[str]
-    ) -> list[int]:
+    def insert_plain_events(self, types: Sequence[str], payloads: Sequence[str]) -> Plan[list[int]]:
         """Insert events with default run_at, queue and no key; return ids in input order.
 
         Identity values are assigned in insertion order, which follows the array order.
         """
-        return sorted(r[0] for r in await conn.fetch(self.insert_plain, types, payloads))
+        return sorted(r[0] for r in (yield (self.insert_plain, (types, payloads))))
 
     async def claim_batch(
         self,
@@ -188,8 +189,6 @@ class CoreCalls(Statements):
         found: list[str] = await conn.fetchval(self.skippers, self.skippers_key, queues, among)
         return found
 
-    async def record_effect_once(
-        self, conn: asyncpg.Connection, event_id: int, handler: str
-    ) -> bool:
+    def record_effect_once(self, event_id: int, handler: str) -> Plan[bool]:
         """Record (event, handler) in the effects ledger; False when it was already there."""
-        return bool(await conn.fetchval(self.record_effect, event_id, handler))
+        return bool((yield (self.record_effect, (event_id, handler))))

@@ -168,6 +168,8 @@ async def test_top_level_help_lists_the_commands() -> None:
         pytest.param(("worker", "--concurrency", "0"), 2, "--concurrency", id="concurrency-0"),
         pytest.param(("worker", "--concurrency", "many"), 2, "--concurrency",
                      id="concurrency-text"),
+        pytest.param(("worker", "--sync-threads", "0"), 2, "--sync-threads",
+                     id="sync-threads-0"),
         pytest.param(("retry",), 2, "say which dead events", id="retry-without-filter"),
         pytest.param(("status", "--schema", 'pg"queue'), 1, "invalid schema name",
                      id="status-schema-quote"),

@@ -66,6 +66,8 @@ def test_queue_names_rejected(name: str) -> None:
         ("lease_seconds", -1),
         ("heartbeat_seconds", 0),
         ("shutdown_timeout", -1),
+        ("sync_threads", 0),
+        ("sync_threads", 1001),
     ],
 )
 def test_numeric_settings_out_of_range_are_rejected(field: str, value: float) -> None:
@@ -144,3 +146,15 @@ def test_mask_dsn_leaves_a_dsn_without_password_alone(dsn: str) -> None:
 def test_mask_dsn_of_an_unparseable_url_reveals_nothing() -> None:
     masked = mask_dsn("postgresql://app:s3cret@[::1/db")
     assert "s3cret" not in masked
+
+
+def test_the_sync_threads_option_reads_its_default_and_bounds_from_the_model() -> None:
+    import click
+
+    from pgqueue._cli_worker import worker_cmd
+
+    [option] = [p for p in worker_cmd.params if p.name == "sync_threads"]
+    field = WorkerSettings.model_fields["sync_threads"]
+    assert isinstance(option.type, click.IntRange)
+    assert (option.default, option.type.min, option.type.max) == (field.default, 1, 1000)
+    assert WorkerSettings().sync_threads == 10
