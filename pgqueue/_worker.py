@@ -177,7 +177,7 @@ class Worker:
         tasks: list[asyncio.Task[Any]] = []
         try:
             async with self._pool.acquire() as conn:
-                await check_schema(conn, s.schema_name)
+                await check_schema(conn, s.schema_name, dsn_hint=self._dsn)
                 if not s.pooled:
                     await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
             self._claim_pool = await create_pool(
