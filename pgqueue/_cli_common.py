@@ -90,7 +90,7 @@ async def database(
         return server, server.start()
 
     server, started = await asyncio.to_thread(start)
-    click.echo(f"no --dsn given: {server.description}", err=True)  # says which directory
+    click.echo(f"no --dsn given: {server.description}", err=True)
     try:
         yield started
     finally:

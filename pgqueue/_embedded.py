@@ -122,7 +122,7 @@ class EmbeddedPostgres:
         bindir: Path | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        """``port`` None picks a free one; ``bindir`` None searches (system, then pgserver)."""
+        """``port`` None picks a free one; ``bindir`` None searches (system, then the wheels)."""
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.dsn: str | None = None
@@ -141,7 +141,7 @@ class EmbeddedPostgres:
         except ValueError:
             shown = self.data_dir
         if self.dsn is None:
-            return f"bundled PostgreSQL in {shown} (not running)"
+            return f"private PostgreSQL in {shown} (not running)"
         version = (self.data_dir / "PG_VERSION").read_text().strip()
         assert self._bindir is not None
         source = _bundle_label(self._bindir) or f"binaries {self._bindir}"
