@@ -146,7 +146,7 @@ async def machine_info(admin_dsn: str) -> dict[str, Any]:
         "postgresql": server,
         "settings": settings,
         "versions": {
-            "pgqueue": _version("pgqueue"),
+            "pgqueue": _version("pgqueue-outbox"),
             "pgqueuer": _version("pgqueuer"),
             "asyncpg": _version("asyncpg"),
         },

@@ -19,14 +19,18 @@ import click
 from ._db import connect
 from ._errors import ConfigurationError
 from ._migrate import check_schema
-from ._settings import DEFAULT_SCHEMA, mask_dsn
+from ._settings import DEFAULT_SCHEMA, DISTRIBUTION, mask_dsn
 
 T = TypeVar("T")
-EMBEDDED_DIR = Path(".pgqueue") / "pg"
 
 DSN_HELP = (
     "PostgreSQL DSN (postgresql://user:pass@host:port/db). Default: $PGQUEUE_DSN, then "
     "$DATABASE_URL."
+)
+
+
+NO_DSN = (
+    "no database given: pass --dsn postgresql://user@host/db or set PGQUEUE_DSN (or DATABASE_URL)"
 )
 
 
@@ -38,6 +42,18 @@ def dsn_option(required_note: str = "") -> Callable[[Callable[..., Any]], Callab
         show_envvar=True,
         help=DSN_HELP + required_note,
     )
+
+
+def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--data-dir",
+        envvar="PGQUEUE_DATA_DIR",
+        show_envvar=True,
+        default=None,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Data directory of the private PostgreSQL [default: ./.pgqueue/pg; as root, when "
+        "user pgqueue cannot reach it, /var/lib/pgqueue/<folder>-<hash>/pg].",
+    )(fn)
 
 
 def schema_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,19 +72,25 @@ def echo_err(message: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def database(dsn: str | None, *, embedded_ok: bool) -> AsyncIterator[str]:
-    """Yield a DSN: the given one, or (where allowed) a bundled server started for this run."""
+async def database(
+    dsn: str | None, *, embedded_ok: bool, data_dir: Path | None = None
+) -> AsyncIterator[str]:
+    """Yield a DSN: the given one, or (where allowed) a private server started for this run in
+    ``data_dir`` (default: ``_serviceuser.default_data_dir``)."""
     if dsn:
         yield dsn
         return
     if not embedded_ok:
-        raise ConfigurationError(
-            "no database given: pass --dsn postgresql://user@host/db or set PGQUEUE_DSN"
-        )
+        raise ConfigurationError(NO_DSN)
     from ._embedded import EmbeddedPostgres  # only needed without a DSN
+    from ._serviceuser import default_data_dir
 
-    server = EmbeddedPostgres(EMBEDDED_DIR.resolve())
-    started = await asyncio.to_thread(server.start)
+    def start() -> tuple[EmbeddedPostgres, str]:
+        where = data_dir.absolute() if data_dir else default_data_dir(Path.cwd())
+        server = EmbeddedPostgres(where)
+        return server, server.start()
+
+    server, started = await asyncio.to_thread(start)
     click.echo(f"no --dsn given: {server.description}", err=True)
     try:
         yield started
@@ -82,7 +104,7 @@ async def with_conn(
     conn = await connect(dsn)
     try:
         if check:
-            await check_schema(conn, schema, dsn_hint=mask_dsn(dsn))
+            await check_schema(conn, schema, dsn_hint=dsn)
         return await fn(conn)
     except asyncpg.InsufficientPrivilegeError as exc:
         # A role without the grants a command needs is a setup matter, not a bug.
@@ -152,7 +174,7 @@ def format_age(seconds: float | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="pgqueue")
+@click.version_option(package_name=DISTRIBUTION)
 def cli() -> None:
     """pgqueue: a Postgres-only job queue and transactional outbox.
 

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import importlib.util
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from ._cli_common import cli, database, dsn_option, schema_option, with_conn
+from ._cli_common import (
+    NO_DSN,
+    cli,
+    data_dir_option,
+    database,
+    dsn_option,
+    schema_option,
+    with_conn,
+)
 from ._errors import ConfigurationError
 from ._logs import LOG_FORMATS, LOG_LEVELS, configure
 from ._metrics import Metrics
@@ -30,16 +41,23 @@ def _field_range(name: str) -> tuple[int, int]:
 
 
 @cli.command("worker")
-@dsn_option(" Without any, a bundled PostgreSQL is started (and migrated) for this run.")
+@dsn_option(" Required, unless --embedded.")
 @schema_option
+@click.option(
+    "--embedded",
+    is_flag=True,
+    help="No --dsn: start a private PostgreSQL (see --data-dir) for this run, migrate it and "
+    "serve it; stopped on exit. For trying pgqueue out, never for production.",
+)
+@data_dir_option
 @click.option(
     "--handlers",
     "handlers_path",
-    default="handlers:registry",
-    show_default=True,
+    default=None,
     envvar="PGQUEUE_HANDLERS",
     show_envvar=True,
-    help="MODULE:ATTRIBUTE of the pgqueue.Registry to serve.",
+    help="MODULE:ATTRIBUTE of the pgqueue.Registry to serve [default: handlers:registry, the "
+    "checkout example, when ./handlers exists].",
 )
 @click.option(
     "--queue",
@@ -183,7 +201,9 @@ def _field_range(name: str) -> tuple[int, int]:
 def worker_cmd(
     dsn: str | None,
     schema: str,
-    handlers_path: str,
+    embedded: bool,
+    data_dir: Path | None,
+    handlers_path: str | None,
     queues: tuple[str, ...],
     concurrency: int,
     batch_size: int,
@@ -209,6 +229,15 @@ def worker_cmd(
     --shutdown-timeout); a second signal hands everything back at once.
     """
     configure(log_level, log_format)
+    if dsn and embedded:
+        raise ConfigurationError(
+            "--embedded starts a private PostgreSQL, --dsn names one (perhaps from "
+            "PGQUEUE_DSN or DATABASE_URL): pass only one"
+        )
+    if not dsn and not embedded:
+        # A production worker whose variable is missing must not serve an empty throwaway
+        # database and look healthy.
+        raise ConfigurationError(f"{NO_DSN}; or --embedded for a private throwaway PostgreSQL")
     settings = _settings(
         schema=schema,
         queues=queues,
@@ -230,8 +259,8 @@ def worker_cmd(
     registry = _load(handlers_path)
 
     async def main() -> None:
-        async with database(dsn, embedded_ok=True) as real_dsn:
-            if not dsn:
+        async with database(dsn, embedded_ok=embedded, data_dir=data_dir) as real_dsn:
+            if embedded:
                 await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
             if processes > 1:
                 await _run_processes(processes, real_dsn, listen_dsn, metrics_port)
@@ -296,7 +325,8 @@ async def _run_processes(
 
 
 _CHILD = "from pgqueue._cli import main; main()"
-_BY_ENV = ("--processes", "--dsn", "--listen-dsn", "--metrics-port")
+_BY_ENV = ("--processes", "--dsn", "--listen-dsn", "--metrics-port", "--data-dir")
+_PARENT_ONLY = ("--embedded",)  # the parent starts the server; children get its DSN
 
 
 def freeze_startup_heap() -> None:
@@ -314,13 +344,16 @@ def freeze_startup_heap() -> None:
 
 
 def _child_args(argv: list[str]) -> list[str]:
-    """This command line without --processes, the DSNs (the child gets those by env) and
-    --metrics-port (each child gets its own)."""
+    """This command line without --processes, the DSNs (the child gets those by env),
+    --embedded / --data-dir (the parent runs that server) and --metrics-port (each child gets
+    its own)."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
+            continue
+        if arg in _PARENT_ONLY:
             continue
         if arg in _BY_ENV:
             skip = True
@@ -345,17 +378,31 @@ def _settings(**values: Any) -> WorkerSettings:
         raise ConfigurationError(str(exc)) from None
 
 
-def _load(path: str) -> Registry:
+EXAMPLE_HANDLERS = "handlers:registry"
+
+
+def _load(path: str | None) -> Registry:
     # Like uvicorn and celery: the current directory is importable, so `--handlers
     # handlers:registry` works from a project root even when run as a console script.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if path is None:
+        # The checkout's example is the default only where it exists: an installed library
+        # has no `handlers` package, and naming it in an error would be no help.
+        if importlib.util.find_spec("handlers") is None:
+            raise ConfigurationError(
+                "no handlers given: pass --handlers MODULE:ATTRIBUTE naming your "
+                "pgqueue.Registry (e.g. --handlers myapp.jobs:registry) or set "
+                "PGQUEUE_HANDLERS"
+            )
+        path = EXAMPLE_HANDLERS
     return load_registry(path)
 
 
 @cli.command("demo")
-@dsn_option(" Without any, a bundled PostgreSQL is started for the demo.")
+@dsn_option(" Without any, a private PostgreSQL is started for the demo (see --data-dir).")
 @schema_option
+@data_dir_option
 @click.option(
     "--demo",
     "demo_path",
@@ -363,15 +410,13 @@ def _load(path: str) -> Registry:
     show_default=True,
     help="MODULE:FUNCTION of the demo scenario.",
 )
-def demo_cmd(dsn: str | None, schema: str, demo_path: str) -> None:
+def demo_cmd(dsn: str | None, schema: str, data_dir: Path | None, demo_path: str) -> None:
     """Checkout with synchronous post-purchase work vs. with the outbox, side by side."""
     validate_schema(schema)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = demo_path.partition(":")
     try:
-        import importlib
-
         scenario = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigurationError(
@@ -380,7 +425,7 @@ def demo_cmd(dsn: str | None, schema: str, demo_path: str) -> None:
         ) from exc
 
     async def main() -> None:
-        async with database(dsn, embedded_ok=True) as real_dsn:
+        async with database(dsn, embedded_ok=True, data_dir=data_dir) as real_dsn:
             await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
             await scenario(real_dsn, schema, click.echo)
 

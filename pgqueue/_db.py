@@ -31,7 +31,7 @@ CONTROL_SETTINGS = MappingProxyType(
         # Claims, outcomes and leases only: if the server crashes before one of these commits
         # reaches disk, the event simply runs again (delivery is at least once). Handlers' own
         # writes (ctx.pool) keep the server's setting. Measured: +10% drain with batches of 1000,
-        # more with small batches. A pooler drops it: set it per role instead (README).
+        # more with small batches. A pooler drops it: set it per role instead (docs/operations.md).
         "synchronous_commit": "off",
     }
 )

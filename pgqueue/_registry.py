@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import traceback
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -303,21 +304,26 @@ class Registry:
 
 
 def load_registry(path: str) -> Registry:
-    """Import ``"package.module:attribute"`` and return the Registry it names."""
+    """Import ``"package.module:attribute"`` and return the Registry it names.
+
+    A module that is not there is a bad path; a module that fails on its own code (an import
+    of its own, a NameError, a SyntaxError) is reported with the real error and where it
+    happened, file and line, so nobody hunts for a typo in ``--handlers``.
+    """
     module_name, sep, attr = path.partition(":")
-    hint = "pass --handlers MODULE:ATTRIBUTE, e.g. --handlers handlers:registry"
+    hint = "pass --handlers MODULE:ATTRIBUTE of your Registry, e.g. --handlers myapp.jobs:registry"
     if not sep or not module_name or not attr:
         raise RegistryError(f"invalid handlers path {path!r}: {hint}")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RegistryError(
-            f"cannot import handlers module {module_name!r} ({exc}); {hint}"
-        ) from exc
+    except ModuleNotFoundError as exc:
+        if _names_the_path(exc, module_name):
+            raise RegistryError(
+                f"cannot import handlers module {module_name!r} ({exc}); {hint}"
+            ) from exc
+        raise RegistryError(_failed_import(module_name, exc)) from exc
     except Exception as exc:
-        raise RegistryError(
-            f"handlers module {module_name!r} failed while importing: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise RegistryError(_failed_import(module_name, exc)) from exc
     if not hasattr(module, attr):
         raise RegistryError(f"module {module_name!r} has no attribute {attr!r}; {hint}")
     registry = getattr(module, attr)
@@ -326,3 +332,26 @@ def load_registry(path: str) -> Registry:
             f"{path!r} is a {type(registry).__name__}, not a pgqueue.Registry; {hint}"
         )
     return registry
+
+
+def _names_the_path(exc: ModuleNotFoundError, module_name: str) -> bool:
+    """True when the missing module is ``module_name`` or one of its parent packages."""
+    parts = module_name.split(".")
+    return exc.name in {".".join(parts[: i + 1]) for i in range(len(parts))}
+
+
+def _failed_import(module_name: str, exc: BaseException) -> str:
+    """One line: the module, the real error, and the file and line where it was raised."""
+    where = ""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = f" ({exc.filename}, line {exc.lineno})"
+    else:
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")
+        ]
+        if frames:  # the innermost frame of real code: importlib's own frames are <frozen ...>
+            where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return (
+        f"handlers module {module_name!r} failed while importing: "
+        f"{type(exc).__name__}: {exc}{where}"
+    )

@@ -14,6 +14,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from ._errors import ConfigurationError
 from ._names import QUEUE_RULE, queue_ok, schema_ok
 
+# The name pip knows this package by (the import name stays ``pgqueue``): "pgqueue" on PyPI is
+# an unrelated project (0.6, 2016). Checked free on PyPI: `pip index versions pgqueue-outbox`.
+DISTRIBUTION = "pgqueue-outbox"
 DEFAULT_SCHEMA = "pgqueue"
 DEFAULT_QUEUE = "default"
 
@@ -59,6 +62,24 @@ def mask_dsn(dsn: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     # key=value form: host=... password=...
     return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
+
+
+def dsn_without_password(dsn: str) -> tuple[str, bool]:
+    """The DSN with any password removed (not masked: the result is meant to be pasted into a
+    command, where the password then comes from PGPASSWORD or ~/.pgpass), and whether one was."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable DSN>", False
+    if not (parts.scheme and parts.netloc):
+        stripped = re.sub(r"(?i)\s*password\s*=\s*('[^']*'|\S+)", "", dsn)
+        return stripped, stripped != dsn
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    had = ":" in userinfo
+    netloc = f"{userinfo.split(':', 1)[0]}@{hostport}" if at else parts.netloc
+    query = re.sub(r"(?i)(^|&)password=[^&]*", "", parts.query).lstrip("&")
+    had = had or query != parts.query
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), had
 
 
 SchemaName = Annotated[str, AfterValidator(validate_schema)]

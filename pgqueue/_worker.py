@@ -182,7 +182,7 @@ class Worker:
         threads: ThreadPool | None = None
         try:
             async with self._pool.acquire() as conn:
-                await check_schema(conn, s.schema_name)
+                await check_schema(conn, s.schema_name, dsn_hint=self._dsn)
                 if not s.pooled:
                     await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
             self._claim_pool = await create_pool(

@@ -68,7 +68,7 @@ def _adapt(conn: Any) -> Adapted | None:
             except ImportError as exc:  # a version without what the adapter needs
                 raise TypeError(
                     f"pgqueue cannot use this {library} ({exc}); install a supported "
-                    f"version: pip install 'pgqueue[{library}]'"
+                    f"version: pip install --upgrade {library}"
                 ) from exc
             found: Adapted | None = adapter.adapt(conn)
             if found is not None:

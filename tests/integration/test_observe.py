@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pgqueue
 from pgqueue._queries import queries_for
+from pgqueue._settings import DISTRIBUTION
 from tests.helpers import run_cli, wait_for
 from tests.integration.observe_handlers import registry as observe_registry
 
@@ -220,7 +221,7 @@ async def test_cli_worker_metrics_match_the_rows_and_logs_are_json(
     assert value(s, "pgqueue_dead_events", event_type="order.poison") == 1
     assert value(s, "pgqueue_in_flight_events") == 0
     [info] = labels_of(s, "pgqueue_worker_info")
-    assert info["version"] == version("pgqueue") and info["worker_id"]
+    assert info["version"] == version(DISTRIBUTION) and info["worker_id"]
 
     assert await proc.stop() == 0
     lines = [json.loads(line) for line in proc.stderr().splitlines()]

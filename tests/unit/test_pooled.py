@@ -56,3 +56,10 @@ def test_children_of_processes_get_no_dsn_on_their_command_line() -> None:
         "--listen-dsn=postgresql://u:secret@direct/db", "--poll-interval", "5",
     ]  # fmt: skip
     assert _child_args(argv) == ["worker", "--pooled", "--poll-interval", "5"]
+
+
+def test_children_of_an_embedded_worker_serve_the_parents_server() -> None:
+    """The parent starts the private server; children get its DSN, never --embedded."""
+    argv = ["worker", "--embedded", "--data-dir", "/tmp/x", "--processes", "2", "--burst"]
+    assert _child_args(argv) == ["worker", "--burst"]
+    assert _child_args(["worker", "--data-dir=/tmp/x", "--embedded"]) == ["worker"]

@@ -274,6 +274,56 @@ def test_load_registry_module_that_raises_on_import(module_dir: Path) -> None:
         load_registry(f"{name}:registry")
 
 
+def test_a_handlers_module_failing_on_its_own_import_shows_the_real_error_and_line(
+    module_dir: Path,
+) -> None:
+    """Its missing dependency is not a bad --handlers value: say which import, where."""
+    name = _module(module_dir, "import pgqueue\nimport pgq_no_such_dependency\n")
+    with pytest.raises(RegistryError) as raised:
+        load_registry(f"{name}:registry")
+    message = str(raised.value)
+    assert message.startswith(f"handlers module '{name}' failed while importing: ")
+    assert "ModuleNotFoundError: No module named 'pgq_no_such_dependency'" in message
+    assert f"{module_dir / name}.py, line 2)" in message
+    assert "--handlers" not in message  # the path was right; the hint would mislead
+
+
+@pytest.mark.parametrize(
+    "body, error, line",
+    [
+        pytest.param("x = 1\nregistry = undefined_name\n", "NameError: name 'undefined_name'", 2,
+                     id="name-error"),
+        pytest.param("x = 1\n\ndef broken(:\n", "SyntaxError: ", 3, id="syntax-error"),
+        pytest.param("from json import no_such_name\n", "ImportError: cannot import name", 1,
+                     id="import-error"),
+    ],
+)  # fmt: skip
+def test_a_handlers_module_error_names_its_file_and_line(
+    module_dir: Path, body: str, error: str, line: int
+) -> None:
+    name = _module(module_dir, body)
+    with pytest.raises(RegistryError) as raised:
+        load_registry(f"{name}:registry")
+    assert error in str(raised.value)
+    assert f"{module_dir / name}.py, line {line})" in str(raised.value)
+
+
+def test_an_error_in_a_module_the_handlers_module_imports_names_that_module(
+    module_dir: Path,
+) -> None:
+    helper = _module(module_dir, "def f():\n    pass\nraise KeyError('DB_URL')\n")
+    name = _module(module_dir, f"import {helper}\n")
+    with pytest.raises(RegistryError, match=rf"KeyError: 'DB_URL' \(.*{helper}\.py, line 3\)"):
+        load_registry(f"{name}:registry")
+
+
+def test_a_missing_package_of_the_path_is_a_bad_handlers_value() -> None:
+    with pytest.raises(
+        RegistryError, match=r"cannot import handlers module 'pgq_nope.jobs'.*--handlers"
+    ):
+        load_registry("pgq_nope.jobs:registry")
+
+
 def test_load_registry_missing_attribute() -> None:
     with pytest.raises(RegistryError, match=r"module 'json' has no attribute 'registry'"):
         load_registry("json:registry")

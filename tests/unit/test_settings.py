@@ -6,7 +6,13 @@ import pytest
 from pydantic import ValidationError
 
 from pgqueue import ConfigurationError, WorkerSettings
-from pgqueue._settings import mask_dsn, quote_ident, validate_queue, validate_schema
+from pgqueue._settings import (
+    dsn_without_password,
+    mask_dsn,
+    quote_ident,
+    validate_queue,
+    validate_schema,
+)
 
 
 @pytest.mark.parametrize("name", ["pgqueue", "other_q", "_private", "q1", "a" * 63])
@@ -129,6 +135,26 @@ def test_mask_dsn_hides_the_password(dsn: str, expected: str) -> None:
     masked = mask_dsn(dsn)
     assert masked == expected
     assert "s3cret" not in masked and "s3 cret" not in masked
+
+
+@pytest.mark.parametrize(
+    "dsn, expected",
+    [
+        ("postgresql://app:s3cret@db.example:5432/shop", "postgresql://app@db.example:5432/shop"),
+        ("postgresql://app:p@ss@host/shop", "postgresql://app@host/shop"),
+        ("postgresql://app@h/shop?sslmode=require&password=s3cret", "postgresql://app@h/shop?sslmode=require"),
+        ("postgresql://app@h/shop?PASSWORD=s3cret&sslmode=require", "postgresql://app@h/shop?sslmode=require"),
+        ("host=db user=app password=s3cret dbname=shop", "host=db user=app dbname=shop"),
+        ("host=db password = 's3 cret' dbname=shop", "host=db dbname=shop"),
+    ],
+)  # fmt: skip
+def test_dsn_without_password_drops_it_for_commands_to_paste(dsn: str, expected: str) -> None:
+    assert dsn_without_password(dsn) == (expected, True)
+
+
+def test_dsn_without_password_leaves_a_dsn_without_one() -> None:
+    dsn = "postgresql://app@db.example:5432/shop?sslmode=require"
+    assert dsn_without_password(dsn) == (dsn, False)
 
 
 @pytest.mark.parametrize(
