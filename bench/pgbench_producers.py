@@ -50,9 +50,9 @@ ORDER = "INSERT INTO orders (customer, total) VALUES (:c, 19.90);\n"
 CASES = {
     "order": ORDER,
     "order+plain": ORDER + "INSERT INTO plain_events (event_type, payload)"
-    " VALUES ('order.placed', jsonb_build_object('customer', :c));\n",
+    " VALUES ('order.placed', jsonb_build_object('customer', :c::int));\n",
     "order+outbox": ORDER + "INSERT INTO pgqueue.outbox (event_type, payload)"
-    " VALUES ('order.placed', jsonb_build_object('customer', :c));\n",
+    " VALUES ('order.placed', jsonb_build_object('customer', :c::int));\n",
 }
 
 
