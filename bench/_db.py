@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,30 @@ SETTINGS = (
     "work_mem",
     "max_connections",
 )
+
+
+@contextlib.contextmanager
+def private_server(version: str) -> Iterator[str]:
+    """A private PostgreSQL ``version`` in a temporary directory for this run; its DSN.
+
+    initdb's defaults (shared_buffers 128MB, fsync on), like the machine's Debian cluster:
+    figures compare across majors, not against a tuned server.
+    """
+    from pgqueue._embedded import EmbeddedPostgres
+    from tests import pgversions
+
+    base = Path(tempfile.mkdtemp(prefix="pgqueue-bench-pg-"))
+    base.chmod(0o755)  # the server's unprivileged user (under root) must reach it
+    server = EmbeddedPostgres(base / "pg", bindir=pgversions.bindir(version))
+    try:
+        dsn = server.start()
+        print(f"bench: {server.description}", file=sys.stderr)
+        yield dsn
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:

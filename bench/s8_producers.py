@@ -181,14 +181,20 @@ def write_scripts(folder: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def private_server() -> AsyncIterator[str]:
+async def private_server(version: str | None) -> AsyncIterator[str]:
     """A private PostgreSQL with stock settings in a temporary directory; removed on exit.
 
     The server behind --dsn may be shared: other clients' connections take the slots the
-    high client counts need, and their load lands inside the runs.
+    high client counts need, and their load lands inside the runs. ``version`` (bin/bench
+    --pg): that major's binaries, from the cache of tests/pgversions.py.
     """
     data_dir = Path(tempfile.gettempdir()) / f"pgqueue_bench_producers_{os.getpid()}"
-    server = EmbeddedPostgres(data_dir)
+    bindir = None
+    if version is not None:
+        from tests import pgversions
+
+        bindir = pgversions.bindir(version)
+    server = EmbeddedPostgres(data_dir, bindir=bindir)
     try:
         dsn = await asyncio.to_thread(server.start)
         conn = await asyncpg.connect(dsn)
@@ -213,7 +219,7 @@ async def run(bench: Bench) -> Figures:
     folder = tempfile.mkdtemp(prefix="pgqueue_bench_producers_")
     scripts = write_scripts(folder)
     try:
-        async with bench.db.fresh(), private_server() as dsn, idle_worker(dsn):
+        async with bench.db.fresh(), private_server(bench.opts.pg) as dsn, idle_worker(dsn):
             conn = await asyncpg.connect(dsn)
             try:
                 most = await max_clients(conn)

@@ -7,7 +7,8 @@
     +-- ConfigurationError       a bad setting: schema name, DSN, option value
     +-- RegistryError            a handler registry that cannot be loaded or is inconsistent
     +-- DatabaseUnavailableError the database cannot be reached or refused the login
-    +-- SchemaError              the database schema is missing, behind or ahead of the code
+    +-- SchemaError              the database schema is missing, behind or ahead of the code,
+    |                            or the server is older than the supported PostgreSQL range
     +-- PayloadError             a payload that cannot be stored (not a JSON object, too big)
 
 Handler signals (raised by handlers, not errors of pgqueue itself):
@@ -37,7 +38,8 @@ class DatabaseUnavailableError(PgQueueError):
 
 
 class SchemaError(PgQueueError):
-    """The pgqueue schema is missing, older or newer than this version of the code."""
+    """The pgqueue schema is missing, older or newer than this version of the code, or the
+    server is a PostgreSQL older than the supported range (15 to 18)."""
 
 
 class PayloadError(PgQueueError):

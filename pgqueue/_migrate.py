@@ -6,10 +6,14 @@ its own version, so the same files also work when applied with psql alone. A tra
 advisory lock taken by each of those transactions makes two concurrent ``pgqueue migrate``
 runs safe (the second waits, then finds nothing left to do), also through a transaction-mode
 pooler such as PgBouncer.
+
+The server's version is checked first, here and at worker start (``check_schema``): the
+supported range is the majors the test matrix runs on (docs/postgresql-versions.md).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shlex
 from dataclasses import dataclass
@@ -22,6 +26,46 @@ from ._errors import SchemaError
 from ._settings import dsn_without_password, quote_ident, validate_schema
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+log = logging.getLogger("pgqueue")
+
+# The PostgreSQL majors the whole test suite (15) and the compatibility matrix (16, 17, 18)
+# run on in CI (.ci/run, tests/pgversions.py). Widen it only together with the matrix.
+SUPPORTED_MAJORS = (15, 18)
+SUPPORTED_RANGE = f"PostgreSQL {SUPPORTED_MAJORS[0]} to {SUPPORTED_MAJORS[1]}"
+
+
+def judge_server_version(version_num: int, shown: str) -> str | None:
+    """Raise SchemaError for a server older than the supported range; for a newer one return
+    a warning to log (it is likely to work and refusing it would block upgrades); else None.
+
+    ``version_num`` is ``server_version_num`` (180004), ``shown`` ``server_version`` (18.4).
+    """
+    major = version_num // 10000
+    if major < SUPPORTED_MAJORS[0]:
+        raise SchemaError(
+            f"PostgreSQL {shown} is not supported: pgqueue supports {SUPPORTED_RANGE} "
+            f"(docs/postgresql-versions.md); upgrade the server to {SUPPORTED_MAJORS[0]} or newer"
+        )
+    if major > SUPPORTED_MAJORS[1]:
+        return (
+            f"PostgreSQL {shown} is newer than the versions pgqueue is tested on "
+            f"({SUPPORTED_RANGE}); it should work, report anything that does not"
+        )
+    return None
+
+
+async def check_server_version(conn: asyncpg.Connection) -> int:
+    """Check the server against the supported range (see ``judge_server_version``); return
+    its ``server_version_num``. A query rather than asyncpg's startup parameter: through a
+    pooler that parameter may be the pooler's own."""
+    version_num, shown = await conn.fetchrow(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')"
+    )
+    warning = judge_server_version(version_num, shown.split(" ")[0])
+    if warning:
+        log.warning("%s", warning)
+    return int(version_num)
 
 
 @dataclass(frozen=True)
@@ -100,9 +144,11 @@ def _lock_key(schema: str) -> str:
 async def migrate(conn: asyncpg.Connection, schema: str = "pgqueue") -> list[int]:
     """Apply the missing migrations to ``schema``; return the versions applied (maybe none).
 
-    Raises SchemaError when the database is ahead of this code.
+    Raises SchemaError when the database is ahead of this code, or the server is older than
+    the supported range.
     """
     validate_schema(schema)
+    await check_server_version(conn)
     migrations = load_migrations()
     current = await applied_version(conn, schema) or 0  # checked again under the lock
     _refuse_ahead(schema, current, migrations[-1].version)
@@ -148,11 +194,13 @@ def _refuse_ahead(schema: str, current: int, latest: int) -> None:
 
 
 async def check_schema(conn: asyncpg.Connection, schema: str, dsn_hint: str = "") -> None:
-    """Raise SchemaError unless ``schema`` is at exactly the version this code expects.
+    """Raise SchemaError unless ``schema`` is at exactly the version this code expects, on a
+    server in the supported range.
 
     ``dsn_hint``: the DSN in use; the fix names it, without its password, so the command can
     be pasted as it stands.
     """
+    await check_server_version(conn)
     current = await applied_version(conn, schema)
     expected = latest_version()
     fix = f"run: pgqueue migrate --schema {schema}"

