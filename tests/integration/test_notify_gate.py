@@ -194,3 +194,26 @@ async def test_every_queue_of_a_transaction_is_notified(
         assert sorted(payloads) == ["a", "b", "c"]
     finally:
         await listener.close()
+
+
+async def test_a_rolled_back_savepoint_does_not_swallow_the_notification(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    """The first row of a queue arms the trigger for the transaction; a savepoint rolled back
+    with that row disarms it again, so the next row's commit still notifies."""
+    payloads: list[str] = []
+    listener = await asyncpg.connect(db_dsn)
+    try:
+        await listen(listener, payloads)
+        async with conn.transaction():
+            with contextlib.suppress(RuntimeError):
+                async with conn.transaction():  # a savepoint
+                    await pgqueue.enqueue(conn, "gate.test", {})
+                    raise RuntimeError("roll the savepoint back")
+            kept = await pgqueue.enqueue(conn, "gate.test", {})
+        await wait_for(lambda: _count(payloads, 1), message="no notification")
+        assert payloads == ["default"]
+        assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox") == 1
+        assert await conn.fetchval("SELECT id FROM pgqueue.outbox") == kept
+    finally:
+        await listener.close()
