@@ -65,6 +65,9 @@ GRANT SELECT ON :"schema".handler_limits TO pgqueue_worker;
 GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
     ON :"schema".handler_limits TO pgqueue_worker;
 GRANT SELECT, UPDATE ON :"schema".handler_slots TO pgqueue_worker;
+-- Worker presence (migration 0011): each worker upserts and deletes its own row, and deletes
+-- rows of workers dead for over an hour.
+GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".workers TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;

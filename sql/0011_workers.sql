@@ -1,0 +1,30 @@
+-- pgqueue migration 0011: workers announce themselves, for `pgqueue workers` and the dashboard.
+--
+-- Every worker process upserts its row when it starts and at every heartbeat, and deletes it
+-- when it stops. A row whose lease expired belongs to a worker that died without saying so
+-- (kill -9, lost host, partition): readers skip it, and the next worker to announce itself
+-- deletes rows expired for more than an hour. One row per worker process, written every
+-- heartbeat (10 s by default): nothing here is on an event's path.
+SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_catalog, pg_temp', false);
+
+CREATE TABLE workers (
+    worker_id    text PRIMARY KEY,
+    host         text NOT NULL,
+    pid          integer NOT NULL,
+    version      text NOT NULL,
+    queues       text[] NOT NULL,
+    event_types  text[] NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- heartbeat_at + the worker's lease: past it the worker is taken for dead.
+    expires_at   timestamptz NOT NULL,
+    -- Events claimed and not yet recorded, as of the last heartbeat.
+    in_flight    integer NOT NULL DEFAULT 0,
+    CONSTRAINT workers_worker_id_length CHECK (char_length(worker_id) BETWEEN 1 AND 200),
+    CONSTRAINT workers_in_flight_nonnegative CHECK (in_flight >= 0)
+);
+
+-- Rewritten at every heartbeat: leave room for HOT updates.
+ALTER TABLE workers SET (fillfactor = 50);
+
+INSERT INTO migrations (version, name) VALUES (11, 'workers');
