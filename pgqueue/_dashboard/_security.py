@@ -73,7 +73,8 @@ def csrf_refusal(
     if site is not None and site not in ("same-origin", "none"):
         return f"the request came from another site (Sec-Fetch-Site: {site})"
     origin = headers.get("origin")
-    if origin is not None and origin != "null" and urlsplit(origin).netloc != headers.get("host"):
+    # "null" too: a sandboxed frame or a blank page's form is not one of our pages.
+    if origin is not None and urlsplit(origin).netloc != headers.get("host"):
         return "the request came from another origin"
     if not form_token or not _same(form_token, csrf_token(settings, user)):
         return "the form's CSRF token is missing or wrong: reload the page and try again"
