@@ -112,6 +112,10 @@ class _Scoped:
         self.app = app
         self.dashboard = dash
 
+    async def aclose(self) -> None:
+        """Close the database pool (when mounted in another app, call it at its shutdown)."""
+        await self.dashboard.aclose()
+
     async def __call__(self, scope: dict[str, object], receive: object, send: object) -> None:
         scope["dashboard"] = self.dashboard
         await self.app(scope, receive, send)  # type: ignore[arg-type]

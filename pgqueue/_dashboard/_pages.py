@@ -28,10 +28,12 @@ from .._settings import validate_queue
 from ._chart import chart_svg, minute_counts
 from ._context import Dashboard
 
-# Events counted per minute of the chart before the rest of the minute is estimated.
-CHART_CAP = 2000
+# Events counted per minute of the chart before the rest of the minute is estimated from the
+# time they covered: 60 x 2,000 index entries took 160 ms at 1,763 events a minute (bench).
+
+CHART_CAP = 250
 # Dead events the grouping reads (newest first); the per-type totals stay exact.
-DEAD_GROUP_ROWS = 10_000
+DEAD_GROUP_ROWS = 1000
 MAX_PAGE = 500
 MAX_ID = 2**63 - 1
 
@@ -90,6 +92,7 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         chart=chart_svg(per_minute, list(dash.backlog), now),
         done_last_hour=sum(m.events for m in per_minute),
         estimated=any(m.estimated for m in per_minute),
+        chart_cap=CHART_CAP,
         workers=len(workers),
         in_flight=sum(w.in_flight for w in workers),
         now=now,

@@ -260,6 +260,8 @@ ALTER TABLE ONLY pgqueue.workers
 
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'dead'::text);
 
+CREATE INDEX outbox_dead_list_idx ON pgqueue.outbox USING btree (id) INCLUDE (queue, event_type) WHERE (state = 'dead'::text);
+
 CREATE INDEX outbox_discarded_idx ON pgqueue.outbox USING btree (event_type) WHERE (state = 'discarded'::text);
 
 CREATE INDEX outbox_handlers_idx ON pgqueue.outbox USING btree (id) WHERE (handlers IS NOT NULL);
