@@ -129,8 +129,7 @@ def dashboard_cmd(
         )
     mode = "actions enabled" if allow_actions else "read-only"
     click.echo(
-        f"pgqueue dashboard on http://{host}:{port}/ ({mode}, schema {schema}, "
-        f"{mask_dsn(dsn)})",
+        f"pgqueue dashboard on http://{host}:{port}/ ({mode}, schema {schema}, {mask_dsn(dsn)})",
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)

@@ -83,7 +83,7 @@ def csrf_refusal(
 
 def security_headers(nonce: str) -> dict[str, str]:
     """Headers of every page: only our own inline script and style run, no framing, nothing
-    cached or leaked in a Referer."""
+    cached, no Referer sent to other sites."""
     return {
         "Content-Security-Policy": (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
@@ -92,6 +92,8 @@ def security_headers(nonce: str) -> dict[str, str]:
         ),
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        # Not no-referrer: under it, browsers send "Origin: null" with our own forms, which
+        # the CSRF check must refuse; same-origin still tells other sites nothing.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
