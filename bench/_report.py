@@ -81,6 +81,8 @@ ROWS = [
     Row("8 dashboard p95: retry_preview_type", "ms", "dashboard_p95_ms.retry_preview_type"),
     Row("8 dashboard p95: retry_preview_all", "ms", "dashboard_p95_ms.retry_preview_all"),
     Row("8 dashboard p95: worst page", "ms", "dashboard_p95_ms.worst_page"),
+    Row("8 dashboard overview statements, backend CPU", "ms",
+        "dashboard_cpu_ms.overview_statements"),
     Row("8 reference: naive count(*) GROUP BY state", "ms",
         "dashboard_p95_ms.naive_count_reference"),
 ]  # fmt: skip
