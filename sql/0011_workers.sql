@@ -35,7 +35,8 @@ ALTER TABLE workers SET (fillfactor = 50);
 -- (outbox_dead_idx, then a sort) 500 ms. This index answers both: the counts by an index-only
 -- scan of its entries (queue and type are carried in it), a page of the list by walking it
 -- newest first and fetching only the rows shown. Only dead rows are in it, so producers and
--- the happy path never touch it.
+-- the happy path never touch it. Building it reads the whole table under this migration's
+-- lock (writes wait): 1.0 s for 1,000,000 rows on a loaded 2-core machine.
 CREATE INDEX outbox_dead_list_idx ON outbox (id) INCLUDE (queue, event_type)
     WHERE state = 'dead';
 
