@@ -26,6 +26,7 @@ from . import (
     s6_growth,
     s7_memory,
     s8_producers,
+    s9_dashboard,
 )
 from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info, private_server
 from ._options import Bench, Figures, Options
@@ -43,6 +44,7 @@ SCENARIOS: dict[str, Scenario] = {
     "growth": s6_growth.run,
     "memory": s7_memory.run,
     "producers": s8_producers.run,
+    "dashboard": s9_dashboard.run,
 }
 
 

@@ -95,6 +95,25 @@ ROWS = [
         "producers_ms.plain.cmax"),
     Row("8 producers, max clients: outbox / plain, per run", "x", "producers_ratio.cmax"),
     Row("8 producers, max clients: how many", "", "producers_clients.cmax"),
+    Row("9 dashboard p95: overview", "ms", "dashboard_p95_ms.overview"),
+    Row("9 dashboard p95: events", "ms", "dashboard_p95_ms.events"),
+    Row("9 dashboard p95: events_dead", "ms", "dashboard_p95_ms.events_dead"),
+    Row("9 dashboard p95: events_dead_type", "ms", "dashboard_p95_ms.events_dead_type"),
+    Row("9 dashboard p95: events_dead_older", "ms", "dashboard_p95_ms.events_dead_older"),
+    Row("9 dashboard p95: events_pending_queue", "ms", "dashboard_p95_ms.events_pending_queue"),
+    Row("9 dashboard p95: events_handler_dead", "ms", "dashboard_p95_ms.events_handler_dead"),
+    Row("9 dashboard p95: event", "ms", "dashboard_p95_ms.event"),
+    Row("9 dashboard p95: dead", "ms", "dashboard_p95_ms.dead"),
+    Row("9 dashboard p95: schedules", "ms", "dashboard_p95_ms.schedules"),
+    Row("9 dashboard p95: limits", "ms", "dashboard_p95_ms.limits"),
+    Row("9 dashboard p95: workers", "ms", "dashboard_p95_ms.workers"),
+    Row("9 dashboard p95: retry_preview_type", "ms", "dashboard_p95_ms.retry_preview_type"),
+    Row("9 dashboard p95: retry_preview_all", "ms", "dashboard_p95_ms.retry_preview_all"),
+    Row("9 dashboard p95: worst page", "ms", "dashboard_p95_ms.worst_page"),
+    Row("9 dashboard overview statements, backend CPU", "ms",
+        "dashboard_cpu_ms.overview_statements"),
+    Row("9 reference: naive count(*) GROUP BY state", "ms",
+        "dashboard_p95_ms.naive_count_reference"),
 ]  # fmt: skip
 
 
@@ -138,6 +157,9 @@ TARGETS = [
            lambda m: m["producers.outbox.c64"] >= 0.85 * m["producers.plain.c64"]),
     Target("RSS growth 20k -> 200k < 10 MB", ("memory_growth_mb.pgqueue",),
            lambda m: m["memory_growth_mb.pgqueue"] < 10),
+    Target("dashboard: every page < 100 ms server time (p95, 1M events, 100k dead)",
+           ("dashboard_p95_ms.worst_page",),
+           lambda m: m["dashboard_p95_ms.worst_page"] < 100),
 ]  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from ._api import (
     status,
 )
 from ._backoff import RetryPolicy
+from ._dashboard import pgqueue_dashboard
 from ._errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -42,6 +43,7 @@ from ._inspect import (
 from ._metrics import Metrics
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
+from ._presence import WorkerInfo, list_workers
 from ._registry import Registry, load_registry
 from ._scheduler import Schedule
 from ._settings import WorkerSettings
@@ -86,6 +88,7 @@ __all__ = [
     "SchemaError",
     "StatusReport",
     "Worker",
+    "WorkerInfo",
     "WorkerSettings",
     "WorkerStats",
     "count_dead",
@@ -97,11 +100,13 @@ __all__ = [
     "enqueue_sync",
     "get_event",
     "list_events",
+    "list_workers",
     "live_status",
     "load_registry",
     "migrate",
     "once",
     "once_sync",
+    "pgqueue_dashboard",
     "preview_replay",
     "prune",
     "replay",

@@ -10,11 +10,13 @@ import click
 
 from . import (  # noqa: F401  (they register their commands)
     _cli_admin,
+    _cli_dashboard,
     _cli_events,
     _cli_limits,
     _cli_schedule,
     _cli_steer,
     _cli_worker,
+    _cli_workers,
 )
 from ._cli_common import cli, echo_err
 from ._errors import PgQueueError

@@ -9,14 +9,10 @@ from typing import Any
 import click
 
 from ._cli_common import cli, database, dsn_option, print_table, schema_option, with_conn
-from ._errors import ConfigurationError, RegistryError
+from ._errors import ConfigurationError
 from ._queries import schedule_queries_for
-from ._scheduler import Schedule
+from ._scheduler import schedule_status
 from ._settings import validate_schema
-
-# A tick not emitted this long after it was due means no running worker serves the schedule
-# (a worker emits within milliseconds; a restart takes seconds).
-LATE_AFTER = dt.timedelta(minutes=1)
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -25,29 +21,19 @@ def _when(value: dt.datetime | None) -> str:
 
 def _row(r: Any) -> list[str]:
     """One table row: name, expression, zone, event type, last tick, next tick, state."""
-    now: dt.datetime = r["db_now"]
-    try:
-        schedule = Schedule(
-            name=r["name"],
-            expression=r["expression"],
-            event_type=r["event_type"],
-            timezone=r["timezone"],
-        )
-    except RegistryError:
-        next_tick, state = None, "invalid definition"
+    status = schedule_status(r)
+    if not status.valid:
+        state = "invalid definition"
     else:
-        next_tick = schedule.next_tick(now)
-        due = schedule.latest_tick(now)
-        late = due is not None and due > r["last_tick"] and now - due > LATE_AFTER
-        state = "late: no worker serves it?" if late else "ok"
+        state = "late: no worker serves it?" if status.late else "ok"
     return [
-        r["name"],
-        r["expression"],
-        r["timezone"],
-        r["event_type"],
-        _when(r["last_tick"]),
-        _when(next_tick),
-        _when(r["synced_at"]),
+        status.name,
+        status.expression,
+        status.timezone,
+        status.event_type,
+        _when(status.last_tick),
+        _when(status.next_tick),
+        _when(status.synced_at),
         state,
     ]
 

@@ -211,3 +211,54 @@ class Scheduler:
         wait = (min(upcoming) - now).total_seconds() - (time.monotonic() - started)
         # A few ms past the tick: waking a hair early (clock granularity) would find nothing due.
         return min(max(wait, 0.0) + 0.005, MAX_SLEEP)
+
+
+# A tick not emitted this long after it was due means no running worker serves the schedule
+# (a worker emits within milliseconds; a restart takes seconds).
+LATE_AFTER = dt.timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class ScheduleStatus:
+    """A stored schedule as operators see it (``pgqueue schedules``, the dashboard)."""
+
+    name: str
+    expression: str
+    timezone: str
+    event_type: str
+    last_tick: dt.datetime
+    #: None when the stored definition is invalid (see ``valid``).
+    next_tick: dt.datetime | None
+    synced_at: dt.datetime
+    valid: bool
+    #: A tick is overdue by more than LATE_AFTER: no running worker serves the schedule?
+    late: bool
+
+
+def schedule_status(row: Mapping[str, Any]) -> ScheduleStatus:
+    """The next tick and lateness of one ``schedules`` row (read with ``db_now``)."""
+    now: dt.datetime = row["db_now"]
+    try:
+        schedule = Schedule(
+            name=row["name"],
+            expression=row["expression"],
+            event_type=row["event_type"],
+            timezone=row["timezone"],
+        )
+    except RegistryError:
+        next_tick, valid, late = None, False, False
+    else:
+        next_tick, valid = schedule.next_tick(now), True
+        due = schedule.latest_tick(now)
+        late = due is not None and due > row["last_tick"] and now - due > LATE_AFTER
+    return ScheduleStatus(
+        name=row["name"],
+        expression=row["expression"],
+        timezone=row["timezone"],
+        event_type=row["event_type"],
+        last_tick=row["last_tick"],
+        next_tick=next_tick,
+        synced_at=row["synced_at"],
+        valid=valid,
+        late=late,
+    )

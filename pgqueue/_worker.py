@@ -12,6 +12,7 @@ Tasks of one worker (all in one event loop):
   when idle.
 - heartbeat: renews the leases of everything in flight; rescuer: returns expired leases of dead
   workers to pending; loop watchdog: logs when the event loop stalls (all in ``_leases.py``).
+- presence: the worker's row in `workers` (`_presence.py`), renewed every heartbeat.
 - limiter (only when a handler has a concurrency limit): leases and renews its slots
   (``_limits.py``).
 - scheduler (only when the registry has schedules, and not in burst mode): emits cron ticks
@@ -50,6 +51,7 @@ from ._logs import WORKER_ID
 from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
+from ._presence import Presence
 from ._queries import Queries, queries_for
 from ._registry import DEFAULT_TIMEOUT, Registry
 from ._runner import Runners
@@ -180,6 +182,7 @@ class Worker:
         )
         tasks: list[asyncio.Task[Any]] = []
         threads: ThreadPool | None = None
+        presence: Presence | None = None
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name, dsn_hint=self._dsn)
@@ -275,6 +278,14 @@ class Worker:
                 tasks.append(asyncio.create_task(listener.run()))
             if scheduler is not None:
                 tasks.append(asyncio.create_task(scheduler.run()))
+            presence = Presence(
+                pool=self._pool,
+                settings=s,
+                worker_id=self.worker_id,
+                event_types=self._event_types,
+                in_flight=lambda: self.in_flight,
+            )
+            tasks.append(asyncio.create_task(presence.run()))
             for task in tasks:
                 task.add_done_callback(self._supervise)
             try:
@@ -297,6 +308,8 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             if threads is not None:
                 threads.close()
+            if presence is not None:
+                await presence.leave()
             if self.metrics is not None:
                 await self.metrics.stop()
             await self._close()

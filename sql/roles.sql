@@ -95,6 +95,9 @@ GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
 REVOKE UPDATE ON :"schema".handler_slots FROM pgqueue_worker;
 GRANT SELECT, UPDATE (lease_token, leased_by, lease_expires_at) ON :"schema".handler_slots
     TO pgqueue_worker;
+-- Worker presence (migration 0013): each worker upserts and deletes its own row, and deletes
+-- rows of workers dead for over an hour. Every column is its own presence data.
+GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".workers TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;

@@ -191,13 +191,15 @@ SELECT (SELECT count(*) FROM replayed) AS replayed, touched, finished FROM progr
 # the NULL tests fold away. The state filter is spelled as one arm per state so that it folds
 # into `state = 'dead' OR ...`, which the partial indexes' predicates can match (`state =
 # ANY($2)` cannot). {order} is `id` for the usual plan: walk the primary key (or
-# outbox_handlers_idx) newest first and stop after $12 rows. For running and dead events only
-# it is `id + 0`, which hides the primary-key order from the planner: it then reads the
-# partial index and sorts the few rows found. Measured on 1,000,000 rows whose 1,000 dead ones
-# are all older than the newest 900,000: `--state dead` walked the primary key through 900,000
-# rows in 311 ms (the planner assumes dead rows are spread evenly); through outbox_dead_idx it
-# takes 3 ms (35-55 ms with a cold cache: 1,000 rows on 1,000 pages). Pending events keep the
-# key walk: a backlog can be large, and it is the newest events anyway.
+# outbox_handlers_idx, or for dead events outbox_dead_list_idx) newest first and stop after
+# $12 rows. For running events only it is `id + 0`, which hides the primary-key order from the
+# planner: it then reads the partial index and sorts the few rows found. Measured on 1,000,000
+# rows whose 1,000 dead ones are all older than the newest 900,000: `--state dead` walked the
+# primary key through 900,000 rows in 311 ms (the planner assumes dead rows are spread evenly);
+# through outbox_dead_idx and a sort it took 3 ms (35-55 ms with a cold cache), but 500 ms
+# with 100,000 dead spread over the table, so dead events now have their own id-ordered index
+# (0011) and take the usual plan. Pending events keep the key walk: a backlog can be large, and
+# it is the newest events anyway.
 LIST_EVENTS = """
 SELECT id, event_type, queue, state, attempt, created_at, run_at, processed_at,
        idempotency_key, leased_by, lease_expires_at, left(last_error, 500) AS last_error,

@@ -101,9 +101,11 @@ class SteerCalls(Statements):
         # A fresh prepared statement always gets a custom plan, in which the `$n IS NULL`
         # tests fold away and partial indexes can match; through the statement cache the
         # sixth call on one connection may switch to a generic plan that cannot use them.
+        # Dead events are listed newest first by walking outbox_dead_list_idx (0011), which
+        # the usual plan finds by itself; only running ones still need the sorted plan.
         by_state = (
             states is not None
-            and set(states) <= {"running", "dead"}
+            and set(states) <= {"running"}
             and handler is None
             and handler_state is None
         )

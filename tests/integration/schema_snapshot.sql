@@ -246,6 +246,24 @@ CREATE TABLE pgqueue.schedules (
 
 ALTER TABLE pgqueue.schedules OWNER TO <owner>;
 
+CREATE TABLE pgqueue.workers (
+    worker_id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    version text NOT NULL,
+    queues text[] NOT NULL,
+    event_types text[] NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    heartbeat_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    in_flight integer DEFAULT 0 NOT NULL,
+    CONSTRAINT workers_in_flight_nonnegative CHECK ((in_flight >= 0)),
+    CONSTRAINT workers_worker_id_length CHECK (((char_length(worker_id) >= 1) AND (char_length(worker_id) <= 200)))
+)
+WITH (fillfactor='50');
+
+ALTER TABLE pgqueue.workers OWNER TO <owner>;
+
 ALTER TABLE ONLY pgqueue.effects
     ADD CONSTRAINT effects_pkey PRIMARY KEY (event_id, handler);
 
@@ -267,7 +285,12 @@ ALTER TABLE ONLY pgqueue.replays
 ALTER TABLE ONLY pgqueue.schedules
     ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
 
+ALTER TABLE ONLY pgqueue.workers
+    ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
+
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'dead'::text);
+
+CREATE INDEX outbox_dead_list_idx ON pgqueue.outbox USING btree (id) INCLUDE (queue, event_type) WHERE ((state)::text = 'dead'::text);
 
 CREATE INDEX outbox_discarded_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'discarded'::text);
 

@@ -583,9 +583,9 @@ async def test_status_watch_losing_its_connection_is_one_error_line(
 
 async def test_list_and_live_queries_use_indexes(conn: asyncpg.Connection) -> None:
     """300 dead events with records, then 30,000 newer done ones without: the handler filter
-    walks outbox_handlers_idx, --state dead reads outbox_dead_idx (not the primary key
-    through every newer done row), an unfiltered page the primary key (no sort), and no part
-    of the live status scans the table."""
+    walks outbox_handlers_idx, --state dead walks outbox_dead_list_idx newest first (not the
+    primary key through every newer done row, and no sort), an unfiltered page the primary key
+    (no sort), and no part of the live status scans the table."""
     await conn.execute(
         "INSERT INTO pgqueue.outbox (event_type, state, handlers) "
         """SELECT 't', 'dead', '{"crm": {"state": "dead", "attempts": 3}}'::jsonb """
@@ -608,8 +608,9 @@ async def test_list_and_live_queries_use_indexes(conn: asyncpg.Connection) -> No
 
     by_handler = await _plan(conn, q.list_events, *args(handler="crm", hstate="dead"))
     assert any(n.get("Index Name") == "outbox_handlers_idx" for n in by_handler), by_handler
-    dead = await _plan(conn, q.list_events_by_state, *args(states=["dead"]))
-    assert any(n.get("Index Name") == "outbox_dead_idx" for n in dead), dead
+    dead = await _plan(conn, q.list_events, *args(states=["dead"]))
+    assert any(n.get("Index Name") == "outbox_dead_list_idx" for n in dead), dead
+    assert not any(n["Node Type"] == "Sort" for n in dead), dead
     unfiltered = await _plan(conn, q.list_events, *args())
     assert any(n.get("Index Name") == "outbox_pkey" for n in unfiltered), unfiltered
     assert not any(n["Node Type"] == "Sort" for n in unfiltered), unfiltered
