@@ -1,0 +1,197 @@
+"""Relay to NATS JetStream (the ``nats`` extra: nats-py).
+
+A batch goes out with ``publish_async`` (every message in flight at once) and is confirmed
+when each PubAck arrived. ``Nats-Msg-Id`` carries the dedupe id: the stream drops a second
+copy inside its ``duplicate_window`` (default 2 minutes) and answers ``duplicate``, which
+counts as confirmed. A subject that no stream captures is a failure (never "sent").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import ConfigurationError
+from .base import BrokerUnavailable, Relay, RelayMessage, Template
+
+# Outstanding async publishes nats-py allows per JetStream context; a batch is at most the
+# worker's batch size (<= 10,000).
+MAX_PENDING = 10_000
+
+
+def _nats() -> Any:
+    try:
+        import nats
+    except ImportError:
+        raise ConfigurationError(
+            "the NATS relay needs nats-py: pip install 'pgqueue[nats]'"
+        ) from None
+    return nats
+
+
+class NatsRelay(Relay):
+    """Publishes events to NATS JetStream, one subject per ``subject`` template.
+
+    ``subject`` may use ``{event_type}`` and ``{queue}``; a JetStream stream must capture the
+    subjects (create it yourself: the relay never creates streams). ``confirm_timeout``:
+    seconds to wait for the PubAcks of one batch before the broker counts as unavailable.
+    """
+
+    kind = "nats"
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        subject: str = "{event_type}",
+        confirm_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(url)
+        if not url.startswith(("nats://", "tls://")):
+            raise ConfigurationError(
+                f"a NATS URL starts with nats:// or tls://, not {self.where!r}"
+            )
+        self.subject = Template(subject, "subject")
+        self.confirm_timeout = confirm_timeout
+        self.connect_timeout = connect_timeout
+        self._nc: Any = None
+        self._js: Any = None
+
+    def destination(self, event_type: str, queue: str) -> str:
+        """The subject of an event."""
+        return self.subject.render(event_type, queue)
+
+    async def open(self) -> None:
+        """Connect once (no client-side reconnects: the relay's breaker decides when to retry)."""
+        nats = _nats()
+
+        async def quiet(_: Exception) -> None:  # the breaker logs outages, once
+            return None
+
+        try:
+            # max_reconnect_attempts=0 means "for ever" to nats-py's connect loop: 1 gives
+            # up after the second try.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    self.url,
+                    allow_reconnect=False,
+                    connect_timeout=self.connect_timeout,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.1,
+                    error_cb=quiet,
+                ),
+                2 * self.connect_timeout + 1,
+            )
+        except Exception as exc:
+            self._nc = None
+            raise BrokerUnavailable(f"cannot connect to {self.where}: {_text(exc)}") from exc
+        self._js = self._nc.jetstream(publish_async_max_pending=MAX_PENDING)
+
+    async def close(self) -> None:
+        """Disconnect, dropping anything unconfirmed (it is published again later)."""
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), timeout=2.0)
+            except Exception:
+                return
+
+    async def publish(self, messages: Sequence[RelayMessage]) -> list[BaseException | None]:
+        """Publish every message at once, then wait for all the PubAcks."""
+        if self._nc is None or self._nc.is_closed:
+            await self.close()
+            await self.open()
+        js = self._js
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for m in messages:
+                headers = {"Nats-Msg-Id": m.msg_id, **m.metadata()}
+                futures.append(
+                    await js.publish_async(m.destination, m.payload.encode(), headers=headers)
+                )
+            done, _ = await asyncio.wait(futures, timeout=self.confirm_timeout)
+        except Exception as exc:
+            for f in futures:
+                f.cancel()
+            await self.close()
+            raise BrokerUnavailable(_text(exc)) from exc
+        results: list[BaseException | None] = []
+        lost = False
+        for f, m in zip(futures, messages, strict=True):
+            if f not in done:
+                f.cancel()
+                lost = True
+                results.append(BrokerUnavailable(f"no PubAck within {self.confirm_timeout:g}s"))
+                continue
+            error = f.exception()
+            if error is None:
+                results.append(None)
+            elif _connection_error(error):
+                lost = True
+                results.append(BrokerUnavailable(_text(error)))
+            else:
+                results.append(_explain(error, m.destination))
+        if lost:
+            await self.close()
+        return results
+
+    async def durability(self, destinations: Sequence[str]) -> list[str]:
+        """The stream capturing each subject: storage, replicas, duplicate window."""
+        lines: list[str] = []
+        seen: set[str] = set()
+        for subject in destinations:
+            try:
+                name = await self._js.find_stream_name_by_subject(subject)
+            except Exception:
+                lines.append(
+                    f"WARNING: no JetStream stream captures subject {subject!r}: every publish "
+                    f"to it fails until one does"
+                )
+                continue
+            if name in seen:
+                continue
+            seen.add(name)
+            config = (await self._js.stream_info(name)).config
+            storage = getattr(config.storage, "value", config.storage)
+            replicas = config.num_replicas or 1
+            window = config.duplicate_window or 120.0
+            lines.append(
+                f"stream {name} (subject {subject}): storage={storage} replicas={replicas} "
+                f"duplicate_window={window:g}s"
+            )
+            if storage != "file":
+                lines.append(
+                    f"WARNING: stream {name} keeps messages in memory: a restart loses them"
+                )
+            elif replicas < 3:
+                lines.append(
+                    f"WARNING: stream {name} has {replicas} replica(s): an acknowledged message "
+                    f"is written but not fsynced, so a host crash can lose it (use replicas=3, "
+                    f"or sync_interval: always on the server)"
+                )
+        return lines
+
+
+def _connection_error(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError) or name in {
+        "ConnectionClosedError",
+        "NoServersError",
+        "OutboundBufferLimitError",
+        "StaleConnectionError",
+        "ConnectionReconnectingError",
+        "ConnectionDrainingError",
+        "TooManyStalledMsgsError",
+    }
+
+
+def _explain(exc: BaseException, subject: str) -> BaseException:
+    if type(exc).__name__ == "NoStreamResponseError":
+        return LookupError(f"unroutable: no JetStream stream captures subject {subject!r}")
+    return exc
+
+
+def _text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
