@@ -25,6 +25,7 @@ from . import (
     s5_sustained,
     s6_growth,
     s7_memory,
+    s8_relay,
 )
 from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info
 from ._options import Bench, Figures, Options
@@ -41,6 +42,7 @@ SCENARIOS: dict[str, Scenario] = {
     "sustained": s5_sustained.run,
     "growth": s6_growth.run,
     "memory": s7_memory.run,
+    "relay": s8_relay.run,
 }
 
 

@@ -66,6 +66,19 @@ ROWS = [
         "memory_growth_mb.pgqueuer"),
     Row("7 drain 200k, 1 handler (PgQueuer bs=100)", "ev/s", "drain200k.pgqueue",
         "drain200k.pgqueuer"),
+    Row("8 relay 20k: no-op handler (worker pace)", "ev/s", "relay_noop"),
+    Row("8 relay NATS: batch path (vs per-event publish)", "ev/s", "relay_batch.nats",
+        "relay_event.nats"),
+    Row("8 relay Redis: batch path (vs per-event XADD)", "ev/s", "relay_batch.redis",
+        "relay_event.redis"),
+    Row("8 relay RabbitMQ quorum: batch (vs per-event)", "ev/s", "relay_batch.rabbitmq",
+        "relay_event.rabbitmq"),
+    Row("8 relay worker CPU per event, NATS", "us", "relay_batch_cpu_us.nats",
+        "relay_event_cpu_us.nats"),
+    Row("8 relay worker CPU per event, Redis", "us", "relay_batch_cpu_us.redis",
+        "relay_event_cpu_us.redis"),
+    Row("8 relay worker CPU per event, RabbitMQ", "us", "relay_batch_cpu_us.rabbitmq",
+        "relay_event_cpu_us.rabbitmq"),
 ]  # fmt: skip
 
 
@@ -103,6 +116,12 @@ TARGETS = [
            lambda m: m["growth_ratio"] >= 0.9),
     Target("RSS growth 20k -> 200k < 10 MB", ("memory_growth_mb.pgqueue",),
            lambda m: m["memory_growth_mb.pgqueue"] < 10),
+    Target("relay to NATS >= 15,000 ev/s (issue 13)", ("relay_batch.nats",),
+           lambda m: m["relay_batch.nats"] >= 15_000),
+    Target("relay to Redis >= 15,000 ev/s (issue 13)", ("relay_batch.redis",),
+           lambda m: m["relay_batch.redis"] >= 15_000),
+    Target("relay to a RabbitMQ quorum queue >= 3,000 ev/s (issue 13)",
+           ("relay_batch.rabbitmq",), lambda m: m["relay_batch.rabbitmq"] >= 3_000),
 ]  # fmt: skip
 
 

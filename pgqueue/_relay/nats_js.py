@@ -15,9 +15,7 @@ from typing import Any
 from .._errors import ConfigurationError
 from .base import BrokerUnavailable, Relay, RelayMessage, Template
 
-# Outstanding async publishes nats-py allows per JetStream context; a batch is at most the
-# worker's batch size (<= 10,000).
-MAX_PENDING = 10_000
+_NO_STREAM = b"no stream"  # a reply future's result when no stream captures the subject
 
 
 def _nats() -> Any:
@@ -58,6 +56,10 @@ class NatsRelay(Relay):
         self.connect_timeout = connect_timeout
         self._nc: Any = None
         self._js: Any = None
+        self._inbox = ""
+        self._token_at = 0
+        self._next = 0  # reply tokens: unique per connection
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
 
     def destination(self, event_type: str, queue: str) -> str:
         """The subject of an event."""
@@ -87,7 +89,10 @@ class NatsRelay(Relay):
         except Exception as exc:
             self._nc = None
             raise BrokerUnavailable(f"cannot connect to {self.where}: {_text(exc)}") from exc
-        self._js = self._nc.jetstream(publish_async_max_pending=MAX_PENDING)
+        self._js = self._nc.jetstream()
+        self._inbox = self._nc.new_inbox() + "."
+        self._token_at = len(self._inbox)
+        await self._nc.subscribe(self._inbox + "*", cb=self._on_reply)
 
     async def close(self) -> None:
         """Disconnect, dropping anything unconfirmed (it is published again later)."""
@@ -99,43 +104,72 @@ class NatsRelay(Relay):
                 return
 
     async def publish(self, messages: Sequence[RelayMessage]) -> list[BaseException | None]:
-        """Publish every message at once, then wait for all the PubAcks."""
+        """Publish every message at once (each with a reply subject of our inbox), then wait
+        for all the PubAcks.
+
+        Why not ``js.publish_async``: per message it takes a semaphore through ``wait_for``,
+        draws a NUID and random bytes for a token, and decodes each PubAck into a dataclass;
+        with our own inbox a reply is a dict lookup and a substring test. Profiled on 20,000
+        events this halved the client's share of the relay's CPU.
+        """
         if self._nc is None or self._nc.is_closed:
             await self.close()
             await self.open()
-        js = self._js
-        futures: list[asyncio.Future[Any]] = []
+        nc, base, pending = self._nc, self._inbox, self._pending
+        start = self._next
+        self._next += len(messages)
+        futures: list[asyncio.Future[bytes]] = []
+        loop = asyncio.get_running_loop()
         try:
-            for m in messages:
-                headers = {"Nats-Msg-Id": m.msg_id, **m.metadata()}
-                futures.append(
-                    await js.publish_async(m.destination, m.payload.encode(), headers=headers)
+            for i, m in enumerate(messages, start):
+                future: asyncio.Future[bytes] = loop.create_future()
+                pending[str(i)] = future
+                futures.append(future)
+                await nc.publish(
+                    m.destination, m.payload.encode(), base + str(i), m.metadata("Nats-Msg-Id")
                 )
             done, _ = await asyncio.wait(futures, timeout=self.confirm_timeout)
         except Exception as exc:
-            for f in futures:
-                f.cancel()
             await self.close()
             raise BrokerUnavailable(_text(exc)) from exc
+        finally:
+            for i in range(start, start + len(futures)):
+                pending.pop(str(i), None)
         results: list[BaseException | None] = []
         lost = False
         for f, m in zip(futures, messages, strict=True):
             if f not in done:
-                f.cancel()
                 lost = True
                 results.append(BrokerUnavailable(f"no PubAck within {self.confirm_timeout:g}s"))
                 continue
-            error = f.exception()
-            if error is None:
-                results.append(None)
-            elif _connection_error(error):
-                lost = True
-                results.append(BrokerUnavailable(_text(error)))
+            reply = f.result()
+            if reply is _NO_STREAM:
+                results.append(
+                    LookupError(
+                        f"unroutable: no JetStream stream captures subject {m.destination!r}"
+                    )
+                )
+            elif b'"error"' in reply:
+                results.append(
+                    RuntimeError(
+                        f"JetStream refused the message: {reply[:300].decode(errors='replace')}"
+                    )
+                )
             else:
-                results.append(_explain(error, m.destination))
+                results.append(None)
         if lost:
             await self.close()
         return results
+
+    async def _on_reply(self, msg: Any) -> None:
+        future = self._pending.get(msg.subject[self._token_at :])
+        if future is None or future.done():
+            return
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":  # no responders: no stream
+            future.set_result(_NO_STREAM)
+        else:
+            future.set_result(msg.data)
 
     async def durability(self, destinations: Sequence[str]) -> list[str]:
         """The stream capturing each subject: storage, replicas, duplicate window."""
@@ -172,25 +206,6 @@ class NatsRelay(Relay):
                     f"or sync_interval: always on the server)"
                 )
         return lines
-
-
-def _connection_error(exc: BaseException) -> bool:
-    name = type(exc).__name__
-    return isinstance(exc, OSError | TimeoutError | asyncio.TimeoutError) or name in {
-        "ConnectionClosedError",
-        "NoServersError",
-        "OutboundBufferLimitError",
-        "StaleConnectionError",
-        "ConnectionReconnectingError",
-        "ConnectionDrainingError",
-        "TooManyStalledMsgsError",
-    }
-
-
-def _explain(exc: BaseException, subject: str) -> BaseException:
-    if type(exc).__name__ == "NoStreamResponseError":
-        return LookupError(f"unroutable: no JetStream stream captures subject {subject!r}")
-    return exc
 
 
 def _text(exc: BaseException) -> str:

@@ -45,10 +45,13 @@ def payload(i: int) -> dict[str, Any]:
     return {"i": i, **TRICKY[i % len(TRICKY)]}
 
 
-async def enqueue_n(conn: asyncpg.Connection, event_type: str, n: int, queue: str = "default") -> None:
+async def enqueue_n(
+    conn: asyncpg.Connection, event_type: str, n: int, queue: str = "default"
+) -> None:
     """Write ``n`` events of ``event_type``."""
     await pgqueue.enqueue_many(
-        conn, [pgqueue.Event(event_type=event_type, payload=payload(i), queue=queue) for i in range(n)]
+        conn,
+        [pgqueue.Event(event_type=event_type, payload=payload(i), queue=queue) for i in range(n)],
     )
 
 
@@ -81,7 +84,7 @@ class Got:
 
 def _got(meta: dict[str, str], body: str) -> Got:
     return Got(
-        meta["pgqueue-msg-id"],
+        meta.get("pgqueue-msg-id") or meta["Nats-Msg-Id"],
         int(meta["pgqueue-event-id"]),
         meta["pgqueue-event-type"],
         meta["pgqueue-queue"],
@@ -201,10 +204,12 @@ async def read_rabbit(url: str, queue: str) -> list[Got]:
             msg = await ch.basic_get(queue, no_ack=True)
             if msg.delivery is None or getattr(msg.delivery, "name", "") == "Basic.GetEmpty":
                 break
-            if msg.header.properties is None or not msg.body and msg.delivery_tag is None:
+            if msg.header.properties is None or (not msg.body and msg.delivery_tag is None):
                 break
             props = msg.header.properties
-            meta = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in props.headers.items()}
+            meta = {
+                k: v.decode() if isinstance(v, bytes) else str(v) for k, v in props.headers.items()
+            }
             assert props.message_id == meta["pgqueue-msg-id"]
             assert props.delivery_mode == 2
             out.append(_got(meta, msg.body.decode()))
@@ -247,11 +252,14 @@ class Private:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    def spawn(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
+
+    async def start(self) -> None:
+        self.spawn()
         await wait_port(self.port)
 
     def kill(self) -> None:
@@ -270,8 +278,9 @@ class Private:
     def redis(cls, tmp: Path, aof: bool = True) -> Private:
         port = free_port()
         (tmp / "redis").mkdir(exist_ok=True)
-        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                str(tmp / "redis"), "--save", "", "--appendonly", "yes" if aof else "no"]  # fmt: skip
+        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--dir", str(tmp / "redis"), "--save", "",
+                "--appendonly", "yes" if aof else "no"]  # fmt: skip
         return cls(args, port, tmp / "redis.log")
 
 

@@ -40,7 +40,9 @@ def burst(**kw: Any) -> WorkerSettings:
     return WorkerSettings(burst=True, listen=False, **kw)
 
 
-async def test_nats_relays_every_event_once_byte_equal(conn: asyncpg.Connection, db_dsn: str) -> None:
+async def test_nats_relays_every_event_once_byte_equal(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
     prefix = unique("relaytest.")
     async with nats_stream(NATS_URL, [f"{prefix}.>"]) as stream:
         await enqueue_n(conn, "order.placed", N)
@@ -64,7 +66,9 @@ async def test_nats_relays_every_event_once_byte_equal(conn: asyncpg.Connection,
         mine = next(g for g in got if g.event_id == row["id"])
         assert dt.datetime.fromisoformat(mine.created_at) == row["created_at"]
         sysid = await conn.fetchval("SELECT system_identifier::text FROM pg_control_system()")
-        dboid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = current_database()")
+        dboid = await conn.fetchval(
+            "SELECT oid FROM pg_database WHERE datname = current_database()"
+        )
         assert mine.msg_id == f"pgq.{sysid}.{dboid}.pgqueue:{row['id']}"
 
 
@@ -99,7 +103,9 @@ async def test_nats_subject_without_stream_is_a_recorded_failure(
     assert all("unroutable" in r[0] for r in errors), errors
 
 
-async def test_redis_relays_every_event_once_byte_equal(conn: asyncpg.Connection, db_dsn: str) -> None:
+async def test_redis_relays_every_event_once_byte_equal(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
     stream = unique("relaytest:")
     try:
         await enqueue_n(conn, "order.placed", N)
