@@ -15,6 +15,9 @@ from typing import Any
 from .._errors import ConfigurationError
 from .base import BrokerUnavailable, Relay, RelayMessage, Template
 
+# Errors nats-py raises for one message (too large, bad subject or header): that message fails
+# its attempt; any other error means the connection is unusable.
+_MESSAGE_ERRORS = frozenset({"MaxPayloadError", "BadSubjectError", "BadHeaderError"})
 _NO_STREAM = b"no stream"  # a reply future's result when no stream captures the subject
 
 
@@ -125,9 +128,14 @@ class NatsRelay(Relay):
                 future: asyncio.Future[bytes] = loop.create_future()
                 pending[str(i)] = future
                 futures.append(future)
-                await nc.publish(
-                    m.destination, m.payload.encode(), base + str(i), m.metadata("Nats-Msg-Id")
-                )
+                try:
+                    await nc.publish(
+                        m.destination, m.payload.encode(), base + str(i), m.metadata("Nats-Msg-Id")
+                    )
+                except Exception as exc:
+                    if type(exc).__name__ not in _MESSAGE_ERRORS:
+                        raise
+                    future.set_exception(exc)  # this message cannot be sent; the rest can
             done, _ = await asyncio.wait(futures, timeout=self.confirm_timeout)
         except Exception as exc:
             await self.close()
@@ -141,6 +149,9 @@ class NatsRelay(Relay):
             if f not in done:
                 lost = True
                 results.append(BrokerUnavailable(f"no PubAck within {self.confirm_timeout:g}s"))
+                continue
+            if f.exception() is not None:
+                results.append(f.exception())
                 continue
             reply = f.result()
             if reply is _NO_STREAM:

@@ -13,12 +13,17 @@ durable queue is on disk (classic) or on a majority of nodes (quorum) before the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from .._errors import ConfigurationError
 from .base import BrokerUnavailable, Relay, RelayMessage, Template
+
+# Seconds a named exchange found by a passive declare is trusted before it is checked again.
+EXCHANGE_TRUST = 5.0
 
 
 def _aiormq() -> Any:
@@ -63,6 +68,7 @@ class RabbitMQRelay(Relay):
         self.confirm_timeout = confirm_timeout
         self._conn: Any = None
         self._channel: Any = None
+        self._exchange_ok_until = 0.0
 
     def destination(self, event_type: str, queue: str) -> str:
         """The routing key of an event."""
@@ -95,6 +101,10 @@ class RabbitMQRelay(Relay):
         elif self._channel is None or self._channel.is_closed:
             await self._reopen_channel()
         spec = _aiormq().spec
+        if self.exchange and time.monotonic() >= self._exchange_ok_until:
+            missing = await self._check_exchange()
+            if missing is not None:
+                return [missing] * len(messages)
         channel = self._channel
         tasks = [
             asyncio.ensure_future(
@@ -117,6 +127,20 @@ class RabbitMQRelay(Relay):
             for m in messages
         ]
         done, _ = await asyncio.wait(tasks, timeout=self.confirm_timeout)
+        # The broker closed the channel (no such exchange, access refused, ...): every message
+        # of the batch fails its attempt with that reason, including those whose frames then
+        # reached the closed channel and made the broker drop the whole connection
+        # (CHANNEL_ERROR - expected 'channel.open'). Only a connection lost on its own (or no
+        # confirm in time) means "broker unavailable".
+        closed_by_broker = next(
+            (
+                t.exception()
+                for t in tasks
+                if t in done and t.exception() is not None and not _connection_error(t.exception())
+                and type(t.exception()).__name__ != "PublishError"
+            ),
+            None,
+        )  # fmt: skip
         results: list[BaseException | None] = []
         broken = False
         for task in tasks:
@@ -131,21 +155,38 @@ class RabbitMQRelay(Relay):
                 if isinstance(frame, spec.Basic.Ack):
                     results.append(None)
                 else:
-                    results.append(
-                        RuntimeError(f"broker refused the message ({type(frame).__name__})")
-                    )
+                    refused = type(frame).__name__
+                    results.append(RuntimeError(f"broker refused the message ({refused})"))
             elif type(exc).__name__ == "PublishError":
                 results.append(LookupError(f"unroutable: no queue took it ({_return_text(exc)})"))
-            elif _connection_error(exc):
+            elif _connection_error(exc) and closed_by_broker is None:
                 broken = True
                 results.append(BrokerUnavailable(_text(exc)))
-            else:  # the channel was closed by the broker (e.g. no such exchange)
-                results.append(RuntimeError(_text(exc)))
-        if broken:
+            else:  # the broker closed the channel (e.g. no such exchange)
+                results.append(RuntimeError(_text(closed_by_broker or exc)))
+        if any(r is not None for r in results):
+            self._exchange_ok_until = 0.0  # look again before the next batch
+        if broken or self._conn is None or self._conn.is_closed:
             await self.close()
         elif self._channel is not None and self._channel.is_closed:
             await self._reopen_channel()
         return results
+
+    async def _check_exchange(self) -> BaseException | None:
+        """Is the exchange there? Checked before a batch (then trusted for EXCHANGE_TRUST
+        seconds, and again after any failure): publishing a whole batch into a missing
+        exchange closes the channel at the first message, and the frames already sent after
+        it make the broker close the connection, which would look like an outage."""
+        try:
+            await self._channel.exchange_declare(self.exchange, passive=True)
+        except Exception as exc:
+            if _connection_error(exc):
+                await self.close()
+                raise BrokerUnavailable(_text(exc)) from exc
+            await self._reopen_channel()
+            return RuntimeError(_text(exc))
+        self._exchange_ok_until = time.monotonic() + EXCHANGE_TRUST
+        return None
 
     async def _reopen_channel(self) -> None:
         try:
@@ -155,21 +196,30 @@ class RabbitMQRelay(Relay):
             raise BrokerUnavailable(_text(exc)) from exc
 
     async def durability(self, destinations: Sequence[str]) -> list[str]:
-        """The exchange exists; each known queue's type and durability."""
+        """The exchange exists; each known queue's type and durability. Probes run on a
+        connection of their own: a failed probe closes its channel, and channel numbers
+        reused too early made the broker close the whole connection."""
+        conn = await asyncio.wait_for(_aiormq().connect(self.url), self.confirm_timeout)
+        try:
+            return await self._durability(conn, destinations)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=2.0)
+
+    async def _durability(self, conn: Any, destinations: Sequence[str]) -> list[str]:
         lines: list[str] = []
         queues = list(self.check_queues)
         if self.exchange:
-            probe = await self._conn.channel()
             try:
+                probe = await conn.channel()
                 await probe.exchange_declare(self.exchange, passive=True)
                 lines.append(f"exchange {self.exchange} exists")
+                await _close_quietly(probe)
             except Exception as exc:
                 lines.append(
                     f"WARNING: exchange {self.exchange!r} does not exist ({_text(exc)}): every "
                     f"publish fails until it is declared"
                 )
-            finally:
-                await _close_quietly(probe)
             if not queues:
                 lines.append(
                     f"cannot see over AMQP which queues exchange {self.exchange} routes to: make "
@@ -178,35 +228,40 @@ class RabbitMQRelay(Relay):
         else:
             queues += [d for d in destinations if d not in queues]
         for name in queues:
-            lines += await self._queue_lines(name)
+            lines += await _queue_lines(conn, name)
         return lines
 
-    async def _queue_lines(self, name: str) -> list[str]:
-        if not await self._declares(name, passive=True):
-            return [f"WARNING: queue {name!r} does not exist: messages routed to it are returned"]
-        # Declaring an existing queue with other properties fails (PRECONDITION_FAILED) and
-        # changes nothing: that is how AMQP tells a queue's type and durability.
-        if await self._declares(name, arguments={"x-queue-type": "quorum"}):
-            return [f"queue {name}: quorum (durable, replicated)"]
-        if await self._declares(name, arguments={"x-queue-type": "stream"}):
-            return [f"queue {name}: stream (durable)"]
-        if await self._declares(name):
-            return [
-                f"queue {name}: classic, durable",
-                f"WARNING: queue {name} is a classic queue: a confirmed message lives on one "
-                f"node only (use a quorum queue)",
-            ]
-        return [f"WARNING: queue {name} is NOT durable: a broker restart loses its messages"]
 
-    async def _declares(self, name: str, *, passive: bool = False, **kw: Any) -> bool:
-        probe = await self._conn.channel()
-        try:
-            await probe.queue_declare(name, passive=passive, durable=not passive, **kw)
-            return True
-        except Exception:
-            return False
-        finally:
-            await _close_quietly(probe)
+async def _queue_lines(conn: Any, name: str) -> list[str]:
+    if not await _declares(conn, name, passive=True):
+        return [f"WARNING: queue {name!r} does not exist: messages routed to it are returned"]
+    # Declaring an existing queue with other properties fails (PRECONDITION_FAILED) and
+    # changes nothing: that is how AMQP tells a queue's type and durability.
+    if await _declares(conn, name, arguments={"x-queue-type": "quorum"}):
+        return [f"queue {name}: quorum (durable, replicated)"]
+    if await _declares(conn, name, arguments={"x-queue-type": "stream"}):
+        return [f"queue {name}: stream (durable)"]
+    if await _declares(conn, name):
+        return [
+            f"queue {name}: classic, durable",
+            f"WARNING: queue {name} is a classic queue: a confirmed message lives on one "
+            f"node only (use a quorum queue)",
+        ]
+    return [f"WARNING: queue {name} is NOT durable: a broker restart loses its messages"]
+
+
+async def _declares(conn: Any, name: str, *, passive: bool = False, **kw: Any) -> bool:
+    try:
+        probe = await conn.channel()
+    except Exception:
+        return False
+    try:
+        await probe.queue_declare(name, passive=passive, durable=not passive, **kw)
+        return True
+    except Exception:
+        return False
+    finally:
+        await _close_quietly(probe)
 
 
 async def _close_quietly(channel: Any) -> None:

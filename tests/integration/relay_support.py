@@ -174,8 +174,11 @@ async def drop_redis(url: str, stream: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def rabbit_queue(url: str, quorum: bool = True) -> AsyncIterator[str]:
-    """A durable (quorum) queue on the default exchange, deleted after."""
+async def rabbit_queue(
+    url: str, quorum: bool = True, exchange: str = "", binding: str = ""
+) -> AsyncIterator[str]:
+    """A durable (quorum) queue, on the default exchange or bound to a topic ``exchange``
+    (declared here) with ``binding``; both deleted after."""
     import aiormq
 
     name = unique("relaytest.")
@@ -183,12 +186,17 @@ async def rabbit_queue(url: str, quorum: bool = True) -> AsyncIterator[str]:
     ch = await conn.channel()
     args = {"x-queue-type": "quorum"} if quorum else {}
     await ch.queue_declare(name, durable=True, arguments=args)
+    if exchange:
+        await ch.exchange_declare(exchange, exchange_type="topic", durable=True)
+        await ch.queue_bind(name, exchange, routing_key=binding)
     try:
         yield name
     finally:
         with contextlib.suppress(Exception):
             ch2 = await conn.channel()
             await ch2.queue_delete(name)
+            if exchange:
+                await ch2.exchange_delete(exchange)
         await conn.close()
 
 
@@ -268,10 +276,13 @@ class Private:
             self.proc.wait(timeout=10)
 
     @classmethod
-    def nats(cls, tmp: Path) -> Private:
+    def nats(cls, tmp: Path, max_payload: int | None = None) -> Private:
         port = free_port()
         (tmp / "nats").mkdir(exist_ok=True)
         args = ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp / "nats")]
+        if max_payload is not None:
+            (tmp / "nats.conf").write_text(f"max_payload: {max_payload}\n")
+            args += ["-c", str(tmp / "nats.conf")]
         return cls(args, port, tmp / "nats.log")
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,6 +20,7 @@ from tests.integration.relay_support import (
     AMQP_URL,
     NATS_URL,
     REDIS_URL,
+    Private,
     check_exactly,
     counts,
     drop_redis,
@@ -135,6 +137,24 @@ async def test_rabbitmq_relays_every_event_once_byte_equal(
         check_exactly(await read_rabbit(AMQP_URL, queue), await stored(conn, "order.placed"))
 
 
+async def test_rabbitmq_named_exchange_routing_key_template(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    exchange = unique("relaytest.x.")
+    async with rabbit_queue(AMQP_URL, exchange=exchange, binding="other.#") as queue:
+        await enqueue_n(conn, "order.placed", 30, queue="other")
+        registry = Registry()
+        relay = RabbitMQRelay(
+            AMQP_URL, exchange=exchange, routing_key="{queue}.{event_type}", check_queues=[queue]
+        )
+        registry.relay("order.placed", to=relay)
+        stats = await Worker(db_dsn, registry, burst(queues=("other",))).run()
+        assert stats.dead == 0 and await counts(conn) == {"done": 30}
+        got = await read_rabbit(AMQP_URL, queue)
+        check_exactly(got, await stored(conn, "order.placed"))
+        assert {g.queue for g in got} == {"other"}
+
+
 async def test_rabbitmq_unroutable_is_a_failure_never_done(
     conn: asyncpg.Connection, db_dsn: str
 ) -> None:
@@ -231,3 +251,44 @@ def test_relay_cli_bad_input_one_line(db_dsn: str, args: list[str], message: str
 
 def _stop(n: int) -> Any:
     return tenacity.stop_after_attempt(n)
+
+
+async def test_nats_message_over_max_payload_fails_alone(
+    conn: asyncpg.Connection, db_dsn: str, tmp_path: Path
+) -> None:
+    """One message the server cannot take fails its own attempt (and ends dead); the rest of
+    its batch is relayed, and the broker does not count as unavailable."""
+    server = Private.nats(tmp_path, max_payload=4000)
+    await server.start()
+    url = f"nats://127.0.0.1:{server.port}"
+    try:
+        async with nats_stream(url, ["big.>"]) as stream:
+            await enqueue_n(conn, "order.placed", 5)
+            big = await pgqueue.enqueue(conn, "order.placed", {"blob": "x" * 5000})
+            registry = Registry()
+            relay = NatsRelay(url, subject="big.{event_type}")
+            registry.relay("order.placed", to=relay, retry=pgqueue.RetryPolicy(stop=_stop(1)))
+            stats = await Worker(db_dsn, registry, burst()).run()
+            assert (stats.done, stats.dead) == (5, 1)
+            error = await conn.fetchval("SELECT last_error FROM pgqueue.outbox WHERE id = $1", big)
+            assert "MaxPayloadError" in error
+            want = await stored(conn, "order.placed")
+            del want[big]
+            check_exactly(await read_nats(url, stream), want)
+    finally:
+        server.kill()
+
+
+async def test_rabbitmq_missing_exchange_is_a_recorded_failure(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    """The broker closes the channel (404): a failed attempt each, never done, never waiting
+    for ever as if the broker were down."""
+    await enqueue_n(conn, "order.placed", 20)
+    registry = Registry()
+    relay = RabbitMQRelay(AMQP_URL, exchange=unique("noexchange."), routing_key="x")
+    registry.relay("order.placed", to=relay, retry=pgqueue.RetryPolicy(stop=_stop(1)))
+    stats = await Worker(db_dsn, registry, burst()).run()
+    assert (stats.done, stats.dead) == (0, 20)
+    errors = {r[0] for r in await conn.fetch("SELECT last_error FROM pgqueue.outbox")}
+    assert all("NOT_FOUND" in e or "404" in e for e in errors), errors
