@@ -61,7 +61,7 @@ _BROKER_OPTIONS = {
     "--dedupe-seconds",
     type=click.IntRange(1, 10 * 365 * 86_400),
     default=None,
-    help="Redis: how long a message id is remembered [default: 86400].",
+    help="Redis: seconds a message id is remembered, to drop a copy [default: 3600].",
 )
 def relay_cmd(
     url: str,

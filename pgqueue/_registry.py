@@ -38,7 +38,10 @@ def relay_policy() -> RetryPolicy:
 async def _batch_path_only(payload: Any, ctx: Context) -> None:
     # The worker hands relay units to its batch path (pgqueue/_relay/batches.py), never to a
     # runner; reaching this means a path forgot that.
-    raise RuntimeError(f"relay handler {ctx.handler!r} ran outside the worker's relay batches")
+    raise RuntimeError(
+        f"relay handler {ctx.handler!r} publishes only from a pgqueue Worker (its batch path); "
+        f"InProcess does not publish to brokers"
+    )
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,6 @@ class Worker:
             source=source,
             batch_size=self.settings.batch_size,
             record=self._intake.record,
-            stopping=lambda: self._shutdown.stopping,
             observer=self.metrics,
         )
         try:

@@ -59,13 +59,11 @@ class RelayBatches:
         source: str,
         batch_size: int,
         record: Callable[[Delivery, Handler, Outcome], None],
-        stopping: Callable[[], bool],
         observer: Metrics | None = None,
     ) -> None:
         self.source = source
         self._batch_size = batch_size
         self._record = record
-        self._stopping = stopping
         self._observer = observer
         self._lanes: dict[int, _Lane] = {}
         for h in handlers:
