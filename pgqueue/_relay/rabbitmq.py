@@ -122,6 +122,9 @@ class RabbitMQRelay(Relay):
                         headers=m.metadata(),
                     ),
                     mandatory=True,
+                    # Not waiting for each frame's write to drain (under the channel lock)
+                    # lets the whole batch go out back to back; the confirm is still awaited.
+                    wait=False,
                 )
             )
             for m in messages
