@@ -27,6 +27,7 @@ from . import (
     s7_memory,
     s8_producers,
     s9_dashboard,
+    s10_relay,
 )
 from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info, private_server
 from ._options import Bench, Figures, Options
@@ -45,6 +46,7 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": s7_memory.run,
     "producers": s8_producers.run,
     "dashboard": s9_dashboard.run,
+    "relay": s10_relay.run,
 }
 
 

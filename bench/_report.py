@@ -114,6 +114,19 @@ ROWS = [
         "dashboard_cpu_ms.overview_statements"),
     Row("9 reference: naive count(*) GROUP BY state", "ms",
         "dashboard_p95_ms.naive_count_reference"),
+    Row("10 relay 20k: no-op handler (worker pace)", "ev/s", "relay_noop"),
+    Row("10 relay NATS: batch path (vs per-event publish)", "ev/s", "relay_batch.nats",
+        "relay_event.nats"),
+    Row("10 relay Redis: batch path (vs per-event XADD)", "ev/s", "relay_batch.redis",
+        "relay_event.redis"),
+    Row("10 relay RabbitMQ quorum: batch (vs per-event)", "ev/s", "relay_batch.rabbitmq",
+        "relay_event.rabbitmq"),
+    Row("10 relay worker CPU per event, NATS", "us", "relay_batch_cpu_us.nats",
+        "relay_event_cpu_us.nats"),
+    Row("10 relay worker CPU per event, Redis", "us", "relay_batch_cpu_us.redis",
+        "relay_event_cpu_us.redis"),
+    Row("10 relay worker CPU per event, RabbitMQ", "us", "relay_batch_cpu_us.rabbitmq",
+        "relay_event_cpu_us.rabbitmq"),
 ]  # fmt: skip
 
 
@@ -160,6 +173,12 @@ TARGETS = [
     Target("dashboard: every page < 100 ms server time (p95, 1M events, 100k dead)",
            ("dashboard_p95_ms.worst_page",),
            lambda m: m["dashboard_p95_ms.worst_page"] < 100),
+    Target("relay to NATS >= 15,000 ev/s (issue 13)", ("relay_batch.nats",),
+           lambda m: m["relay_batch.nats"] >= 15_000),
+    Target("relay to Redis >= 15,000 ev/s (issue 13)", ("relay_batch.redis",),
+           lambda m: m["relay_batch.redis"] >= 15_000),
+    Target("relay to a RabbitMQ quorum queue >= 3,000 ev/s (issue 13)",
+           ("relay_batch.rabbitmq",), lambda m: m["relay_batch.rabbitmq"] >= 3_000),
 ]  # fmt: skip
 
 

@@ -45,6 +45,7 @@ from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._presence import WorkerInfo, list_workers
 from ._registry import Registry, load_registry
+from ._relay import NatsRelay, RabbitMQRelay, RedisRelay, Relay, RelayMessage
 from ._scheduler import Schedule
 from ._settings import WorkerSettings
 from ._steer import (
@@ -77,10 +78,15 @@ __all__ = [
     "LiveStatus",
     "LiveTypeCounts",
     "Metrics",
+    "NatsRelay",
     "PayloadError",
     "PgQueueError",
+    "RabbitMQRelay",
+    "RedisRelay",
     "Registry",
     "RegistryError",
+    "Relay",
+    "RelayMessage",
     "ReplayPreview",
     "ReplayResult",
     "RetryPolicy",

@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (they register their commands)
     _cli_dashboard,
     _cli_events,
     _cli_limits,
+    _cli_relay,
     _cli_schedule,
     _cli_steer,
     _cli_worker,

@@ -15,7 +15,7 @@ from ._settings import mask_dsn, validate_schema
 TOKEN_ENV = "PGQUEUE_DASHBOARD_TOKEN"
 USER_ENV = "PGQUEUE_DASHBOARD_USER"
 PASSWORD_ENV = "PGQUEUE_DASHBOARD_PASSWORD"
-EXTRA_HINT = "pip install 'pgqueue[dashboard]'"
+EXTRA_HINT = "pip install starlette jinja2 uvicorn (the [dashboard] extra)"
 
 
 def _loopback(host: str) -> bool:

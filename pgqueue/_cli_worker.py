@@ -9,6 +9,7 @@ import importlib.util
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +229,65 @@ def worker_cmd(
     SIGINT/SIGTERM stop claiming and let in-flight handlers finish (up to
     --shutdown-timeout); a second signal hands everything back at once.
     """
+    serve(
+        lambda: _load(handlers_path),
+        dsn=dsn,
+        schema=schema,
+        embedded=embedded,
+        data_dir=data_dir,
+        queues=queues,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        lease_seconds=lease_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+        rescue_interval=rescue_interval,
+        shutdown_timeout=shutdown_timeout,
+        sync_threads=sync_threads,
+        burst=burst,
+        processes=processes,
+        pooled=pooled,
+        listen_dsn=listen_dsn,
+        poll_only=poll_only,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        log_level=log_level,
+        log_format=log_format,
+    )
+
+
+# The options of `pgqueue worker` that every command running a worker takes (`pgqueue relay`).
+WORKER_OPTIONS = tuple(p for p in worker_cmd.params if p.name != "handlers_path")
+
+
+def serve(
+    load: Callable[[], Registry],
+    *,
+    dsn: str | None,
+    schema: str,
+    embedded: bool,
+    data_dir: Path | None,
+    queues: tuple[str, ...],
+    concurrency: int,
+    batch_size: int,
+    poll_interval: float,
+    lease_seconds: float,
+    heartbeat_seconds: float | None,
+    rescue_interval: float,
+    shutdown_timeout: float,
+    sync_threads: int,
+    burst: bool,
+    processes: int,
+    pooled: bool,
+    listen_dsn: str | None,
+    poll_only: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run a worker (or ``processes`` of them) for the registry ``load`` returns, with the
+    worker command's options."""
     configure(log_level, log_format)
     if dsn and embedded:
         raise ConfigurationError(
@@ -256,7 +316,7 @@ def worker_cmd(
     if listen_dsn and not dsn:
         raise ConfigurationError("--listen-dsn needs --dsn (the database it listens on)")
     check_listen(settings, listen_dsn)
-    registry = _load(handlers_path)
+    registry = load()
 
     async def main() -> None:
         async with database(dsn, embedded_ok=embedded, data_dir=data_dir) as real_dsn:

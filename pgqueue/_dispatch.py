@@ -73,6 +73,7 @@ class Delivery:
     waiting: int = 0
     lost: bool = False
     completed: bool = False  # outcome handed to the completer (its fenced write decides)
+    queue: str = "default"  # the queue it was claimed from (relay destinations may name it)
 
     @property
     def db_now(self) -> float:

@@ -31,6 +31,7 @@ from ._limits import Limiter
 from ._models import WorkerStats
 from ._queries import ClaimedRow
 from ._registry import Handler, Registry
+from ._relay.batches import RelayBatches
 from ._runner import Runners, Unit
 from ._wakeups import Wakeups
 
@@ -77,20 +78,29 @@ class Intake:
         self._runners: Runners | None = None
         self._completer: Completer | None = None
         self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
+        self._relays: RelayBatches | None = None  # only when some handler is a relay
 
-    def attach(self, runners: Runners, completer: Completer, limiter: Limiter | None) -> None:
+    def attach(
+        self,
+        runners: Runners,
+        completer: Completer,
+        limiter: Limiter | None,
+        relays: RelayBatches | None = None,
+    ) -> None:
         """Give the intake the collaborators it hands work to."""
         self._runners = runners
         self._completer = completer
         self._limiter = limiter
+        self._relays = relays
 
-    def dispatch(self, rows: list[ClaimedRow], token: uuid.UUID) -> None:
-        """Take in the rows of one claim (under lease ``token``): start them or set aside."""
+    def dispatch(self, rows: list[ClaimedRow], token: uuid.UUID, queue: str = "default") -> None:
+        """Take in the rows of one claim from ``queue`` (under lease ``token``): start them
+        or set aside."""
         now = time.monotonic()
         self._stats.claimed += len(rows)
         units: list[Unit] = []  # handed to the runners at once: one wake-up per claim
         for row in rows:
-            delivery = Delivery(row, token, now, parse_records(row.handlers))
+            delivery = Delivery(row, token, now, parse_records(row.handlers), queue=queue)
             older = self.inflight.get(row.id)
             if older is not None:
                 # We lost this event's lease while running it and claimed it again: the old
@@ -115,6 +125,8 @@ class Intake:
 
     def _submit(self, units: list[Unit]) -> None:
         if units:
+            if self._relays is not None:  # relay units go to the batch path
+                units = self._relays.take(units)
             assert self._runners is not None
             self._runners.submit(units)
 

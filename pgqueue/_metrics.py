@@ -137,6 +137,7 @@ class Metrics:
         self._server: Any = None
         self._sample: tuple[float, list[Any], list[Any]] | None = None
         self._sample_errors = 0
+        self._relays: dict[str, bool] = {}
 
     # -- hot path (called from the worker's event loop) ------------------------------------------
 
@@ -157,6 +158,11 @@ class Metrics:
         buffer.append((event_type, handler, outcome, seconds, lag))
         if len(buffer) >= FOLD_AT:
             self._fold()
+
+    def relay_state(self, relay: str, up: bool) -> None:
+        """Whether a relay's broker is reachable (False from an outage's first failed batch
+        to the next confirmed one)."""
+        self._relays[relay] = up
 
     def event_recorded(self, event_type: str, outcome: str) -> None:
         """An event's outcome of one claim was written (done, retry, dead, handed_back, ...)."""
@@ -251,6 +257,16 @@ class Metrics:
         )
         in_flight.add_metric([], source.in_flight() if source else 0)
         yield in_flight
+        if self._relays:
+            up = GaugeMetricFamily(
+                "pgqueue_relay_broker_up",
+                "1 while a relay's broker confirms messages, 0 during an outage (its events "
+                "are deferred without spending attempts: pgqueue_handler_runs outcome deferred).",
+                labels=["relay"],
+            )
+            for relay, state in sorted(self._relays.copy().items()):
+                up.add_metric([relay], 1.0 if state else 0.0)
+            yield up
         yield from self._queue_families()
 
     def _counters(self) -> Iterable[Metric]:

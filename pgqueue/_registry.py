@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import tenacity
 from pydantic import BaseModel
 
 from ._backoff import RetryPolicy
@@ -19,9 +20,32 @@ from ._models import Context
 from ._names import EVENT_TYPE_RULE, event_type_ok, handler_name_problem
 from ._scheduler import Schedule
 
+if typing.TYPE_CHECKING:
+    from ._relay.base import Relay
+
 # An async function, or a plain one (run in the worker's thread pool: see _threads.py).
 HandlerFn = Callable[..., Awaitable[None]] | Callable[..., None]
 DEFAULT_TIMEOUT = 60.0
+
+
+# A relay's default policy: waits from 0.2 s up to 30 s, so that a retried message still falls
+# inside a broker's dedupe window (NATS's default is 2 minutes); 20 attempts span ~7 minutes
+# of refusals. An unreachable broker spends no attempts at all (the breaker defers instead).
+def relay_policy() -> RetryPolicy:
+    """0.2 s doubling to 30 s (with jitter), 20 attempts (~7 minutes of refusals)."""
+    return RetryPolicy(
+        stop=tenacity.stop_after_attempt(20),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.2),
+    )
+
+
+async def _batch_path_only(payload: Any, ctx: Context) -> None:
+    # The worker hands relay units to its batch path (pgqueue/_relay/batches.py), never to a
+    # runner; reaching this means a path forgot that.
+    raise RuntimeError(
+        f"relay handler {ctx.handler!r} publishes only from a pgqueue Worker (its batch path); "
+        f"InProcess does not publish to brokers"
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,8 @@ class Handler:
     concurrency: int | None = None
     # False: a plain ``def``; the worker runs it in its thread pool (``sync_threads``).
     is_async: bool = True
+    # A relay handler publishes to this broker on the worker's batch path (pgqueue/_relay).
+    relay: Relay | None = None
 
     def parse(self, payload: dict[str, Any]) -> Any:
         """The value passed to the handler: the validated model, or the dict itself."""
@@ -192,6 +218,49 @@ class Registry:
         )
         for_type[handler_name] = handler
         return handler
+
+    def relay(
+        self,
+        *event_types: str,
+        to: Relay,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> tuple[Handler, ...]:
+        """Forward every event of ``event_types`` to a broker: ``to`` is a
+        :class:`pgqueue.NatsRelay`, :class:`pgqueue.RabbitMQRelay` or
+        :class:`pgqueue.RedisRelay`.
+
+        The relay is a handler named ``name`` (default ``relay-<broker>``) on each type: it
+        has its own state, retries, dead state, ``retry --handler`` and ``replay --handler``,
+        beside any local handler. An event is done for it only once the broker confirmed the
+        message; a refused message (unroutable, nacked) is a failed attempt under ``retry``;
+        an unreachable broker spends no attempts. See docs/relay.md.
+        """
+        if not event_types:
+            raise RegistryError("registry.relay(...) needs at least one event type")
+        handler_name = name or f"relay-{to.kind}"
+        added = []
+        for event_type in event_types:
+            for_type = self._handlers.setdefault(event_type, {})
+            if handler_name in for_type:
+                raise RegistryError(
+                    f"handler name {handler_name!r} is registered twice for event type "
+                    f"{event_type!r}; pass name=... to one of them"
+                )
+            self._check_concurrency(handler_name, None)
+            handler = Handler(
+                event_type=event_type,
+                name=handler_name,
+                fn=_batch_path_only,
+                model=None,
+                policy=retry or relay_policy(),
+                timeout=None,
+                takes_context=True,
+                relay=to,
+            )
+            for_type[handler_name] = handler
+            added.append(handler)
+        return tuple(added)
 
     def schedule(
         self,

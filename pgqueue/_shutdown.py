@@ -10,6 +10,7 @@ from typing import Any
 
 from ._intake import Intake
 from ._limits import Limiter
+from ._relay.batches import RelayBatches
 from ._runner import Runners
 from ._wakeups import Wakeups
 
@@ -41,7 +42,13 @@ class Shutdown:
         self._wakeups.wakeup.set()
         self._wakeups.progress.set()
 
-    async def drain(self, intake: Intake, runners: Runners, limiter: Limiter | None) -> None:
+    async def drain(
+        self,
+        intake: Intake,
+        runners: Runners,
+        limiter: Limiter | None,
+        relays: RelayBatches | None = None,
+    ) -> None:
         """Once claiming stopped: wait for in-flight events (up to the timeout, or until a
         second request); then cancel what still runs and hand it back."""
         wakeups = self._wakeups
@@ -60,6 +67,8 @@ class Shutdown:
         if limiter is not None:  # units still waiting for a slot go back too
             for delivery, handler, prior, _ in await limiter.stop():
                 intake.interrupted(delivery, handler, prior)
+        if relays is not None:  # relay units queued or publishing go back too
+            await relays.cancel()
         await runners.cancel()
         while runners.units:
             delivery, handler, prior, _ = runners.units.popleft()

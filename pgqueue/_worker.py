@@ -41,7 +41,7 @@ from ._backoff import describe_error, is_transient, reconnect_delay
 from ._completer import Completer
 from ._db import create_pool, pool_options, warn_if_pooler
 from ._dispatch import Delivery
-from ._errors import RegistryError
+from ._errors import ConfigurationError, RegistryError
 from ._floor import ReadyFloor
 from ._intake import Intake
 from ._leases import LeaseKeeper
@@ -53,7 +53,10 @@ from ._migrate import check_schema
 from ._models import WorkerStats
 from ._presence import Presence
 from ._queries import Queries, queries_for
+from ._queries.relay import source_identity
 from ._registry import DEFAULT_TIMEOUT, Registry
+from ._relay.base import BrokerUnavailable
+from ._relay.batches import RelayBatches, destinations_for
 from ._runner import Runners
 from ._scheduler import Scheduler
 from ._settings import WorkerSettings, check_listen, mask_dsn
@@ -183,6 +186,7 @@ class Worker:
         tasks: list[asyncio.Task[Any]] = []
         threads: ThreadPool | None = None
         presence: Presence | None = None
+        relays: RelayBatches | None = None
         try:
             async with self._pool.acquire() as conn:
                 await check_schema(conn, s.schema_name, dsn_hint=self._dsn)
@@ -241,7 +245,8 @@ class Worker:
                 self.metrics,
             )
             limiter = await self._make_limiter(runners)
-            self._intake.attach(runners, completer, limiter)
+            relays = await self._make_relays()
+            self._intake.attach(runners, completer, limiter, relays)
             leases = LeaseKeeper(
                 self._pool,
                 self._queries,
@@ -266,6 +271,7 @@ class Worker:
                 *leases.start(),
                 asyncio.create_task(guard.run()),
                 *([limiter.start()] if limiter else []),
+                *(relays.start() if relays else []),
             ]
             if s.listen and not s.burst:
                 listener = Listener(
@@ -297,7 +303,7 @@ class Worker:
                 self._fatal = exc
                 self.request_stop()
                 self.request_stop()
-            await self._shutdown.drain(self._intake, runners, limiter)
+            await self._shutdown.drain(self._intake, runners, limiter, relays)
             if limiter is not None:
                 await limiter.close()
             if self._fatal is not None:
@@ -312,6 +318,8 @@ class Worker:
                 await presence.leave()
             if self.metrics is not None:
                 await self.metrics.stop()
+            if relays is not None:
+                await relays.close()
             await self._close()
         log.info(
             "worker %s stopped: %d done, %d retried, %d dead, %d handed back, %d deferred",
@@ -354,6 +362,30 @@ class Worker:
         async with self._pool.acquire() as conn:
             log.info("concurrency limits: %s", await limiter.setup(conn))
         return limiter
+
+    async def _make_relays(self) -> RelayBatches | None:
+        """The batch path of relay handlers, connected (else None: no cost at all)."""
+        handlers = [h for h in self.registry if h.relay is not None]
+        if not handlers:
+            return None
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            source = await source_identity(conn, self.settings.schema_name)
+        relays = RelayBatches(
+            handlers=handlers,
+            source=source,
+            batch_size=self.settings.batch_size,
+            record=self._intake.record,
+            observer=self.metrics,
+        )
+        try:
+            await relays.open(destinations_for(handlers, self.settings.queues))
+        except BrokerUnavailable as exc:
+            await relays.close()
+            raise ConfigurationError(
+                f"{exc}; check the URL and that the broker runs (events wait in the outbox)"
+            ) from None
+        return relays
 
     async def _close(self) -> None:
         # All at once: each graceful close waits for its server's goodbye (3 pools one after
@@ -463,7 +495,7 @@ class Worker:
                     self._floor.bound(queue),
                 )
                 self._floor.claimed(queue, rows, limit - total)
-                self._intake.dispatch(rows, token)
+                self._intake.dispatch(rows, token, queue)
                 total += len(rows)
                 full = full or len(rows) == limit
                 if total >= limit:
