@@ -110,6 +110,18 @@ def default_data_dir(cwd: Path) -> Path:
     return home / "pg"
 
 
+def binaries_copy(bindir: Path) -> Path:
+    """Where ``reachable_binaries`` keeps its copy of a wheel's ``bindir``: one per source
+    location and build of ``postgres`` (a reinstalled wheel gets a new copy; old ones may be
+    deleted at any time)."""
+    package = bindir.parent.parent
+    source = bindir / "postgres"
+    info = source.stat()
+    key = f"{source.resolve()}:{info.st_size}:{info.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return ROOT_BASE / "binaries" / f"{package.name}-{digest}" / package.name / "pginstall" / "bin"
+
+
 def reachable_binaries(account: pwd.struct_passwd, bindir: Path) -> Path:
     """``bindir``, or when ``account`` cannot reach it and it is a wheel's ``pginstall/bin``, a
     copy under /var/lib/pgqueue/binaries (made once, atomically; reused while the source's
@@ -125,12 +137,8 @@ def reachable_binaries(account: pwd.struct_passwd, bindir: Path) -> Path:
             f"under root, and the binaries in {bindir} are below it: install PostgreSQL where "
             "that user can reach it, or run pgqueue as a normal user"
         )
-    source = bindir / "postgres"
-    info = source.stat()
-    key = f"{source.resolve()}:{info.st_size}:{info.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    target = ROOT_BASE / "binaries" / f"{package.name}-{digest}"
-    copied = target / package.name / "pginstall" / "bin"
+    copied = binaries_copy(bindir)
+    target = copied.parents[2]
     if not copied.is_dir():
         for folder in (ROOT_BASE, target.parent):
             folder.mkdir(exist_ok=True)

