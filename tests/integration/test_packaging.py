@@ -69,6 +69,15 @@ async def test_the_wheel_installs_and_its_cli_runs_outside_the_checkout(
         assert f"Name: {DISTRIBUTION}\n" in archive.read(metadata).decode()
     assert f"pgqueue/sql/{latest_version():04d}_" in "\n".join(names)  # migrations ship
     assert not any(n.startswith(("handlers/", "tests/")) for n in names)
+    # Every module, template and the PEP 561 marker of the source tree ship (the package list
+    # in pyproject.toml is explicit: a new subpackage left out of it would be missing here).
+    package = ROOT / "pgqueue"
+    shipped = {
+        str(f.relative_to(ROOT))
+        for f in package.rglob("*")
+        if f.suffix in {".py", ".html", ".typed"} and "__pycache__" not in f.parts
+    }
+    assert shipped - set(names) == set()
     with tarfile.open(sdist) as archive:
         members = "\n".join(archive.getnames())
     for needed in ("/sql/0001_outbox.sql", "/pgqueue/_cli.py", "/README.md", "/pyproject.toml"):
