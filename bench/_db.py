@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -45,21 +43,12 @@ def private_server(version: str) -> Iterator[str]:
     initdb's defaults (shared_buffers 128MB, fsync on), like the machine's Debian cluster:
     figures compare across majors, not against a tuned server.
     """
-    from pgqueue._embedded import EmbeddedPostgres
     from tests import pgversions
 
-    base = Path(tempfile.mkdtemp(prefix="pgqueue-bench-pg-"))
-    base.chmod(0o755)  # the server's unprivileged user (under root) must reach it
-    server = EmbeddedPostgres(base / "pg", bindir=pgversions.bindir(version))
-    try:
-        dsn = server.start()
+    with pgversions.private_server(version, prefix="pgqueue-bench-pg-") as server:
         print(f"bench: {server.description}", file=sys.stderr)
-        yield dsn
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+        assert server.dsn is not None
+        yield server.dsn
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:

