@@ -15,6 +15,7 @@ from tenacity import stop_after_attempt
 
 import pgqueue
 from pgqueue import _migrate
+from pgqueue._embedded import bundled_binaries
 from pgqueue._migrate import latest_version, load_migrations
 from tests.helpers import wait_for
 from tests.integration.core_support import Calls, counting, outbox_row, run_burst
@@ -162,7 +163,11 @@ def normalized_dump(dsn: str, role: str, schema: str = "pgqueue") -> str:
     """``pg_dump --schema-only`` of one schema without comments, SETs and role names."""
     result = _run("pg_dump", "--schema-only", f"--schema={schema}", dsn)
     if result.returncode != 0 and "server version mismatch" in result.stderr:
-        pytest.skip(f"pg_dump is older than the server: {result.stderr.strip()}")
+        # The machine's pg_dump (15) refuses newer servers (the version matrix runs 16-18):
+        # the PostgreSQL 18 bundled with the `embedded` extra of the dev install dumps them all.
+        bundled = bundled_binaries()
+        assert bundled is not None, f"no pg_dump for this server: {result.stderr.strip()}"
+        result = _run(str(bundled / "pg_dump"), "--schema-only", f"--schema={schema}", dsn)
     assert result.returncode == 0, result.stderr
     lines: list[str] = []
     for line in result.stdout.splitlines():
@@ -172,6 +177,9 @@ def normalized_dump(dsn: str, role: str, schema: str = "pgqueue") -> str:
             continue
         if line.startswith(("ALTER ", "GRANT ", "REVOKE ")):
             line = re.sub(rf"\b{re.escape(role)}\b", "<owner>", line)
+        # pg_dump 15 sets a view's owner with ALTER TABLE, pg_dump 18 with ALTER VIEW: the
+        # only difference between their dumps of this schema (checked on 15, 16, 17 and 18).
+        line = re.sub(r"^ALTER VIEW ", "ALTER TABLE ", line)
         lines.append(line.rstrip())
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
     return text + "\n"
