@@ -9,10 +9,10 @@ Producers go through a notify gate at commit (sql/0011_producer_commit.sql): one
 transaction per queue at a time notifies, the others skip NOTIFY so that their commits do not
 queue behind PostgreSQL's notify lock. A skipping producer may finish its commit after the
 claim that the gate holder's notification started. So after each such notification (payload:
-the queue name) the listener first sweeps: on its own connection it looks whether skipping
-producers are still committing (they hold the skippers' advisory lock in share mode; pg_locks
-shows them), and if some are, wakes the claimer and waits until they are gone; then it calls
-``swept``, which makes the worker claim. An event of a skipping producer thus waits
+the queue name) the listener wakes the claimer at once and sweeps: on its own connection it
+looks whether skipping producers are still committing (they hold the skippers' advisory lock
+in share mode; pg_locks shows them) and waits until they are gone; then it calls ``swept``,
+which makes the worker claim again. An event of a skipping producer thus waits
 for at most the gate holder's notification plus the end of its own commit, never for the poll
 interval. A notification ``<queue>!`` comes from a producer that could not take the skippers'
 lock (someone holds it exclusively) and notified for itself: it wakes the claimer at once and
@@ -91,10 +91,11 @@ class Listener:
             return
         else:
             return
-        # The claim follows the sweep's first look (one round trip, never waits): one claim per
-        # notification when nobody is committing behind the gate holder. Claiming first and
-        # again after every sweep cost an idle worker a third statement per notification,
-        # which the producers paid for on 2 cores.
+        # Claim at once (the idle latency: a look at pg_locks first cost a round trip before
+        # the claim, p50 5.7 ms against PgQueuer's 7.5 in one run, 2.2 against 6.6 without it
+        # in the next, on a loaded machine), then sweep and claim again: a skipper may commit
+        # after this claim's snapshot, before the sweep looks.
+        self._wake()
         self._sweep.set()
 
     def _on_terminate(self, _conn: Any) -> None:
@@ -162,9 +163,8 @@ class Listener:
         queues, self._to_sweep = sorted(self._to_sweep), set()
         committing = await self._queries.committing_skippers(conn, queues)
         if committing:
-            # Claim what is there now, then again once they have committed (milliseconds:
-            # they are inside their COMMIT). Polled, never waited for on the lock itself.
-            self._wake()
+            # Claim again once they have committed (milliseconds: they are inside their
+            # COMMIT). Polled, never waited for on the lock itself.
             deadline = time.monotonic() + SWEEP_TIMEOUT
             delay = SWEEP_POLL_FIRST
             while committing:

@@ -21,10 +21,10 @@
 --   then tries the queue's "gate" advisory lock. Whoever gets the gate notifies; the others
 --   skip NOTIFY and commit in parallel. Both locks are transaction locks: released when the
 --   commit is complete and visible.
--- * A worker that receives the gate holder's notification (payload: the queue name) first
---   looks in pg_locks for producers holding the skippers lock (those that may have skipped
---   behind this gate holder and are still inside their COMMIT); if there are, it claims at
---   once and again when they are gone (pgqueue/_listener.py). So an event of a skipping
+-- * A worker that receives the gate holder's notification (payload: the queue name) claims,
+--   then looks in pg_locks for producers holding the skippers lock (those that may have
+--   skipped behind this gate holder and be still inside their COMMIT), waits until they are
+--   gone, and claims again (pgqueue/_listener.py). So an event of a skipping
 --   producer waits for the gate holder's notification plus the end of its own commit, never
 --   for --poll-interval. The worker never takes the skippers lock itself: while a lock request
 --   waits, PostgreSQL refuses new shared ones, and every producer then had to notify.
