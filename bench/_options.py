@@ -16,7 +16,7 @@ class Options:
     rate: float = 10_000.0
     sustained_seconds: float = 30.0
     # --pg VERSION: scenarios that start a server of their own (producers) use that major too.
-    pg: str | None = None
+    pg: str = ""
 
 
 @dataclass(frozen=True)

@@ -181,7 +181,7 @@ def write_scripts(folder: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def private_server(version: str | None) -> AsyncIterator[str]:
+async def private_server(version: str) -> AsyncIterator[str]:
     """A private PostgreSQL with stock settings in a temporary directory; removed on exit.
 
     The server behind --dsn may be shared: other clients' connections take the slots the
@@ -190,7 +190,7 @@ async def private_server(version: str | None) -> AsyncIterator[str]:
     """
     data_dir = Path(tempfile.gettempdir()) / f"pgqueue_bench_producers_{os.getpid()}"
     bindir = None
-    if version is not None:
+    if version:
         from tests import pgversions
 
         bindir = pgversions.bindir(version)

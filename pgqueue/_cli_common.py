@@ -18,6 +18,7 @@ import click
 
 from ._db import connect
 from ._errors import ConfigurationError
+from ._logs import LOG_FORMATS, LOG_LEVELS
 from ._migrate import check_schema
 from ._settings import DEFAULT_SCHEMA, DISTRIBUTION, mask_dsn
 
@@ -64,6 +65,30 @@ def schema_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         show_envvar=True,
         help="Schema that holds the pgqueue tables.",
+    )(fn)
+
+
+def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--log-level and --log-format, for every command that runs a long-lived process."""
+    fn = click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS, case_sensitive=False),
+        default="text",
+        show_default=True,
+        envvar="PGQUEUE_LOG_FORMAT",
+        show_envvar=True,
+        help="text: one readable line per record; json: one JSON object per line (ts, level, "
+        "logger, msg, worker_id and fields such as event_id, event_type, handler, attempt, "
+        "error).",
+    )(fn)
+    return click.option(
+        "--log-level",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_default=True,
+        envvar="PGQUEUE_LOG_LEVEL",
+        show_envvar=True,
+        help="Least severe log records to write (to stderr).",
     )(fn)
 
 

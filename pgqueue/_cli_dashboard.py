@@ -7,9 +7,9 @@ import os
 
 import click
 
-from ._cli_common import cli, dsn_option, schema_option
+from ._cli_common import cli, dsn_option, log_options, schema_option
 from ._errors import ConfigurationError
-from ._logs import LOG_FORMATS, LOG_LEVELS, configure
+from ._logs import configure
 from ._settings import mask_dsn, validate_schema
 
 TOKEN_ENV = "PGQUEUE_DASHBOARD_TOKEN"
@@ -67,20 +67,7 @@ def credentials() -> tuple[str | None, tuple[str, str] | None]:
     show_default=True,
     help="Default live-refresh interval of the pages in seconds (0: off; each page can change it).",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    envvar="PGQUEUE_LOG_LEVEL",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS, case_sensitive=False),
-    default="text",
-    show_default=True,
-    envvar="PGQUEUE_LOG_FORMAT",
-)
+@log_options
 def dashboard_cmd(
     dsn: str | None,
     schema: str,

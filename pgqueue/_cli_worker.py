@@ -21,11 +21,12 @@ from ._cli_common import (
     data_dir_option,
     database,
     dsn_option,
+    log_options,
     schema_option,
     with_conn,
 )
 from ._errors import ConfigurationError
-from ._logs import LOG_FORMATS, LOG_LEVELS, configure
+from ._logs import configure
 from ._metrics import Metrics
 from ._migrate import migrate
 from ._registry import Registry, load_registry
@@ -180,25 +181,7 @@ def _field_range(name: str) -> tuple[int, int]:
     show_envvar=True,
     help="Address to serve metrics on; 0.0.0.0 to let another host (Prometheus) scrape.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    envvar="PGQUEUE_LOG_LEVEL",
-    show_envvar=True,
-    help="Least severe log records to write (to stderr).",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS, case_sensitive=False),
-    default="text",
-    show_default=True,
-    envvar="PGQUEUE_LOG_FORMAT",
-    show_envvar=True,
-    help="text: one readable line per record; json: one JSON object per line (ts, level, "
-    "logger, msg, worker_id and fields such as event_id, event_type, handler, attempt, error).",
-)
+@log_options
 def worker_cmd(
     dsn: str | None,
     schema: str,
