@@ -12,6 +12,7 @@ import click
 
 from ._api import (
     EXACT_STATUS_ROWS,
+    STATUS_HELD_BACK,
     StatusReport,
     StatusRow,
     count_prunable,
@@ -33,6 +34,7 @@ from ._cli_common import (
     schema_option,
     with_conn,
 )
+from ._cli_events import print_held_back
 from ._cli_progress import preview, progress, run
 from ._cli_watch import watch_status
 from ._migrate import latest_version, migrate, roles_sql
@@ -83,6 +85,11 @@ def roles_cmd(schema: str) -> None:
     show_default=True,
     help="Of the ready events in a queue, higher priorities are claimed first.",
 )
+@click.option(
+    "--ordering-key",
+    default=None,
+    help="Ordered handlers run the events of one key one at a time, in id order.",
+)
 @dsn_option()
 @schema_option
 def enqueue_cmd(
@@ -93,6 +100,7 @@ def enqueue_cmd(
     key: str | None,
     queue: str,
     priority: int,
+    ordering_key: str | None,
     dsn: str | None,
     schema: str,
 ) -> None:
@@ -131,6 +139,7 @@ def enqueue_cmd(
             idempotency_key=key,
             queue=queue,
             priority=priority,
+            ordering_key=ordering_key,
             schema=schema,
         )
 
@@ -245,6 +254,8 @@ def print_status(report: StatusReport, top: int | None) -> None:
         )
         for line in more_lines(len(report.dead_handlers) - len(dead), "dead handler"):
             click.echo(line)
+    if report.held_back:
+        print_held_back(report.held_back, more=len(report.held_back) >= STATUS_HELD_BACK)
 
 
 BACKLOG = ("pending", "running", "dead")

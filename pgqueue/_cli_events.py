@@ -15,15 +15,18 @@ from ._cli_common import (
     dsn_option,
     format_age,
     parse_time_bound,
+    print_table,
     schema_option,
     table_lines,
     with_conn,
 )
 from ._inspect import (
+    BlockedKey,
     EventDetail,
     EventPage,
     EventSummary,
     TimeBound,
+    blocked_keys,
     get_event,
     list_events,
 )
@@ -105,6 +108,12 @@ def events_group() -> None:
     is_flag=True,
     help="One JSON object per line (JSON Lines; jq reads it as is). No payloads.",
 )
+@click.option(
+    "--blocked",
+    is_flag=True,
+    help="List the held-back ordering keys instead (a dead or retrying event holds each "
+    "back; up to --limit), with the event holding each one. Other filters do not apply.",
+)
 @dsn_option()
 @schema_option
 def list_cmd(
@@ -119,6 +128,7 @@ def list_cmd(
     limit: int,
     before_id: int | None,
     as_json: bool,
+    blocked: bool,
     dsn: str | None,
     schema: str,
 ) -> None:
@@ -128,6 +138,9 @@ def list_cmd(
     --before-id until nothing is left; the table says the next --before-id on stderr.
     """
     validate_schema(schema)
+    if blocked:
+        _list_blocked(limit, as_json, dsn, schema)
+        return
     for queue in queues:
         validate_queue(queue)
     filters: dict[str, Any] = dict(
@@ -154,6 +167,39 @@ def list_cmd(
             click.echo(event.model_dump_json())
         return
     _print_page(page)
+
+
+def _list_blocked(limit: int, as_json: bool, dsn: str | None, schema: str) -> None:
+    async def main() -> list[BlockedKey]:
+        async with database(dsn, embedded_ok=False) as real_dsn:
+            return await with_conn(
+                real_dsn, schema, lambda c: blocked_keys(c, limit=limit, schema=schema)
+            )
+
+    keys = asyncio.run(main())
+    if as_json:
+        for key in keys:
+            click.echo(key.model_dump_json())
+    elif not keys:
+        click.echo("no ordering key is held back")
+    else:
+        print_held_back(keys, more=len(keys) >= limit)
+
+
+def print_held_back(keys: list[BlockedKey], more: bool = False) -> None:
+    """The held-back ordering keys: the event holding each back, and how many wait behind
+    it (``more``: the list was cut; a last line says where to see them all)."""
+    click.echo(f"held-back keys: {len(keys)}{'+' if more else ''}")
+    rows = [["ordering key", "held by event", "state", "waiting", "last error"]]
+    for k in keys:
+        error = " ".join((k.last_error or "-").split())
+        rows.append(
+            [k.ordering_key, str(k.event_id), k.state.value, str(k.waiting), error[:ERROR_WIDTH]]
+        )
+    print_table(rows)
+    click.echo("release a key: pgqueue retry --id EVENT, or pgqueue discard --id EVENT")
+    if more:
+        click.echo("all of them: pgqueue events list --blocked")
 
 
 def _print_page(page: EventPage) -> None:

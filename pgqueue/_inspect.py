@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._models import EventState, HandlerState
 from ._queries import queries_for
+from ._queries.ordering import ordering_queries_for
 from ._settings import DEFAULT_SCHEMA
 
 #: What ``since`` / ``until`` accept: a time, or how long ago (by the database clock).
@@ -289,3 +290,34 @@ async def live_status(
         handlers=handlers,
         db_now=await queries.database_now(conn),
     )
+
+
+class BlockedKey(_Frozen):
+    """An ordering key held back: its oldest unfinished event is dead, or waits out a
+    failure's retry, while later events of the key wait behind it (docs/ordering.md).
+    ``retry`` or ``discard`` of ``event_id`` releases the key."""
+
+    ordering_key: str
+    event_id: int
+    event_type: str
+    state: EventState
+    waiting: int
+    last_error: str | None
+
+
+async def blocked_keys(
+    conn: asyncpg.Connection, *, limit: int = 100, schema: str = DEFAULT_SCHEMA
+) -> list[BlockedKey]:
+    """The held-back ordering keys, oldest blocking event first (at most ``limit``)."""
+    rows = await ordering_queries_for(schema).blocked_keys(conn, limit)
+    return [
+        BlockedKey(
+            ordering_key=r["ordering_key"],
+            event_id=r["id"],
+            event_type=r["event_type"],
+            state=EventState(r["state"]),
+            waiting=r["waiting"],
+            last_error=r["last_error"],
+        )
+        for r in rows
+    ]

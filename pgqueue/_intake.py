@@ -29,6 +29,7 @@ from ._dispatch import (
 )
 from ._limits import Limiter
 from ._models import WorkerStats
+from ._ordering import Orderer
 from ._queries import ClaimedRow
 from ._registry import Handler, Registry
 from ._relay.batches import RelayBatches
@@ -79,6 +80,7 @@ class Intake:
         self._completer: Completer | None = None
         self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
         self._relays: RelayBatches | None = None  # only when some handler is a relay
+        self._orderer: Orderer | None = None  # only when some handler is ordered
 
     def attach(
         self,
@@ -86,12 +88,25 @@ class Intake:
         completer: Completer,
         limiter: Limiter | None,
         relays: RelayBatches | None = None,
+        orderer: Orderer | None = None,
     ) -> None:
         """Give the intake the collaborators it hands work to."""
         self._runners = runners
         self._completer = completer
         self._limiter = limiter
         self._relays = relays
+        self._orderer = orderer
+
+    def admit(self, units: list[Unit]) -> None:
+        """Units whose ordering key lets them run (from the orderer): on to the limiter (for
+        limited handlers) or the runners."""
+        if self._limiter is not None:
+            free: list[Unit] = []
+            for delivery, handler, prior, payload in units:
+                for h, p in self._limiter.take(delivery, [(handler, prior)], payload):
+                    free.append((delivery, h, p, payload))
+            units = free
+        self._submit(units)
 
     def dispatch(self, rows: list[ClaimedRow], token: uuid.UUID, queue: str = "default") -> None:
         """Take in the rows of one claim from ``queue`` (under lease ``token``): start them
@@ -153,6 +168,11 @@ class Intake:
                 delivery.waiting = 0
                 self.complete(delivery)
                 return
+            if self._orderer is not None:
+                # Ordered units of a keyed event wait for their key's turn (the orderer hands
+                # them to admit() or defers them); the others go on now.
+                free = self._orderer.take(delivery, units, payload)
+                units = [(h, prior) for _, h, prior, _ in free]
             if self._limiter is not None:
                 # Limited handlers wait for a slot (the limiter starts or defers them); the
                 # others start now, whatever the limits do.

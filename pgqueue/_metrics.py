@@ -42,6 +42,7 @@ from prometheus_client.core import (
 
 from ._errors import ConfigurationError
 from ._queries import Queries
+from ._queries.ordering import ordering_queries_for
 from ._settings import DISTRIBUTION
 
 log = logging.getLogger("pgqueue.worker")
@@ -135,7 +136,7 @@ class Metrics:
         self._buffer: list[tuple[str, str | None, str, float | None, float | None]] = []
         self._source: _Source | None = None
         self._server: Any = None
-        self._sample: tuple[float, list[Any], list[Any]] | None = None
+        self._sample: tuple[float, list[Any], list[Any], int] | None = None
         self._sample_errors = 0
         self._relays: dict[str, bool] = {}
 
@@ -330,7 +331,7 @@ class Metrics:
         ]
 
     def _queue_families(self) -> Iterable[Metric]:
-        queues, dead = self._sample[1:] if self._sample is not None else ([], [])
+        queues, dead, held = self._sample[1:] if self._sample is not None else ([], [], 0)
         limit = f" (counted up to {self.depth_limit})"
         ready = GaugeMetricFamily(
             "pgqueue_queue_ready_events", "Pending events that are due" + limit, labels=["queue"]
@@ -358,7 +359,12 @@ class Metrics:
         if len(ranked) > DEAD_TYPES:
             rest = sum(row["events"] for row in ranked[DEAD_TYPES:])
             dead_events.add_metric([OTHER_TYPES], rest)
-        return [ready, scheduled, oldest, dead_events]
+        held_back = GaugeMetricFamily(
+            "pgqueue_ordering_held_back_keys",
+            "Ordering keys held back by a dead or retrying event" + limit,
+        )
+        held_back.add_metric([], held)
+        return [ready, scheduled, oldest, dead_events, held_back]
 
     def _refresh(self) -> None:
         """Fold the buffered observations, and read the database when the sample is older
@@ -387,11 +393,14 @@ class Metrics:
         if self._sample is None or now - self._sample[0] >= self.min_sample_interval:
             self._sample = (now, *await self._read(source))
 
-    async def _read(self, source: _Source) -> tuple[list[Any], list[Any]]:
+    async def _read(self, source: _Source) -> tuple[list[Any], list[Any], int]:
         async with source.pool.acquire() as conn:
             queues = await source.queries.queue_depths(conn, source.queues, self.depth_limit)
             dead = await source.queries.dead_counts(conn, self.depth_limit)
-        return queues, dead
+            held = await ordering_queries_for(source.queries.schema).count_blocked_keys(
+                conn, self.depth_limit
+            )
+        return queues, dead, held
 
 
 def _version() -> str:

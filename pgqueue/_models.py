@@ -158,6 +158,8 @@ class Event(BaseModel):
     queue: str = "default"
     # Higher runs first (see enqueue); -10..10.
     priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    # Ordered handlers run one key's events one at a time, in id order (docs/ordering.md).
+    ordering_key: str | None = None
 
 
 @dataclass

@@ -65,6 +65,8 @@ class Handler:
     takes_context: bool
     # At most this many runs at once across every worker (None: unlimited); see _limits.py.
     concurrency: int | None = None
+    # Runs one ordering key's events one at a time, in id order (see _ordering.py).
+    ordered: bool = False
     # False: a plain ``def``; the worker runs it in its thread pool (``sync_threads``).
     is_async: bool = True
     # A relay handler publishes to this broker on the worker's batch path (pgqueue/_relay).
@@ -141,6 +143,7 @@ class Registry:
         retry: RetryPolicy | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         concurrency: int | None = None,
+        ordered: bool = False,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Register the decorated function as a handler of ``event_type``.
 
@@ -155,11 +158,21 @@ class Registry:
         ``concurrency`` caps how many runs of this handler (by name, across event types) may
         run at once across every worker; a run that finds the limit full is deferred without
         using an attempt (an operator may override the value: see ``handler_limits``).
+        ``ordered=True`` runs the events of one ordering key one at a time, in id order, across
+        every worker; a run whose key has an earlier event still waiting for this handler
+        (running, pending a retry, or dead) is deferred without using an attempt. Events
+        without a key run as usual. See docs/ordering.md.
         """
 
         def decorator(fn: HandlerFn) -> HandlerFn:
             self.add(
-                event_type, fn, name=name, retry=retry, timeout=timeout, concurrency=concurrency
+                event_type,
+                fn,
+                name=name,
+                retry=retry,
+                timeout=timeout,
+                concurrency=concurrency,
+                ordered=ordered,
             )
             return fn
 
@@ -174,6 +187,7 @@ class Registry:
         retry: RetryPolicy | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         concurrency: int | None = None,
+        ordered: bool = False,
     ) -> Handler:
         """Register ``fn`` without a decorator; returns the registered handler."""
         if not callable(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -199,6 +213,7 @@ class Registry:
                 f"{event_type!r}; pass name=... to one of them"
             )
         self._check_concurrency(handler_name, concurrency)
+        self._check_ordered(handler_name, ordered)
         n_params = len(inspect.signature(fn).parameters)
         if n_params not in (1, 2):
             raise RegistryError(
@@ -214,6 +229,7 @@ class Registry:
             timeout=timeout,
             takes_context=n_params == 2,
             concurrency=concurrency,
+            ordered=ordered,
             is_async=inspect.iscoroutinefunction(fn),
         )
         for_type[handler_name] = handler
@@ -351,6 +367,28 @@ class Registry:
                     f"type {other.event_type!r} and {concurrency!r} here; a limit is shared by "
                     f"every handler of that name, so give them the same value"
                 )
+
+    def _check_ordered(self, name: str, ordered: bool) -> None:
+        """``ordered`` is a bool, and one name is ordered for every event type or none (the
+        order of a key spans the event types of that name)."""
+        if not isinstance(ordered, bool):
+            raise RegistryError(f"handler {name!r}: ordered must be True or False")
+        for other in self:
+            if other.name == name and other.ordered != ordered:
+                raise RegistryError(
+                    f"handler name {name!r} has ordered={other.ordered!r} for event type "
+                    f"{other.event_type!r} and {ordered!r} here; give them the same value"
+                )
+
+    @property
+    def ordered(self) -> dict[str, tuple[str, ...]]:
+        """Handler name -> the event types it handles, for the handlers registered with
+        ``ordered=True`` (a key's order spans all of them)."""
+        out: dict[str, list[str]] = {}
+        for h in self:
+            if h.ordered:
+                out.setdefault(h.name, []).append(h.event_type)
+        return {name: tuple(sorted(types)) for name, types in out.items()}
 
     @property
     def limits(self) -> dict[str, int]:

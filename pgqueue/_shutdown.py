@@ -10,6 +10,7 @@ from typing import Any
 
 from ._intake import Intake
 from ._limits import Limiter
+from ._ordering import Orderer
 from ._relay.batches import RelayBatches
 from ._runner import Runners
 from ._wakeups import Wakeups
@@ -48,6 +49,7 @@ class Shutdown:
         runners: Runners,
         limiter: Limiter | None,
         relays: RelayBatches | None = None,
+        orderer: Orderer | None = None,
     ) -> None:
         """Once claiming stopped: wait for in-flight events (up to the timeout, or until a
         second request); then cancel what still runs and hand it back."""
@@ -66,6 +68,9 @@ class Shutdown:
         # unit as interrupted), mark queued units interrupted, and write it all once.
         if limiter is not None:  # units still waiting for a slot go back too
             for delivery, handler, prior, _ in await limiter.stop():
+                intake.interrupted(delivery, handler, prior)
+        if orderer is not None:  # units waiting for their key's turn go back too
+            for delivery, handler, prior, _ in await orderer.stop():
                 intake.interrupted(delivery, handler, prior)
         if relays is not None:  # relay units queued or publishing go back too
             await relays.cancel()

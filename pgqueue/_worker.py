@@ -51,8 +51,10 @@ from ._logs import WORKER_ID
 from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
+from ._ordering import Orderer
 from ._presence import Presence
 from ._queries import Queries, queries_for
+from ._queries.ordering import ordering_queries_for
 from ._queries.relay import source_identity
 from ._registry import DEFAULT_TIMEOUT, Registry
 from ._relay.base import BrokerUnavailable
@@ -246,7 +248,8 @@ class Worker:
             )
             limiter = await self._make_limiter(runners)
             relays = await self._make_relays()
-            self._intake.attach(runners, completer, limiter, relays)
+            orderer = self._make_orderer()
+            self._intake.attach(runners, completer, limiter, relays, orderer)
             leases = LeaseKeeper(
                 self._pool,
                 self._queries,
@@ -271,6 +274,7 @@ class Worker:
                 *leases.start(),
                 asyncio.create_task(guard.run()),
                 *([limiter.start()] if limiter else []),
+                *([orderer.start()] if orderer else []),
                 *(relays.start() if relays else []),
             ]
             if s.listen and not s.burst:
@@ -303,7 +307,7 @@ class Worker:
                 self._fatal = exc
                 self.request_stop()
                 self.request_stop()
-            await self._shutdown.drain(self._intake, runners, limiter, relays)
+            await self._shutdown.drain(self._intake, runners, limiter, relays, orderer)
             if limiter is not None:
                 await limiter.close()
             if self._fatal is not None:
@@ -362,6 +366,20 @@ class Worker:
         async with self._pool.acquire() as conn:
             log.info("concurrency limits: %s", await limiter.setup(conn))
         return limiter
+
+    def _make_orderer(self) -> Orderer | None:
+        """The keeper of key order, when the registry has an ordered handler (else None: no
+        cost at all)."""
+        ordered = self.registry.ordered
+        if not ordered:
+            return None
+        return Orderer(
+            self._pool,
+            ordering_queries_for(self.settings.schema_name),
+            ordered,
+            self._intake.admit,
+            self._intake.record,
+        )
 
     async def _make_relays(self) -> RelayBatches | None:
         """The batch path of relay handlers, connected (else None: no cost at all)."""

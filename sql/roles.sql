@@ -59,7 +59,9 @@ GRANT SELECT ON :"schema".migrations TO pgqueue_producer;
 -- The trace context of the producing span (migration 0005), set by Python's enqueue() when
 -- a span is active.
 GRANT INSERT (headers) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;
-GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
+-- The ordering key (migration 0014).
+GRANT INSERT (ordering_key) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;
+GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer, text)
     TO pgqueue_producer;
 
 -- Worker: claim / complete / heartbeat / rescue / retry are UPDATEs of exactly these columns;
@@ -73,7 +75,7 @@ GRANT UPDATE (state, attempt, run_at, lease_token, leased_by, lease_expires_at, 
 REVOKE INSERT ON :"schema".effects FROM pgqueue_worker;
 GRANT SELECT, INSERT (event_id, handler) ON :"schema".effects TO pgqueue_worker;
 GRANT SELECT ON :"schema".migrations, :"schema".handler_states TO pgqueue_worker;
-GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer)
+GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer, text)
     TO pgqueue_worker;
 GRANT INSERT (event_type, payload, run_at, idempotency_key, queue, priority) ON :"schema".outbox
     TO pgqueue_worker;

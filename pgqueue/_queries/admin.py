@@ -161,22 +161,26 @@ GROUP BY event_type
 """
 
 # $1 event_type, $2 payload (JSON text), $3 run_at (NULL = now), $4 key, $5 queue, $6 priority,
-# $7 headers (JSON text: the W3C trace context of the producer). INSERT_ONE plus headers: used
-# only when a trace context is active, so untraced producers keep the statement they had.
+# $7 headers (JSON text: the W3C trace context of the producer), $8 ordering key. INSERT_ONE
+# plus headers and ordering key: used only when a trace context is active or a key is given, so
+# other producers keep the statement they had (and pay nothing for either column).
 INSERT_ONE_HEADERS = """
-INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers)
-VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6, $7::jsonb)
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers,
+                        ordering_key)
+VALUES ($1, $2::jsonb, COALESCE($3::timestamptz, now()), $4, $5, $6, $7::jsonb, $8)
 ON CONFLICT DO NOTHING
 RETURNING id
 """
 
 # $1-$6 as INSERT_MANY, $7 headers (JSON text) for every row of the chunk (one enqueue_many
-# call runs in one trace context).
+# call runs in one trace context), $8 ordering keys (NULL elements: no key).
 INSERT_MANY_HEADERS = """
-INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers)
-SELECT t, p::jsonb, COALESCE(r, now()), k, q, pr, $7::jsonb
-FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::smallint[])
-     WITH ORDINALITY AS i(t, p, r, k, q, pr, n)
+INSERT INTO {s}.outbox (event_type, payload, run_at, idempotency_key, queue, priority, headers,
+                        ordering_key)
+SELECT t, p::jsonb, COALESCE(r, now()), k, q, pr, $7::jsonb, ok
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::smallint[],
+            $8::text[])
+     WITH ORDINALITY AS i(t, p, r, k, q, pr, ok, n)
 ORDER BY n
 ON CONFLICT DO NOTHING
 RETURNING id

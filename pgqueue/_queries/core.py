@@ -110,7 +110,7 @@ WHERE o.ctid = ANY(ARRAY(
 )) AND o.state = 'pending'
 RETURNING o.id, o.event_type, o.payload, o.attempt, o.handlers, o.created_at,
           extract(epoch FROM now())::float8 AS db_now,
-          extract(epoch FROM now() - o.created_at)::float8 AS age, o.headers
+          extract(epoch FROM now() - o.created_at)::float8 AS age, o.headers, o.ordering_key
 """
 )
 

@@ -34,6 +34,7 @@ class ClaimedRow(NamedTuple):
     db_now: float
     age: float
     headers: str | None = None  # JSON text: the producer's trace context, if any
+    ordering_key: str | None = None  # the producer's ordering key (sql/0014), if any
 
 
 class CoreCalls(Statements):
@@ -48,17 +49,18 @@ class CoreCalls(Statements):
         queue: str,
         priority: int = 0,
         headers: str | None = None,
+        ordering_key: str | None = None,
     ) -> Plan[int]:
         """Insert one event; with a key already used, return the existing event's id.
 
-        ``headers`` (JSON text) is stored with the event; without it the statement has no
-        headers column at all.
+        ``headers`` (JSON text) and ``ordering_key`` are stored with the event; without them
+        the statement has neither column at all.
         """
         args = (event_type, payload_json, run_at, key, queue, priority)
         rows = yield (
             (self.insert_one, args)
-            if headers is None
-            else (self.insert_one_headers, (*args, headers))
+            if headers is None and ordering_key is None
+            else (self.insert_one_headers, (*args, headers, ordering_key))
         )
         if not rows:
             # The key was already used: its event's id, through the SECURITY DEFINER lookup
@@ -78,16 +80,18 @@ class CoreCalls(Statements):
         queues: Sequence[str],
         priorities: Sequence[int],
         headers: str | None = None,
+        ordering_keys: Sequence[str | None] | None = None,
     ) -> Plan[list[int]]:
         """Insert many events in one statement; return ids in input order.
 
-        ``headers`` (JSON text), when given, is stored with every event of the chunk.
+        ``headers`` (JSON text), when given, is stored with every event of the chunk;
+        ``ordering_keys``, when given, one per event.
         """
         args = (types, payloads, run_ats, keys, queues, priorities)
         rows = list(
             (yield (self.insert_many, args))
-            if headers is None
-            else (yield (self.insert_many_headers, (*args, headers)))
+            if headers is None and ordering_keys is None
+            else (yield (self.insert_many_headers, (*args, headers, ordering_keys)))
         )
         # Identity values are assigned in insertion order, which follows ORDER BY n, so the
         # inserted rows sorted by id line up with the input rows when none was skipped.

@@ -45,12 +45,17 @@ CREATE DOMAIN pgqueue.idempotency_key AS text
 
 ALTER DOMAIN pgqueue.idempotency_key OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.ordering_key AS text
+	CONSTRAINT outbox_ordering_key_length CHECK (((char_length(VALUE) >= 1) AND (char_length(VALUE) <= 200)));
+
+ALTER DOMAIN pgqueue.ordering_key OWNER TO <owner>;
+
 CREATE DOMAIN pgqueue.queue_name AS text
 	CONSTRAINT outbox_queue_format CHECK (((VALUE ~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$'::text) AND (char_length(VALUE) <= 63)));
 
 ALTER DOMAIN pgqueue.queue_name OWNER TO <owner>;
 
-CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, queue text DEFAULT 'default'::text, priority integer DEFAULT 0) RETURNS bigint
+CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, queue text DEFAULT 'default'::text, priority integer DEFAULT 0, ordering_key text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
     AS $$
@@ -58,10 +63,11 @@ CREATE FUNCTION pgqueue.enqueue(event_type text, payload jsonb DEFAULT '{}'::jso
 DECLARE
     new_id bigint;
 BEGIN
-    INSERT INTO outbox (event_type, payload, run_at, idempotency_key, queue, priority)
+    INSERT INTO outbox (event_type, payload, run_at, idempotency_key, queue, priority,
+                        ordering_key)
     VALUES (enqueue.event_type, enqueue.payload, COALESCE(enqueue.run_at, now()),
             enqueue.idempotency_key, COALESCE(enqueue.queue, 'default'),
-            COALESCE(enqueue.priority, 0))
+            COALESCE(enqueue.priority, 0), enqueue.ordering_key)
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id INTO new_id;
     IF new_id IS NULL THEN
@@ -71,7 +77,7 @@ BEGIN
 END
 $$;
 
-ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) OWNER TO <owner>;
+ALTER FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer, ordering_key text) OWNER TO <owner>;
 
 CREATE FUNCTION pgqueue.event_ids_by_keys(keys text[]) RETURNS TABLE(idempotency_key text, id bigint)
     LANGUAGE sql STABLE SECURITY DEFINER
@@ -101,6 +107,28 @@ END
 $$;
 
 ALTER FUNCTION pgqueue.notify_outbox() OWNER TO <owner>;
+
+CREATE FUNCTION pgqueue.ordering_wake() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    UPDATE outbox AS o
+    SET run_at = now(),
+        handlers = (SELECT jsonb_object_agg(h.key,
+                               CASE WHEN h.value ? 'deferred' AND h.value ->> 'state' = 'pending'
+                                    THEN h.value - 'not_before' ELSE h.value END)
+                    FROM jsonb_each(o.handlers) AS h)
+    WHERE o.id = (SELECT n.id FROM outbox AS n
+                  WHERE n.ordering_key = NEW.ordering_key AND n.id > NEW.id
+                    AND n.state IN ('pending', 'running', 'dead')
+                  ORDER BY n.id LIMIT 1)
+      AND o.state = 'pending' AND o.run_at > now() AND o.handlers IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+ALTER FUNCTION pgqueue.ordering_wake() OWNER TO <owner>;
 
 CREATE FUNCTION pgqueue.sync_handler_slots() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -169,6 +197,7 @@ CREATE TABLE pgqueue.outbox (
     processed_at timestamp with time zone,
     priority pgqueue.event_priority DEFAULT 0 NOT NULL,
     headers pgqueue.event_headers,
+    ordering_key pgqueue.ordering_key,
     CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
     CONSTRAINT outbox_lease_iff_running CHECK ((((state)::text = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_processed_iff_done CHECK ((((state)::text = 'done'::text) = (processed_at IS NOT NULL)))
@@ -300,6 +329,10 @@ CREATE UNIQUE INDEX outbox_idempotency_key_idx ON pgqueue.outbox USING btree (id
 
 CREATE INDEX outbox_lease_idx ON pgqueue.outbox USING btree (lease_expires_at) WHERE ((state)::text = 'running'::text);
 
+CREATE INDEX outbox_ordering_failed_idx ON pgqueue.outbox USING btree (id) WHERE ((ordering_key IS NOT NULL) AND ((state)::text = ANY (ARRAY['pending'::text, 'running'::text, 'dead'::text])) AND (((state)::text = 'dead'::text) OR (last_error IS NOT NULL)));
+
+CREATE INDEX outbox_ordering_idx ON pgqueue.outbox USING btree (ordering_key, id) WHERE ((ordering_key IS NOT NULL) AND ((state)::text = ANY (ARRAY['pending'::text, 'running'::text, 'dead'::text])));
+
 CREATE INDEX outbox_processed_idx ON pgqueue.outbox USING btree (processed_at) WHERE ((state)::text = 'done'::text);
 
 CREATE INDEX outbox_ready_idx ON pgqueue.outbox USING btree (queue, priority DESC, run_at, id) WHERE ((state)::text = 'pending'::text);
@@ -310,12 +343,16 @@ CREATE TRIGGER handler_limits_sync AFTER INSERT OR UPDATE OF concurrency, overri
 
 CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((current_setting('pgqueue.notify_queued'::text, true) IS DISTINCT FROM (((new.tableoid)::text || ' '::text) || (new.queue)::text)) AND (set_config('pgqueue.notify_queued'::text, (((new.tableoid)::text || ' '::text) || (new.queue)::text), true) IS NOT NULL))) EXECUTE FUNCTION pgqueue.notify_outbox();
 
+CREATE TRIGGER outbox_ordering_wake AFTER UPDATE OF state ON pgqueue.outbox FOR EACH ROW WHEN (((new.ordering_key IS NOT NULL) AND ((old.state)::text IS DISTINCT FROM (new.state)::text) AND ((old.state)::text = ANY (ARRAY['running'::text, 'dead'::text])))) EXECUTE FUNCTION pgqueue.ordering_wake();
+
 ALTER TABLE ONLY pgqueue.handler_slots
     ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;
 
-REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer, ordering_key text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgqueue.event_ids_by_keys(keys text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION pgqueue.event_ids_by_keys(keys text[]) TO pg_write_all_data;
 
 REVOKE ALL ON FUNCTION pgqueue.sync_handler_slots() FROM PUBLIC;
+
+GRANT INSERT(ordering_key) ON TABLE pgqueue.outbox TO pg_write_all_data;
