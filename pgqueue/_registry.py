@@ -241,6 +241,7 @@ class Registry:
         to: Relay,
         name: str | None = None,
         retry: RetryPolicy | None = None,
+        ordered: bool = False,
     ) -> tuple[Handler, ...]:
         """Forward every event of ``event_types`` to a broker: ``to`` is a
         :class:`pgqueue.NatsRelay`, :class:`pgqueue.RabbitMQRelay` or
@@ -251,6 +252,8 @@ class Registry:
         beside any local handler. An event is done for it only once the broker confirmed the
         message; a refused message (unroutable, nacked) is a failed attempt under ``retry``;
         an unreachable broker spends no attempts. See docs/relay.md.
+        ``ordered=True`` publishes the events of one ordering key one at a time, in id order
+        (the key is also the message's ``pgqueue-ordering-key`` header / field).
         """
         if not event_types:
             raise RegistryError("registry.relay(...) needs at least one event type")
@@ -264,6 +267,7 @@ class Registry:
                     f"{event_type!r}; pass name=... to one of them"
                 )
             self._check_concurrency(handler_name, None)
+            self._check_ordered(handler_name, ordered)
             handler = Handler(
                 event_type=event_type,
                 name=handler_name,
@@ -273,6 +277,7 @@ class Registry:
                 timeout=None,
                 takes_context=True,
                 relay=to,
+                ordered=ordered,
             )
             for_type[handler_name] = handler
             added.append(handler)

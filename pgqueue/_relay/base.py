@@ -46,18 +46,29 @@ class RelayMessage(NamedTuple):
     payload: str
     trace: dict[str, str]
     destination: str
+    # The event's ordering key (sql/0014): the message key, as the header / field
+    # ORDERING_KEY_FIELD (only when the event has one).
+    ordering_key: str | None = None
 
     def metadata(self, id_key: str = "pgqueue-msg-id") -> dict[str, str]:
         """The metadata as string pairs (headers / fields), trace context last; the dedupe
         id under ``id_key`` (NATS: ``Nats-Msg-Id``, which its streams dedupe on)."""
-        return {
+        pairs = {
             id_key: self.msg_id,
             "pgqueue-event-id": str(self.event_id),
             "pgqueue-event-type": self.event_type,
             "pgqueue-queue": self.queue,
             "pgqueue-created-at": self.created_at,
-            **self.trace,
         }
+        if self.ordering_key is not None:
+            pairs[ORDERING_KEY_FIELD] = self.ordering_key
+        pairs.update(self.trace)
+        return pairs
+
+
+# The message key: where consumers (and RabbitMQ's consistent-hash exchange, with
+# `hash-header`) find the event's ordering key. See docs/relay.md.
+ORDERING_KEY_FIELD = "pgqueue-ordering-key"
 
 
 def trace_context(headers: str | None) -> dict[str, str]:

@@ -195,6 +195,7 @@ class RelayBatches:
             payload=row.payload,
             trace=trace_context(row.headers),
             destination=relay.destination(row.event_type, d.queue),
+            ordering_key=row.ordering_key,
         )
 
     def _defer(self, lane: _Lane, units: list[Unit], now: float) -> None:

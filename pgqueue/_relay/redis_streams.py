@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._errors import ConfigurationError
-from .base import BrokerUnavailable, Relay, RelayMessage, Template
+from .base import ORDERING_KEY_FIELD, BrokerUnavailable, Relay, RelayMessage, Template
 
 # KEYS[1] stream, KEYS[2] dedupe key; ARGV: dedupe seconds, msg id, event id, event type,
-# queue, created_at, payload, then trace context name/value pairs. The field names live in
-# the script, so each call sends 9 arguments rather than 18: redis-py's command packing was
-# the largest cost of a batch (profiled on 20,000 events).
+# queue, created_at, payload, then name/value pairs (ordering key, trace context). The field
+# names live in the script, so each call sends 9 arguments rather than 18: redis-py's command
+# packing was the largest cost of a batch (profiled on 20,000 events).
 DEDUPE_XADD = """
 local seen = redis.call('GET', KEYS[2])
 if seen then return seen end
@@ -167,6 +167,8 @@ class RedisRelay(Relay):
                     seen_key(m.destination, m.msg_id).encode(), ttl, m.msg_id.encode(),
                     str(m.event_id).encode(), m.event_type.encode(), m.queue.encode(),
                     m.created_at.encode(), m.payload.encode()]  # fmt: skip
+            if m.ordering_key is not None:  # a field, before the trace context's
+                args += (ORDERING_KEY_FIELD.encode(), m.ordering_key.encode())
             for key, value in m.trace.items():
                 args += (key.encode(), value.encode())
             chunks.append(_resp(args))
