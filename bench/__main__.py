@@ -28,6 +28,7 @@ from . import (
     s8_producers,
     s9_dashboard,
     s10_relay,
+    s11_ordering,
 )
 from ._db import DEFAULT_ADMIN_DSN, Databases, machine_info, private_server
 from ._options import Bench, Figures, Options
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, Scenario] = {
     "producers": s8_producers.run,
     "dashboard": s9_dashboard.run,
     "relay": s10_relay.run,
+    "ordering": s11_ordering.run,
 }
 
 

@@ -127,6 +127,9 @@ ROWS = [
         "relay_event_cpu_us.redis"),
     Row("10 relay worker CPU per event, RabbitMQ", "us", "relay_batch_cpu_us.rabbitmq",
         "relay_event_cpu_us.rabbitmq"),
+    Row("11 drain 100k, distinct keys, ordered (vs unkeyed)", "ev/s", "ordering.keyed_ordered",
+        "ordering.unkeyed"),
+    Row("11 ordered / unkeyed, per run", "x", "ordering.ratio"),
 ]  # fmt: skip
 
 

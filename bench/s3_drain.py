@@ -32,13 +32,18 @@ async def drain(
     setup: Setup | None = None,
     mark_at: int | None = None,
     metrics: bool = False,
+    fill: Callable[[str, int], Awaitable[None]] | None = None,
+    worker_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run one drain on a fresh database; return the worker's result plus ``rate``."""
+    """Run one drain on a fresh database; return the worker's result plus ``rate``.
+    ``fill`` enqueues the events instead of :func:`prefill`; ``worker_args`` go to the
+    worker process as they are."""
     async with bench.db.fresh() as dsn:
         if setup is not None:
             await setup(dsn)
-        await prefill(system, dsn, count)
+        await (fill or (lambda d, n: prefill(system, d, n)))(dsn, count)
         args = ["--system", system, "--dsn", dsn, "--burst", "--handlers", str(handlers)]
+        args += worker_args
         args += ["--batch-size", str(batch_size)]
         if mark_at:
             args += ["--mark-at", str(mark_at)]

@@ -62,8 +62,9 @@ class Recorder:
         }
 
 
-def pgqueue_registry(rec: Recorder, handlers: int) -> pgqueue.Registry:
-    """``handlers`` no-op handlers on the bench event type; the first one records."""
+def pgqueue_registry(rec: Recorder, handlers: int, ordered: bool = False) -> pgqueue.Registry:
+    """``handlers`` no-op handlers on the bench event type; the first one records (and is
+    ``ordered`` when asked)."""
     registry = pgqueue.Registry()
 
     async def first(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
@@ -72,7 +73,7 @@ def pgqueue_registry(rec: Recorder, handlers: int) -> pgqueue.Registry:
     async def noop(payload: dict[str, Any], ctx: pgqueue.Context) -> None:
         return None
 
-    registry.add(EVENT_TYPE, first, name="h0")
+    registry.add(EVENT_TYPE, first, name="h0", ordered=ordered)
     for i in range(1, handlers):
         registry.add(EVENT_TYPE, noop, name=f"h{i}")
     return registry
@@ -87,7 +88,7 @@ async def run_pgqueue(args: argparse.Namespace, rec: Recorder) -> dict[str, Any]
     # --metrics: as `pgqueue worker --metrics-port`, served on a free port.
     metrics = pgqueue.Metrics(port=0) if args.metrics else None
     worker = pgqueue.Worker(
-        args.dsn, pgqueue_registry(rec, args.handlers), settings, metrics=metrics
+        args.dsn, pgqueue_registry(rec, args.handlers, args.ordered), settings, metrics=metrics
     )
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.request_stop)
     t0 = time.monotonic()
@@ -158,6 +159,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--handlers", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=0, help="0 = the system's default")
     p.add_argument("--record", action="store_true")
+    p.add_argument("--ordered", action="store_true", help="pgqueue: h0 is ordered=True")
     p.add_argument("--metrics", action="store_true", help="pgqueue: collect and serve metrics")
     p.add_argument("--mark-at", type=int, default=None, help="read RSS at this handler count")
     p.add_argument("--out", required=True)

@@ -31,6 +31,7 @@ from ._limits import Limiter
 from ._models import WorkerStats
 from ._ordering import Orderer
 from ._queries import ClaimedRow
+from ._rates import RateGate
 from ._registry import Handler, Registry
 from ._relay.batches import RelayBatches
 from ._runner import Runners, Unit
@@ -81,6 +82,8 @@ class Intake:
         self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
         self._relays: RelayBatches | None = None  # only when some handler is a relay
         self._orderer: Orderer | None = None  # only when some handler is ordered
+        self._rates: RateGate | None = None  # only when some handler has a rate
+        self._ungated = True
 
     def attach(
         self,
@@ -89,6 +92,7 @@ class Intake:
         limiter: Limiter | None,
         relays: RelayBatches | None = None,
         orderer: Orderer | None = None,
+        rates: RateGate | None = None,
     ) -> None:
         """Give the intake the collaborators it hands work to."""
         self._runners = runners
@@ -96,17 +100,50 @@ class Intake:
         self._limiter = limiter
         self._relays = relays
         self._orderer = orderer
+        self._rates = rates
+        self._ungated = orderer is None and rates is None and limiter is None
 
-    def admit(self, units: list[Unit]) -> None:
-        """Units whose ordering key lets them run (from the orderer): on to the limiter (for
-        limited handlers) or the runners."""
+    # The gates a unit passes, in this order: its key's order (orderer), its handler's rate
+    # (rates), its handler's concurrency (limiter); each keeps what it must decide on and
+    # hands the rest on. A gate that decides later hands its units to the next one through
+    # admit_ordered / admit_rated.
+
+    def _gated(
+        self, delivery: Delivery, units: list[tuple[Handler, int]], payload: object
+    ) -> list[Unit]:
+        if self._orderer is not None:
+            units = [(h, p) for _, h, p, _ in self._orderer.take(delivery, units, payload)]
+        return self._after_order(delivery, units, payload)
+
+    def _after_order(
+        self, delivery: Delivery, units: list[tuple[Handler, int]], payload: object
+    ) -> list[Unit]:
+        if self._rates is not None:
+            units = [(h, p) for _, h, p, _ in self._rates.take(delivery, units, payload)]
+        return self._after_rate(delivery, units, payload)
+
+    def _after_rate(
+        self, delivery: Delivery, units: list[tuple[Handler, int]], payload: object
+    ) -> list[Unit]:
         if self._limiter is not None:
-            free: list[Unit] = []
-            for delivery, handler, prior, payload in units:
-                for h, p in self._limiter.take(delivery, [(handler, prior)], payload):
-                    free.append((delivery, h, p, payload))
-            units = free
-        self._submit(units)
+            # Limited handlers wait for a slot (the limiter starts or defers them).
+            units = self._limiter.take(delivery, units, payload)
+        return [(delivery, h, prior, payload) for h, prior in units]
+
+    def admit_ordered(self, units: list[Unit]) -> None:
+        """Units whose ordering key lets them run (from the orderer): on through the rate
+        and concurrency limits to the runners."""
+        out: list[Unit] = []
+        for delivery, handler, prior, payload in units:
+            out += self._after_order(delivery, [(handler, prior)], payload)
+        self._submit(out)
+
+    def admit_rated(self, units: list[Unit]) -> None:
+        """Units that got a rate token: on through the concurrency limit to the runners."""
+        out: list[Unit] = []
+        for delivery, handler, prior, payload in units:
+            out += self._after_rate(delivery, [(handler, prior)], payload)
+        self._submit(out)
 
     def dispatch(self, rows: list[ClaimedRow], token: uuid.UUID, queue: str = "default") -> None:
         """Take in the rows of one claim from ``queue`` (under lease ``token``): start them
@@ -168,16 +205,10 @@ class Intake:
                 delivery.waiting = 0
                 self.complete(delivery)
                 return
-            if self._orderer is not None:
-                # Ordered units of a keyed event wait for their key's turn (the orderer hands
-                # them to admit() or defers them); the others go on now.
-                free = self._orderer.take(delivery, units, payload)
-                units = [(h, prior) for _, h, prior, _ in free]
-            if self._limiter is not None:
-                # Limited handlers wait for a slot (the limiter starts or defers them); the
-                # others start now, whatever the limits do.
-                units = self._limiter.take(delivery, units, payload)
-            out.extend((delivery, h, prior, payload) for h, prior in units)
+            if self._ungated:  # no gate at all: as cheap as before gates existed
+                out.extend((delivery, h, prior, payload) for h, prior in units)
+            else:
+                out.extend(self._gated(delivery, units, payload))
         else:
             self.complete(delivery)
 

@@ -73,18 +73,27 @@ def defer_delay(deferrals: int) -> float:
 
 @dataclass(frozen=True)
 class HandlerLimit:
-    """One handler's limit as stored: the registry's value, the operator's override, and how
-    many slots are held now."""
+    """One handler's limits as stored: the registry's concurrency, the operator's override,
+    how many slots are held now, and the rate limit."""
 
     handler: str
     registry: int | None
     override: int | None
     running: int
+    # The rate limit (sql/0015): the registry's, the operator's, per ordering key or not.
+    rate_registry: str | None = None
+    rate_override: str | None = None
+    rate_per_key: bool = False
 
     @property
     def limit(self) -> int | None:
         """The limit in force: the override while it is set, else the registry's value."""
         return self.override if self.override is not None else self.registry
+
+    @property
+    def rate(self) -> str | None:
+        """The rate in force: the override while it is set, else the registry's."""
+        return self.rate_override if self.rate_override is not None else self.rate_registry
 
 
 async def list_limits(conn: Any, schema: str = "pgqueue") -> list[HandlerLimit]:

@@ -68,3 +68,15 @@ def handler_name_problem(name: object) -> str | None:
     if name in RESERVED_HANDLER_NAMES:
         return f"{name!r} is reserved (it stands for every handler of an event)"
     return None
+
+
+# A handler's rate limit (sql/0015_rates.sql, domain handler_rate).
+RATE_RULE = "N/s, N/m or N/h with 1 <= N <= 999,999,999 (e.g. '100/s')"
+_RATE = re.compile(r"^[1-9][0-9]{0,8}/[smh]$")
+
+
+def rate_problem(rate: object) -> str | None:
+    """Why ``rate`` is not a valid handler rate, or None."""
+    if not isinstance(rate, str) or not _RATE.match(rate):
+        return f"must be {RATE_RULE}, not {rate!r}"
+    return None

@@ -34,19 +34,15 @@ ordered and its event has a key.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._backoff import describe_error, reconnect_delay
-from ._dispatch import Delivery, Kind, Outcome
+from ._dispatch import Delivery, Outcome
+from ._gate import Gate
 from ._limits import defer_delay
 from ._queries.ordering import OrderingQueries
 from ._registry import Handler
 from ._runner import Unit
-
-log = logging.getLogger("pgqueue.worker")
 
 # Behind a dead event the key waits for an operator (retry or discard, which wake the next
 # event at once through the trigger): a held-back event is looked at again every PARKED
@@ -56,8 +52,10 @@ PARKED = 30.0
 AFTER_BLOCKER = 0.05
 
 
-class Orderer:
+class Orderer(Gate):
     """Holds the ordered units of one worker until their key's order lets them run."""
+
+    what = "looking up ordering keys"
 
     def __init__(
         self,
@@ -67,103 +65,31 @@ class Orderer:
         admit: Callable[[list[Unit]], None],
         record: Callable[[Delivery, Handler, Outcome], None],
     ) -> None:
-        self._pool = pool
+        super().__init__(pool, admit, record)
         self._queries = queries
         self._types = {name: " ".join(types) for name, types in ordered.items()}
-        self._admit = admit
-        self._record = record
-        self._waiting: list[Unit] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    def take(
-        self, delivery: Delivery, units: list[tuple[Handler, int]], payload: Any
-    ) -> list[Unit]:
-        """Keep the ordered units of a keyed event (they wait for their turn); return the
-        others, to go on now."""
-        if delivery.row.ordering_key is None:
-            return [(delivery, h, prior, payload) for h, prior in units]
-        free: list[Unit] = []
-        for handler, prior in units:
-            if handler.ordered:
-                self._waiting.append((delivery, handler, prior, payload))
-                self._wake.set()
-            else:
-                free.append((delivery, handler, prior, payload))
-        return free
+    def wants(self, delivery: Delivery, handler: Handler) -> bool:
+        """Ordered handlers of events with a key."""
+        return handler.ordered and delivery.row.ordering_key is not None
 
-    def start(self) -> asyncio.Task[None]:
-        """Start the task that looks up the keys' heads; return it."""
-        self._task = asyncio.create_task(self._run())
-        return self._task
+    async def decide(self, conn: Any, waiting: list[Unit]) -> dict[int, float]:
+        """One HEADS statement: the units with an earlier unfinished event of their key wait."""
+        held = await self._queries.held_back(
+            conn,
+            [u[0].row.id for u in waiting],
+            [u[1].name for u in waiting],
+            [self._types[u[1].name] for u in waiting],
+            [u[0].row.ordering_key or "" for u in waiting],
+        )
+        return {i: self._delay(waiting[i], state, due) for i, _, state, due in held}
 
-    async def stop(self) -> list[Unit]:
-        """Stop; return the units still waiting (to hand back)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        waiting, self._waiting = self._waiting, []
-        return waiting
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._flush()
-                failures = 0
-            except Exception as exc:  # never stop: the waiting units were deferred
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.warning(
-                    "looking up ordering keys failed (%s); retrying in %.1fs",
-                    describe_error(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-
-    async def _flush(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        if not waiting:
-            return
-        try:
-            async with self._pool.acquire() as conn:
-                held = await self._queries.held_back(
-                    conn,
-                    [u[0].row.id for u in waiting],
-                    [u[1].name for u in waiting],
-                    [self._types[u[1].name] for u in waiting],
-                    [u[0].row.ordering_key or "" for u in waiting],
-                )
-        except asyncio.CancelledError:
-            self._waiting[:0] = waiting
-            raise
-        except Exception:
-            # Nothing may run unchecked, and the events must not sit in this worker while
-            # the database misbehaves: defer them all.
-            for delivery, handler, prior, _ in waiting:
-                self._defer(delivery, handler, prior, None, 0.0)
-            raise
-        blocked = {i: (state, due) for i, _, state, due in held}
-        run: list[Unit] = []
-        for i, unit in enumerate(waiting):
-            if i in blocked:
-                state, due = blocked[i]
-                self._defer(unit[0], unit[1], unit[2], state, due)
-            else:
-                run.append(unit)
-        if run:
-            self._admit(run)
-
-    def _defer(
-        self, delivery: Delivery, handler: Handler, prior: int, state: str | None, due: float
-    ) -> None:
+    def _delay(self, unit: Unit, state: str, due: float) -> float:
         if state == "dead":
-            delay = PARKED
-        elif state == "pending" and due > 0:
-            delay = min(PARKED, due + AFTER_BLOCKER)
-        else:  # running, due now, or unknown: the limiter's growing backoff
-            record = (delivery.records or {}).get(handler.name)
-            delay = defer_delay(record.deferred if record is not None else 0)
-        self._record(delivery, handler, Outcome(Kind.DEFERRED, prior, delay=delay))
+            return PARKED
+        if state == "pending" and due > 0:
+            return min(PARKED, due + AFTER_BLOCKER)
+        # Running, or due now: the concurrency limiter's growing backoff.
+        delivery, handler, _, _ = unit
+        record = (delivery.records or {}).get(handler.name)
+        return defer_delay(record.deferred if record is not None else 0)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from ._backoff import RetryPolicy
 from ._errors import RegistryError
 from ._models import Context
-from ._names import EVENT_TYPE_RULE, event_type_ok, handler_name_problem
+from ._names import EVENT_TYPE_RULE, event_type_ok, handler_name_problem, rate_problem
 from ._scheduler import Schedule
 
 if typing.TYPE_CHECKING:
@@ -67,6 +67,10 @@ class Handler:
     concurrency: int | None = None
     # Runs one ordering key's events one at a time, in id order (see _ordering.py).
     ordered: bool = False
+    # At most this often across every worker ('100/s', '/m', '/h'; see _rates.py), per
+    # ordering key when rate_per_key.
+    rate: str | None = None
+    rate_per_key: bool = False
     # False: a plain ``def``; the worker runs it in its thread pool (``sync_threads``).
     is_async: bool = True
     # A relay handler publishes to this broker on the worker's batch path (pgqueue/_relay).
@@ -144,6 +148,8 @@ class Registry:
         timeout: float | None = DEFAULT_TIMEOUT,
         concurrency: int | None = None,
         ordered: bool = False,
+        rate: str | None = None,
+        rate_per_key: bool = False,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Register the decorated function as a handler of ``event_type``.
 
@@ -162,6 +168,9 @@ class Registry:
         every worker; a run whose key has an earlier event still waiting for this handler
         (running, pending a retry, or dead) is deferred without using an attempt. Events
         without a key run as usual. See docs/ordering.md.
+        ``rate`` ("100/s", "30/m", "500/h") caps how often this handler runs across every
+        worker, per ordering key with ``rate_per_key=True``; a run over the rate is deferred
+        without using an attempt (``pgqueue limits --rate`` overrides it).
         """
 
         def decorator(fn: HandlerFn) -> HandlerFn:
@@ -173,6 +182,8 @@ class Registry:
                 timeout=timeout,
                 concurrency=concurrency,
                 ordered=ordered,
+                rate=rate,
+                rate_per_key=rate_per_key,
             )
             return fn
 
@@ -188,6 +199,8 @@ class Registry:
         timeout: float | None = DEFAULT_TIMEOUT,
         concurrency: int | None = None,
         ordered: bool = False,
+        rate: str | None = None,
+        rate_per_key: bool = False,
     ) -> Handler:
         """Register ``fn`` without a decorator; returns the registered handler."""
         if not callable(fn) or inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
@@ -214,6 +227,7 @@ class Registry:
             )
         self._check_concurrency(handler_name, concurrency)
         self._check_ordered(handler_name, ordered)
+        self._check_rate(handler_name, rate, rate_per_key)
         n_params = len(inspect.signature(fn).parameters)
         if n_params not in (1, 2):
             raise RegistryError(
@@ -230,6 +244,8 @@ class Registry:
             takes_context=n_params == 2,
             concurrency=concurrency,
             ordered=ordered,
+            rate=rate,
+            rate_per_key=rate_per_key,
             is_async=inspect.iscoroutinefunction(fn),
         )
         for_type[handler_name] = handler
@@ -384,6 +400,25 @@ class Registry:
                     f"handler name {name!r} has ordered={other.ordered!r} for event type "
                     f"{other.event_type!r} and {ordered!r} here; give them the same value"
                 )
+
+    def _check_rate(self, name: str, rate: str | None, per_key: bool) -> None:
+        """A rate is 'N/s|m|h', and one name has one rate (it is shared)."""
+        if rate is not None and (problem := rate_problem(rate)) is not None:
+            raise RegistryError(f"handler {name!r}: rate {problem}")
+        if not isinstance(per_key, bool) or (per_key and rate is None):
+            raise RegistryError(f"handler {name!r}: rate_per_key=True needs a rate")
+        for other in self:
+            if other.name == name and (other.rate, other.rate_per_key) != (rate, per_key):
+                raise RegistryError(
+                    f"handler name {name!r} has rate={other.rate!r} for event type "
+                    f"{other.event_type!r} and {rate!r} here; a rate is shared by every "
+                    f"handler of that name, so give them the same value"
+                )
+
+    @property
+    def rates(self) -> dict[str, tuple[str, bool]]:
+        """Handler name -> (rate, per key), for the handlers registered with a rate."""
+        return {h.name: (h.rate, h.rate_per_key) for h in self if h.rate is not None}
 
     @property
     def ordered(self) -> dict[str, tuple[str, ...]]:

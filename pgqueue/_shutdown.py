@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from ._gate import Gate
 from ._intake import Intake
 from ._limits import Limiter
-from ._ordering import Orderer
 from ._relay.batches import RelayBatches
 from ._runner import Runners
 from ._wakeups import Wakeups
@@ -49,7 +50,7 @@ class Shutdown:
         runners: Runners,
         limiter: Limiter | None,
         relays: RelayBatches | None = None,
-        orderer: Orderer | None = None,
+        gates: Sequence[Gate] = (),
     ) -> None:
         """Once claiming stopped: wait for in-flight events (up to the timeout, or until a
         second request); then cancel what still runs and hand it back."""
@@ -69,8 +70,8 @@ class Shutdown:
         if limiter is not None:  # units still waiting for a slot go back too
             for delivery, handler, prior, _ in await limiter.stop():
                 intake.interrupted(delivery, handler, prior)
-        if orderer is not None:  # units waiting for their key's turn go back too
-            for delivery, handler, prior, _ in await orderer.stop():
+        for gate in gates:  # units waiting for their key's turn or a token go back too
+            for delivery, handler, prior, _ in await gate.stop():
                 intake.interrupted(delivery, handler, prior)
         if relays is not None:  # relay units queued or publishing go back too
             await relays.cancel()

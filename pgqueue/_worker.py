@@ -55,7 +55,9 @@ from ._ordering import Orderer
 from ._presence import Presence
 from ._queries import Queries, queries_for
 from ._queries.ordering import ordering_queries_for
+from ._queries.rates import rate_queries_for
 from ._queries.relay import source_identity
+from ._rates import RateGate
 from ._registry import DEFAULT_TIMEOUT, Registry
 from ._relay.base import BrokerUnavailable
 from ._relay.batches import RelayBatches, destinations_for
@@ -249,7 +251,9 @@ class Worker:
             limiter = await self._make_limiter(runners)
             relays = await self._make_relays()
             orderer = self._make_orderer()
-            self._intake.attach(runners, completer, limiter, relays, orderer)
+            rates = await self._make_rates()
+            gates = [g for g in (orderer, rates) if g is not None]
+            self._intake.attach(runners, completer, limiter, relays, orderer, rates)
             leases = LeaseKeeper(
                 self._pool,
                 self._queries,
@@ -274,7 +278,7 @@ class Worker:
                 *leases.start(),
                 asyncio.create_task(guard.run()),
                 *([limiter.start()] if limiter else []),
-                *([orderer.start()] if orderer else []),
+                *(gate.start() for gate in gates),
                 *(relays.start() if relays else []),
             ]
             if s.listen and not s.burst:
@@ -307,7 +311,7 @@ class Worker:
                 self._fatal = exc
                 self.request_stop()
                 self.request_stop()
-            await self._shutdown.drain(self._intake, runners, limiter, relays, orderer)
+            await self._shutdown.drain(self._intake, runners, limiter, relays, gates)
             if limiter is not None:
                 await limiter.close()
             if self._fatal is not None:
@@ -377,9 +381,27 @@ class Worker:
             self._pool,
             ordering_queries_for(self.settings.schema_name),
             ordered,
-            self._intake.admit,
+            self._intake.admit_ordered,
             self._intake.record,
         )
+
+    async def _make_rates(self) -> RateGate | None:
+        """The token taker, when the registry has a rated handler (else None: no cost)."""
+        rates = self.registry.rates
+        if not rates:
+            return None
+        gate = RateGate(
+            self._pool,
+            rate_queries_for(self.settings.schema_name),
+            {name: per_key for name, (_, per_key) in rates.items()},
+            self._intake.admit_rated,
+            self._intake.record,
+        )
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            await gate.setup(conn, {name: rate for name, (rate, _) in rates.items()})
+        log.info("rate limits: %s", ",".join(f"{n}={r}" for n, (r, _) in sorted(rates.items())))
+        return gate
 
     async def _make_relays(self) -> RelayBatches | None:
         """The batch path of relay handlers, connected (else None: no cost at all)."""

@@ -97,6 +97,9 @@ GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
 REVOKE UPDATE ON :"schema".handler_slots FROM pgqueue_worker;
 GRANT SELECT, UPDATE (lease_token, leased_by, lease_expires_at) ON :"schema".handler_slots
     TO pgqueue_worker;
+-- Rate limits (migration 0015): the registry's rates, and the token buckets.
+GRANT INSERT (rate, rate_per_key), UPDATE (rate, rate_per_key) ON :"schema".handler_limits TO pgqueue_worker;
+GRANT SELECT, INSERT, UPDATE ON :"schema".rate_buckets TO pgqueue_worker;
 -- Worker presence (migration 0013): each worker upserts and deletes its own row, and deletes
 -- rows of workers dead for over an hour. Every column is its own presence data.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".workers TO pgqueue_worker;

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 # -c rather than ``-m pgqueue._cli`` (runs the module a second time as __main__) or the
 # ``pgqueue`` console script (may be missing or stale on PATH).
@@ -64,3 +65,12 @@ def run_cli(
         text=True,
         check=False,
     )
+
+
+def count_is(conn: Any, expected: Any, sql: str, *args: Any) -> Callable[[], Awaitable[bool]]:
+    """A :func:`wait_for` predicate: ``sql``'s single value equals ``expected``."""
+
+    async def check() -> bool:
+        return bool(await conn.fetchval(sql, *args) == expected)
+
+    return check

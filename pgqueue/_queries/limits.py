@@ -66,11 +66,13 @@ WHERE lease_token = $1
 """
 
 
-# For `pgqueue limits`: every limit with the slots held now (a slot whose lease expired is free).
+# For `pgqueue limits`: every limit with the slots held now (a slot whose lease expired is
+# free), and the rates (sql/0015).
 LIMITS_LIST = """
 SELECT l.handler, l.concurrency, l.override,
        (SELECT count(*) FROM {s}.handler_slots AS s
-        WHERE s.handler = l.handler AND s.lease_expires_at > now())::int AS running
+        WHERE s.handler = l.handler AND s.lease_expires_at > now())::int AS running,
+       l.rate::text, l.rate_override::text, l.rate_per_key
 FROM {s}.handler_limits AS l
 ORDER BY l.handler
 """

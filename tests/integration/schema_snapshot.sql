@@ -40,6 +40,11 @@ CREATE DOMAIN pgqueue.event_type_name AS text
 
 ALTER DOMAIN pgqueue.event_type_name OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.handler_rate AS text
+	CONSTRAINT handler_rate_format CHECK ((VALUE ~ '^[1-9][0-9]{0,8}/[smh]$'::text));
+
+ALTER DOMAIN pgqueue.handler_rate OWNER TO <owner>;
+
 CREATE DOMAIN pgqueue.idempotency_key AS text
 	CONSTRAINT outbox_idempotency_key_length CHECK (((char_length(VALUE) >= 1) AND (char_length(VALUE) <= 200)));
 
@@ -130,6 +135,16 @@ $$;
 
 ALTER FUNCTION pgqueue.ordering_wake() OWNER TO <owner>;
 
+CREATE FUNCTION pgqueue.rate_per_second(rate text) RETURNS double precision
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT split_part(rate, '/', 1)::float8
+           / CASE split_part(rate, '/', 2) WHEN 's' THEN 1 WHEN 'm' THEN 60 ELSE 3600 END
+$$;
+
+ALTER FUNCTION pgqueue.rate_per_second(rate text) OWNER TO <owner>;
+
 CREATE FUNCTION pgqueue.sync_handler_slots() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
@@ -160,6 +175,9 @@ CREATE TABLE pgqueue.handler_limits (
     concurrency integer,
     override integer,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    rate pgqueue.handler_rate,
+    rate_override pgqueue.handler_rate,
+    rate_per_key boolean DEFAULT false NOT NULL,
     CONSTRAINT handler_limits_concurrency_positive CHECK (((concurrency IS NULL) OR (concurrency >= 1))),
     CONSTRAINT handler_limits_handler_length CHECK (((char_length(handler) >= 1) AND (char_length(handler) <= 128))),
     CONSTRAINT handler_limits_override_positive CHECK (((override IS NULL) OR (override >= 1)))
@@ -237,6 +255,16 @@ ALTER TABLE pgqueue.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE pgqueue.rate_buckets (
+    handler text NOT NULL,
+    key text NOT NULL,
+    tokens double precision NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+)
+WITH (fillfactor='50');
+
+ALTER TABLE pgqueue.rate_buckets OWNER TO <owner>;
+
 CREATE TABLE pgqueue.replays (
     id bigint NOT NULL,
     filter jsonb NOT NULL,
@@ -308,6 +336,9 @@ ALTER TABLE ONLY pgqueue.migrations
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY pgqueue.rate_buckets
+    ADD CONSTRAINT rate_buckets_pkey PRIMARY KEY (handler, key);
+
 ALTER TABLE ONLY pgqueue.replays
     ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
 
@@ -348,6 +379,9 @@ CREATE TRIGGER outbox_ordering_wake AFTER UPDATE OF state ON pgqueue.outbox FOR 
 ALTER TABLE ONLY pgqueue.handler_slots
     ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;
 
+ALTER TABLE ONLY pgqueue.rate_buckets
+    ADD CONSTRAINT rate_buckets_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;
+
 REVOKE ALL ON FUNCTION pgqueue.enqueue(event_type text, payload jsonb, run_at timestamp with time zone, idempotency_key text, queue text, priority integer, ordering_key text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION pgqueue.event_ids_by_keys(keys text[]) FROM PUBLIC;
@@ -355,4 +389,10 @@ GRANT ALL ON FUNCTION pgqueue.event_ids_by_keys(keys text[]) TO pg_write_all_dat
 
 REVOKE ALL ON FUNCTION pgqueue.sync_handler_slots() FROM PUBLIC;
 
+GRANT INSERT(rate),UPDATE(rate) ON TABLE pgqueue.handler_limits TO pg_write_all_data;
+
+GRANT INSERT(rate_per_key),UPDATE(rate_per_key) ON TABLE pgqueue.handler_limits TO pg_write_all_data;
+
 GRANT INSERT(ordering_key) ON TABLE pgqueue.outbox TO pg_write_all_data;
+
+GRANT SELECT,INSERT,UPDATE ON TABLE pgqueue.rate_buckets TO pg_write_all_data;

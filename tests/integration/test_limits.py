@@ -255,7 +255,10 @@ async def test_limits_command_lists_sets_and_resets_overrides(
     conn = lconn
     empty = await asyncio.to_thread(run_cli, "limits", "--dsn", db_dsn)
     assert empty.returncode == 0, empty.stderr
-    assert empty.stdout == "no handler has a concurrency limit (register one with concurrency=N)\n"
+    assert empty.stdout == (
+        "no handler has a concurrency or rate limit (register one with concurrency=N or "
+        "rate='100/s')\n"
+    )
     # A worker writes its registry's limits when it starts.
     await pgqueue.Worker(db_dsn, registry, pgqueue.WorkerSettings(burst=True)).run()
     await conn.execute(
@@ -266,9 +269,9 @@ async def test_limits_command_lists_sets_and_resets_overrides(
     shown = await asyncio.to_thread(run_cli, "limits", "--dsn", db_dsn)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [
-        "handler  registry  override  limit  running",
-        "crm             2         -      2        1",
-        "solo            1         -      1        0",
+        "handler  registry  override  limit  running  rate",
+        "crm             2         -      2        1     -",
+        "solo            1         -      1        0     -",
     ]
 
     changed = await asyncio.to_thread(
@@ -276,8 +279,8 @@ async def test_limits_command_lists_sets_and_resets_overrides(
     )
     assert changed.returncode == 0, changed.stderr
     assert changed.stdout.splitlines()[1:] == [
-        "crm             2         3      3        1",
-        "solo            1         -      1        0",
+        "crm             2         3      3        1     -",
+        "solo            1         -      1        0     -",
     ]
     assert await value(conn, "SELECT count(*) FROM pgqueue.handler_slots") == 4
 

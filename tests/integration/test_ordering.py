@@ -23,7 +23,7 @@ import pytest
 
 import pgqueue
 from tests.faults.conftest import WorkerProcess, Workers
-from tests.helpers import run_cli, wait_for
+from tests.helpers import count_is, run_cli, wait_for
 from tests.integration.dashboard_support import free_port
 from tests.integration.ordering_handlers import create_tables
 
@@ -56,13 +56,6 @@ async def start(workers: Workers, dsn: str, n: int) -> list[WorkerProcess]:
     for proc in procs:
         await proc.wait_started()
     return procs
-
-
-def count_is(conn: asyncpg.Connection, expected: int, sql: str, *args: Any) -> Any:
-    async def check() -> bool:
-        return bool(await conn.fetchval(sql, *args) == expected)
-
-    return check
 
 
 def in_state(conn: asyncpg.Connection, ids: list[int], state: str) -> Any:
