@@ -81,6 +81,16 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 BEGIN
+    -- The probe first: most keys have no later event waiting (distinct keys: none at all), and
+    -- a probe costs one index descent where the UPDATE below costs its planning and executor
+    -- start. Completing 500 keyed rows (none with a successor): 88 ms with the bare UPDATE,
+    -- 25 ms without the trigger, 43 ms with this probe against 44 ms without the trigger
+    -- (the same run; a machine shared with other sessions).
+    IF NOT EXISTS (SELECT 1 FROM outbox AS n
+                   WHERE n.ordering_key = NEW.ordering_key AND n.id > NEW.id
+                     AND n.state IN ('pending', 'running', 'dead')) THEN
+        RETURN NULL;
+    END IF;
     UPDATE outbox AS o
     SET run_at = now(),
         handlers = (SELECT jsonb_object_agg(h.key,

@@ -38,6 +38,17 @@ CANDIDATES = [
     'a"b',
     "A-Z_a-z.0-9",
     "x" * 63 + ":",
+    "100/s",
+    "1/m",
+    "999999999/h",
+    "1000000000/h",
+    "0/s",
+    "01/s",
+    "10/d",
+    "10/S",
+    "10/s ",
+    "1e3/s",
+    "/s",
 ]
 
 
@@ -60,6 +71,10 @@ RULES = {
         "SELECT $1::text::pgqueue.event_type_name",
     ),
     "queue (domain queue_name)": (_names.queue_ok, "SELECT $1::text::pgqueue.queue_name"),
+    "handler rate (domain handler_rate)": (
+        lambda v: _names.rate_problem(v) is None,
+        "SELECT $1::text::pgqueue.handler_rate",
+    ),
     "schedule name (schedules_name_format)": (
         _names.schedule_name_ok,
         "INSERT INTO pgqueue.schedules (name, expression, event_type) "
