@@ -29,7 +29,8 @@ procrastinate #1599 blocked the whole key or queue instead).
 
 Unordered handlers and events without a key pay nothing: a worker with no ordered handler has
 no orderer (one ``is None`` test per event), and a unit is sent here only when its handler is
-ordered and its event has a key.
+ordered and the claim found an earlier unfinished event of its key (``ClaimedRow.behind``):
+a keyed event with none is its key's head for every handler and runs without a round trip.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class Orderer(Gate):
         self._types = {name: " ".join(types) for name, types in ordered.items()}
 
     def wants(self, delivery: Delivery, handler: Handler) -> bool:
-        """Ordered handlers of events with a key."""
-        return handler.ordered and delivery.row.ordering_key is not None
+        """Ordered handlers of keyed events that have an earlier unfinished event of their
+        key (the claim says so: ``behind``); any other keyed event is its key's head."""
+        return handler.ordered and delivery.row.behind
 
     async def decide(self, conn: Any, waiting: list[Unit]) -> dict[int, float]:
         """One HEADS statement: the units with an earlier unfinished event of their key wait."""

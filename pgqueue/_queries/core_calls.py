@@ -35,6 +35,7 @@ class ClaimedRow(NamedTuple):
     age: float
     headers: str | None = None  # JSON text: the producer's trace context, if any
     ordering_key: str | None = None  # the producer's ordering key (sql/0014), if any
+    behind: bool = False  # an earlier event of its key is unfinished (see CLAIM)
 
 
 class CoreCalls(Statements):
