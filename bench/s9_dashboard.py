@@ -33,7 +33,7 @@ import asyncpg
 import pgqueue
 from pgqueue._dashboard._pages import CHART_CAP
 from pgqueue._dashboard._security import csrf_token
-from pgqueue._queries.dashboard import dashboard_queries_for
+from pgqueue._queries import queries_for
 
 from ._options import Bench, Figures
 from .statement_probe import cpu_seconds
@@ -227,15 +227,15 @@ async def run(bench: Bench) -> Figures:
 
 async def _overview_cpu(dsn: str) -> float:
     """Backend CPU milliseconds of the overview's statements (counts and chart), per page."""
-    queries = dashboard_queries_for("pgqueue")
+    queries = queries_for("pgqueue").dashboard
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SET max_parallel_workers_per_gather = 0")
         pid: int = await conn.fetchval("SELECT pg_backend_pid()")
 
         async def page() -> None:
-            await queries.overview_rows(conn)
-            await queries.throughput_rows(conn, CHART_CAP)
+            await queries.overview_counts(conn)
+            await queries.throughput(conn, CHART_CAP)
 
         await page()
         before = cpu_seconds(pid)

@@ -131,7 +131,7 @@ def _one(
     _check_priority(priority)
     body = encode_payload(payload)
     return (
-        yield from queries_for(schema).insert_event(
+        yield from queries_for(schema).core.insert_one(
             event_type, body, aware(run_at), idempotency_key, queue, priority, producer_headers()
         )
     )
@@ -215,11 +215,11 @@ def _chunk(queries: Queries, chunk: list[Event], headers: str | None) -> Plan[li
         for e in chunk
     )
     if plain:  # the common case: a leaner statement (~30% faster, measured)
-        return (yield from queries.insert_plain_events(types, payloads))
+        return (yield from queries.core.insert_plain(types, payloads))
     for e in chunk:
         validate_queue(e.queue)
     return (
-        yield from queries.insert_events(
+        yield from queries.core.insert_many(
             types,
             payloads,
             [aware(e.run_at) for e in chunk],
@@ -275,7 +275,7 @@ def once(conn: Any, ctx: Context, *, schema: str | None = None) -> Coroutine[Any
     """
     fetch = async_fetch(conn, "once")
     queries = queries_for(schema or ctx.schema)  # default: the schema the worker serves
-    return run_async(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
+    return run_async(queries.core.record_effect(ctx.event_id, ctx.handler), fetch)
 
 
 def once_sync(conn: Any, ctx: Context, *, schema: str | None = None) -> bool:
@@ -288,7 +288,7 @@ def once_sync(conn: Any, ctx: Context, *, schema: str | None = None) -> bool:
     """
     fetch = sync_fetch(conn, "once")
     queries = queries_for(schema or ctx.schema)
-    return run_sync(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
+    return run_sync(queries.core.record_effect(ctx.event_id, ctx.handler), fetch)
 
 
 # Above this many rows (the planner's estimate), done events are estimated from a sample of
@@ -314,18 +314,18 @@ async def status(
     queries = queries_for(schema)
     percent = None
     if exact_limit is not None:
-        rows_estimate = await queries.outbox_rows(conn)
+        rows_estimate = await queries.admin.outbox_rows_estimate(conn)
         if rows_estimate > exact_limit:
             percent = min(100.0, max(0.001, 100.0 * STATUS_SAMPLE_ROWS / rows_estimate))
     counts = [
         StatusRow(r["event_type"], r["state"], r["events"], r["oldest_ready_age"])
-        for r in await queries.active_count_rows(conn)
+        for r in await queries.admin.active_counts(conn)
     ] + [
         StatusRow(r["event_type"], "done", r["events"], None, estimated=percent is not None)
-        for r in await queries.done_count_rows(conn, percent)
+        for r in await queries.admin.done_counts(conn, percent)
         if r["events"] > 0
     ]
-    dead = await queries.dead_handler_rows(conn)
+    dead = await queries.admin.dead_handlers(conn)
     return StatusReport(
         counts=sorted(counts, key=lambda r: (r.event_type, r.state)),
         dead_handlers=[(r["event_type"], r["handler"], r["events"]) for r in dead],
@@ -371,7 +371,7 @@ async def prune(
     queries = queries_for(schema)
     total = 0
     while True:
-        deleted = await queries.prune_once(
+        deleted = await queries.admin.prune_batch(
             conn, older_than, include_dead, batch_size, include_discarded
         )
         total += deleted
@@ -390,6 +390,6 @@ async def count_prunable(
     include_discarded: bool = False,
 ) -> int:
     """How many events :func:`prune` with the same arguments would delete now."""
-    return await queries_for(schema).count_prunable(
+    return await queries_for(schema).admin.prune_count(
         conn, older_than, include_dead, include_discarded
     )

@@ -91,9 +91,9 @@ class Completer:
             for c in happy:
                 by_token.setdefault(c.token, []).append(c.id)
             for token, ids in by_token.items():
-                written += await self._queries.complete_done_batch(conn, ids, token)
+                written += await self._queries.core.complete_done(conn, ids, token)
             if other:
-                written += await self._queries.complete_batch(
+                written += await self._queries.core.complete(
                     conn,
                     [c.id for c in other],
                     [c.token for c in other],

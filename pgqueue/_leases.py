@@ -55,7 +55,7 @@ class LeaseKeeper:
             try:
                 async with self._pool.acquire() as conn:
                     renewed = set(
-                        await self._queries.extend_leases(
+                        await self._queries.core.heartbeat(
                             conn,
                             [d.row.id for d in held],
                             [d.token for d in held],
@@ -99,7 +99,7 @@ class LeaseKeeper:
             try:
                 async with self._pool.acquire() as conn:
                     held = {d.token for d in self._inflight.values()}
-                    rows = await self._queries.rescue_expired(conn, list(held))
+                    rows = await self._queries.core.rescue(conn, list(held))
             except Exception as exc:
                 log.warning(
                     "rescue scan failed (%s); will retry",

@@ -89,7 +89,7 @@ class HandlerLimit:
 
 async def list_limits(conn: Any, schema: str = "pgqueue") -> list[HandlerLimit]:
     """Every stored limit, by handler name."""
-    return [HandlerLimit(*row) for row in await queries_for(schema).limit_list(conn)]
+    return [HandlerLimit(*row) for row in await queries_for(schema).limits.limits_list(conn)]
 
 
 async def override_limit(
@@ -99,7 +99,7 @@ async def override_limit(
     Takes effect at once for new runs; runs in progress finish."""
     if override is not None and override < 1:
         raise ConfigurationError(f"a limit must be at least 1, not {override}")
-    if not await queries_for(schema).override_limit(conn, handler, override):
+    if not await queries_for(schema).limits.limit_override(conn, handler, override):
         raise ConfigurationError(
             f"handler {handler!r} has no concurrency limit (no worker registered it with "
             f"concurrency=N yet); see them with: pgqueue limits"
@@ -139,8 +139,8 @@ class Limiter:
         """Write the registry's limits (the operator's overrides stay); describe the
         limits in force, for the worker's start line."""
         names = sorted(self.limits)
-        await self._queries.write_limits(conn, names, [self.limits[n] for n in names])
-        rows = await self._queries.limit_rows(conn, names)
+        await self._queries.limits.limits_write(conn, names, [self.limits[n] for n in names])
+        rows = await self._queries.limits.limits_read(conn, names)
         return ",".join(
             f"{r['handler']}={r['override'] or r['concurrency']}"
             + (" (override)" if r["override"] is not None else "")
@@ -177,7 +177,7 @@ class Limiter:
         """Extend the leases of the slots held (called by the heartbeat)."""
         if self._held:
             held = list(self._held.values())
-            await self._queries.renew_slots(
+            await self._queries.limits.slots_renew(
                 conn, [h for h, _ in held], [s for _, s in held], self.token, self._lease
             )
 
@@ -195,7 +195,9 @@ class Limiter:
         await self.stop()
         try:
             async with self._pool.acquire() as conn:
-                await asyncio.wait_for(self._queries.release_all_slots(conn, self.token), 5.0)
+                await asyncio.wait_for(
+                    self._queries.limits.slots_release_all(conn, self.token), 5.0
+                )
         except Exception as exc:
             log.warning("could not give back concurrency slots (%s)", describe_error(exc))
 
@@ -231,11 +233,11 @@ class Limiter:
             async with self._pool.acquire() as conn:
                 if releases:
                     names, slots = [h for h, _ in releases], [s for _, s in releases]
-                    await self._queries.release_slots(conn, names, slots, self.token)
+                    await self._queries.limits.slots_release(conn, names, slots, self.token)
                     releases = []
                 if waiting:
                     wanted = Counter(unit[1].name for _, unit in waiting)
-                    granted = await self._queries.acquire_slots(
+                    granted = await self._queries.limits.slots_acquire(
                         conn,
                         list(wanted),
                         list(wanted.values()),

@@ -108,7 +108,7 @@ class Listener:
             await warn_if_pooler(conn, self._dsn, LISTEN_THROUGH_POOLER)
             self._checked = True
         conn.add_termination_listener(self._on_terminate)
-        await conn.add_listener(self._queries.channel, self._on_notify)
+        await conn.add_listener(self._queries.core.channel, self._on_notify)
         self._lost.clear()
 
     async def run(self) -> None:
@@ -161,7 +161,7 @@ class Listener:
         """Wait out the producers that skipped their NOTIFY, then have the worker claim."""
         self._sweep.clear()
         queues, self._to_sweep = sorted(self._to_sweep), set()
-        committing = await self._queries.committing_skippers(conn, queues)
+        committing = await self._queries.core.skippers(conn, queues)
         if committing:
             # Claim again once they have committed (milliseconds: they are inside their
             # COMMIT). Polled, never waited for on the lock itself.
@@ -174,7 +174,7 @@ class Listener:
                     break
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, SWEEP_POLL_MAX)
-                committing = await self._queries.committing_skippers(conn, queues, committing)
+                committing = await self._queries.core.skippers(conn, queues, committing)
         self.sweeps += 1
         self._swept(queues)
 

@@ -22,7 +22,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 from ._backoff import describe_error
-from ._queries.presence import presence_queries_for
+from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA, WorkerSettings
 
 log = logging.getLogger("pgqueue.worker")
@@ -61,7 +61,7 @@ async def list_workers(
     conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA
 ) -> list[WorkerInfo]:
     """The worker processes alive now (their lease has not expired), oldest first."""
-    rows = await presence_queries_for(schema).alive_rows(conn)
+    rows = await queries_for(schema).presence.alive(conn)
     return [WorkerInfo(**dict(r)) for r in rows]
 
 
@@ -84,7 +84,7 @@ class Presence:
         self._worker_id = worker_id
         self._event_types = event_types
         self._in_flight = in_flight
-        self._queries = presence_queries_for(settings.schema_name)
+        self._queries = queries_for(settings.schema_name).presence
         self._host = socket.gethostname()
         self._version = package_version()
 

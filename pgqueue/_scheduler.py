@@ -42,7 +42,7 @@ from ._names import (
     queue_ok,
     schedule_name_ok,
 )
-from ._queries import ScheduleQueries, database_now, schedule_queries_for
+from ._queries import ScheduleQueries, database_now, queries_for
 
 log = logging.getLogger("pgqueue.scheduler")
 
@@ -130,7 +130,7 @@ class Scheduler:
 
     def __init__(self, pool: asyncpg.Pool, schema: str, schedules: Sequence[Schedule]) -> None:
         self._pool = pool
-        self._queries: ScheduleQueries = schedule_queries_for(schema)
+        self._queries: ScheduleQueries = queries_for(schema).schedule
         self._schedules = list(schedules)
         # Per schedule, the last tick this worker emitted or saw taken: saves an UPDATE per
         # schedule per loop; the database still decides who emits.

@@ -468,7 +468,7 @@ class Worker:
         try:
             async with self._pool.acquire() as conn:
                 for queue in self.settings.queues:
-                    due = await self._queries.seconds_until_due(conn, queue, self._event_types)
+                    due = await self._queries.core.next_due(conn, queue, self._event_types)
                     if due is not None:
                         timeout = min(timeout, max(due, 0.0) + 0.001)
         except Exception as exc:
@@ -484,7 +484,7 @@ class Worker:
         async with self._claim_pool.acquire() as conn:
             for queue in s.queues:
                 token = uuid.uuid4()
-                rows = await self._queries.claim_batch(
+                rows = await self._queries.core.claim(
                     conn,
                     queue,
                     self._event_types,

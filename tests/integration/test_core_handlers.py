@@ -585,7 +585,7 @@ async def test_handler_raising_cancelled_error_fails_like_any_error(
 async def _claimed_by_a_dead_worker(conn: asyncpg.Connection) -> int:
     """An event claimed under a 0.05 s lease by a 'worker' that then vanished."""
     event_id = await pgqueue.enqueue(conn, "t", {})
-    rows = await queries_for("pgqueue").claim_batch(
+    rows = await queries_for("pgqueue").core.claim(
         conn, "default", ["t"], 10, uuid.uuid4(), "ghost-worker", 0.05
     )
     assert [r.id for r in rows] == [event_id]

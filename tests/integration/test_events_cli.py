@@ -606,15 +606,15 @@ async def test_list_and_live_queries_use_indexes(conn: asyncpg.Connection) -> No
             values[names.index(name)] = value
         return values
 
-    by_handler = await _plan(conn, q.list_events, *args(handler="crm", hstate="dead"))
+    by_handler = await _plan(conn, q.steer.LIST_EVENTS, *args(handler="crm", hstate="dead"))
     assert any(n.get("Index Name") == "outbox_handlers_idx" for n in by_handler), by_handler
-    dead = await _plan(conn, q.list_events, *args(states=["dead"]))
+    dead = await _plan(conn, q.steer.LIST_EVENTS, *args(states=["dead"]))
     assert any(n.get("Index Name") == "outbox_dead_list_idx" for n in dead), dead
     assert not any(n["Node Type"] == "Sort" for n in dead), dead
-    unfiltered = await _plan(conn, q.list_events, *args())
+    unfiltered = await _plan(conn, q.steer.LIST_EVENTS, *args())
     assert any(n.get("Index Name") == "outbox_pkey" for n in unfiltered), unfiltered
     assert not any(n["Node Type"] == "Sort" for n in unfiltered), unfiltered
-    for statement, extra in [(q.live_counts, (5.0,)), (q.live_handlers, ())]:
+    for statement, extra in [(q.steer.LIVE_COUNTS, (5.0,)), (q.steer.LIVE_HANDLERS, ())]:
         nodes = await _plan(conn, statement, *extra)
         assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
 
