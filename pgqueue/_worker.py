@@ -81,9 +81,9 @@ FIRST_CLAIM = 100
 class Worker:
     """Runs the handlers of a :class:`Registry` against one database until stopped.
 
-    ``listen_dsn``: a connection for LISTEN other than ``dsn``; needed when ``dsn`` goes
-    through a transaction-mode pooler (``settings.pooled``), where LISTEN receives nothing.
-    It must reach PostgreSQL directly (or through a session-mode pooler).
+    ``settings.listen_dsn``: a connection for LISTEN other than ``dsn``; needed when ``dsn``
+    goes through a transaction-mode pooler (``settings.pooled``), where LISTEN receives
+    nothing. It must reach PostgreSQL directly (or through a session-mode pooler).
     ``metrics`` (a :class:`Metrics`) collects Prometheus metrics and serves them while the
     worker runs. ``tracer_provider`` traces every handler run with OpenTelemetry; without it,
     tracing is on only when an OpenTelemetry SDK set the global provider.
@@ -95,21 +95,17 @@ class Worker:
         registry: Registry,
         settings: WorkerSettings | None = None,
         *,
-        handler_pool_size: int = 10,
-        listen_dsn: str | None = None,
         metrics: Metrics | None = None,
         tracer_provider: Any = None,
     ) -> None:
         self.settings = settings or WorkerSettings()
-        check_listen(self.settings, listen_dsn)
+        check_listen(self.settings)
         self.registry = registry
         self.stats = WorkerStats()
         self.worker_id = self.settings.worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self._dsn = dsn
-        self._listen_dsn = listen_dsn
-        self._handler_pool_size = handler_pool_size
         self._queries: Queries = queries_for(self.settings.schema_name)
         self._event_types = list(registry.event_types)
         self._max_inflight = 2 * self.settings.batch_size
@@ -209,7 +205,7 @@ class Worker:
             self._handler_pool = await create_pool(
                 self._dsn,
                 min_size=0,
-                max_size=self._handler_pool_size,
+                max_size=self.settings.handler_pool_size,
                 **pool_options(pooled=s.pooled, control=False),
             )
             log.info(
@@ -275,7 +271,7 @@ class Worker:
             ]
             if s.listen and not s.burst:
                 listener = Listener(
-                    self._listen_dsn or self._dsn,
+                    self.settings.listen_dsn or self._dsn,
                     self._queries,
                     s.queues,
                     self._wakeups.wakeup.set,
