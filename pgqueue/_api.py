@@ -21,7 +21,14 @@ from pydantic import BaseModel
 from ._adapters import async_fetch, database_error, sync_fetch
 from ._errors import PayloadError
 from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
-from ._names import EVENT_TYPE_RULE, QUEUE_RULE
+from ._names import (
+    EVENT_TYPE_RULE,
+    MAX_EVENT_TYPE,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PAYLOAD_BYTES,
+    QUEUE_RULE,
+    event_type_problem,
+)
 from ._queries import Queries, queries_for
 from ._queries.plans import Plan, run_async, run_sync
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
@@ -29,11 +36,6 @@ from ._tracing import producer_headers
 
 Payload = Mapping[str, Any] | BaseModel
 T = TypeVar("T")
-
-# Event types are data: any type matching this may be enqueued, with or without a handler
-# registered anywhere (a worker that has none leaves it pending and `pgqueue status` shows it).
-MAX_EVENT_TYPE = 128
-
 
 # One encoder for every payload: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -63,21 +65,29 @@ def _check_priority(priority: int) -> None:
         )
 
 
-def _check_event_type(event_type: str) -> None:
-    if not isinstance(event_type, str) or not 1 <= len(event_type) <= MAX_EVENT_TYPE:
-        raise PayloadError(
-            f"event type must be a string of 1-{MAX_EVENT_TYPE} characters, got {event_type!r}"
-        )
+def check_event_type(event_type: str) -> None:
+    """Raise PayloadError for an event type of the wrong kind or length (before the database
+    would). Event types are data: any valid type may be enqueued, with or without a handler
+    registered anywhere (a worker that has none leaves it pending and `pgqueue status` shows it).
+    """
+    problem = event_type_problem(event_type)
+    if problem is not None:
+        raise PayloadError(problem)
 
 
 # What each named constraint means, in the words a user needs (see sql/0001_outbox.sql).
 CONSTRAINT_HINTS = {
-    "outbox_event_type_length": "the event type must be 1-128 characters",
+    "outbox_event_type_length": f"the event type must be 1-{MAX_EVENT_TYPE} characters",
     "outbox_event_type_format": f"the event type must be {EVENT_TYPE_RULE}",
     "outbox_queue_format": f"the queue name must be {QUEUE_RULE}",
     "outbox_payload_object": "the payload must be a JSON object",
-    "outbox_payload_size": "the payload is over the 1 MiB limit; store big data elsewhere",
-    "outbox_idempotency_key_length": "the idempotency key must be 1-200 characters",
+    "outbox_payload_size": (
+        f"the payload is over the {MAX_PAYLOAD_BYTES // 1_048_576} MiB limit; "
+        "store big data elsewhere"
+    ),
+    "outbox_idempotency_key_length": (
+        f"the idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters"
+    ),
     "outbox_run_at_finite": "run_at must be a finite time (not 'infinity')",
 }
 
@@ -126,7 +136,7 @@ def _one(
     priority: int,
     schema: str,
 ) -> Plan[int]:
-    _check_event_type(event_type)
+    check_event_type(event_type)
     validate_queue(queue)
     _check_priority(priority)
     body = encode_payload(payload)
@@ -205,7 +215,7 @@ def _many(events: Iterable[Event], schema: str, chunk_size: int) -> Plan[list[in
 def _chunk(queries: Queries, chunk: list[Event], headers: str | None) -> Plan[list[int]]:
     types = [e.event_type for e in chunk]
     for event_type in types:
-        _check_event_type(event_type)
+        check_event_type(event_type)
     payloads = [encode_payload(e.payload) for e in chunk]
     plain = headers is None and all(
         e.run_at is None
