@@ -38,9 +38,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._backoff import describe_error, reconnect_delay
+from ._backoff import describe_error
 from ._dispatch import Delivery, Kind, Outcome
 from ._errors import ConfigurationError
+from ._loop import run_with_backoff
 from ._queries import Queries, queries_for
 from ._registry import Handler
 from ._runner import Unit
@@ -109,6 +110,8 @@ async def override_limit(
 class Limiter:
     """Takes, renews and releases the slots of limited handlers for one worker."""
 
+    name = "limiter"
+
     def __init__(
         self,
         pool: Any,
@@ -133,7 +136,7 @@ class Limiter:
         self._releases: list[tuple[str, int]] = []
         self._held: dict[tuple[int, str], tuple[str, int]] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     async def setup(self, conn: Any) -> str:
         """Write the registry's limits (the operator's overrides stay); describe the
@@ -147,10 +150,12 @@ class Limiter:
             for r in rows
         )
 
-    def start(self) -> asyncio.Task[None]:
-        """Start the task that takes and releases slots; return it."""
-        self._task = asyncio.create_task(self._run())
-        return self._task
+    async def run(self) -> None:
+        """Take and release slots until cancelled (by the worker, or by :meth:`stop`)."""
+        self._task = asyncio.current_task()
+        await run_with_backoff(
+            self._take_and_release, "taking concurrency slots", on_error=self._retry_soon
+        )
 
     def take(
         self, delivery: Delivery, units: list[tuple[Handler, int]], payload: Any
@@ -201,28 +206,19 @@ class Limiter:
         except Exception as exc:
             log.warning("could not give back concurrency slots (%s)", describe_error(exc))
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if self._waiting:  # units hold for a slot: try again every TICK
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK)
-            else:
-                await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._flush()
-                failures = 0
-            except Exception as exc:  # never stop: the releases are retried, units deferred
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.warning(
-                    "taking concurrency slots failed (%s); retrying in %.1fs",
-                    describe_error(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                self._wake.set()
+    async def _take_and_release(self) -> float:
+        if self._waiting:  # units hold for a slot: try again every TICK
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+        else:
+            await self._wake.wait()
+        self._wake.clear()
+        await self._flush()
+        return 0.0
+
+    async def _retry_soon(self, exc: BaseException) -> None:
+        # Never stop: the releases are retried, the units deferred, after the backoff.
+        self._wake.set()
 
     async def _flush(self) -> None:
         """Write the releases, then take slots for every waiting unit: one checkout."""

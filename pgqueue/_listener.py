@@ -29,8 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from ._backoff import reconnect_delay
 from ._db import connect, warn_if_pooler
+from ._loop import run_with_backoff
 from ._queries import Queries
 from ._wakeups import first
 
@@ -55,6 +55,8 @@ class Listener:
     that skipped theirs have committed (see the module docstring); the caller claims them.
     ``wake`` is called after each reconnection (notifications sent meanwhile are lost).
     """
+
+    name = "listener"
 
     def __init__(
         self,
@@ -113,33 +115,24 @@ class Listener:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
-        failures = 0
         try:
-            while True:
-                try:
-                    await self._open()
-                    if failures or self.reconnects:
-                        log.info("listener reconnected; catching up")
-                    failures = 0
-                    # Whatever was notified while we were away is lost: fetch now.
-                    self._wake()
-                    await self._watch()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    delay = reconnect_delay(failures)
-                    log.warning(
-                        "listener connection lost (%s); reconnecting in %.1fs",
-                        type(exc).__name__,
-                        delay,
-                        extra={"error": type(exc).__name__, "delay": delay},
-                    )
-                    await self._close()
-                    await asyncio.sleep(delay)
-                self.reconnects += 1
+            await run_with_backoff(self._listen, "listening", on_error=self._lost_connection)
         finally:
             await self._close()
+
+    async def _listen(self) -> float:
+        """Connect, catch up, and listen until the connection dies (by raising)."""
+        await self._open()
+        if self.reconnects:
+            log.info("listener reconnected; catching up")
+        # Whatever was notified while we were away is lost: fetch now.
+        self._wake()
+        await self._watch()
+        return 0.0
+
+    async def _lost_connection(self, exc: BaseException) -> None:
+        self.reconnects += 1
+        await self._close()
 
     async def _watch(self) -> None:
         """Sweep when asked; return (by raising) when the connection dies, probing it so a

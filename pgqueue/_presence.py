@@ -22,6 +22,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 from ._backoff import describe_error
+from ._loop import run_with_backoff
 from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA, WorkerSettings
 
@@ -70,6 +71,8 @@ class Presence:
     stop. A failed write is logged and tried again at the next beat: presence is for people
     to look at, and never stops the worker."""
 
+    name = "presence"
+
     def __init__(
         self,
         *,
@@ -105,16 +108,13 @@ class Presence:
 
     async def run(self) -> None:
         """Renew the row every heartbeat interval until cancelled."""
-        while True:
-            try:
-                await self.beat()
-            except Exception as exc:
-                log.warning(
-                    "worker presence not renewed (%s); will retry",
-                    describe_error(exc),
-                    extra={"error": describe_error(exc)},
-                )
-            await asyncio.sleep(self._settings.heartbeat_interval)
+        interval = self._settings.heartbeat_interval
+
+        async def beat() -> float:
+            await self.beat()
+            return interval
+
+        await run_with_backoff(beat, "renewing worker presence", cap=interval)
 
     async def leave(self) -> None:
         """Delete the row (best effort: if it fails, the row expires with its lease)."""

@@ -18,7 +18,6 @@ Time is the database clock.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -31,8 +30,9 @@ from typing import Any
 import asyncpg
 from cronsim import CronSim, CronSimError
 
-from ._backoff import describe_error, is_transient, reconnect_delay
+from ._backoff import is_transient
 from ._errors import ConfigurationError, RegistryError
+from ._loop import run_with_backoff
 from ._models import PRIORITY_MAX, PRIORITY_MIN
 from ._names import (
     EVENT_TYPE_RULE,
@@ -128,6 +128,8 @@ class Schedule:
 class Scheduler:
     """The worker task that registers ``schedules`` and emits their ticks until cancelled."""
 
+    name = "scheduler"
+
     def __init__(self, pool: asyncpg.Pool, schema: str, schedules: Sequence[Schedule]) -> None:
         self._pool = pool
         self._queries: ScheduleQueries = queries_for(schema).schedule
@@ -139,21 +141,18 @@ class Scheduler:
 
     async def run(self) -> None:
         """Emit due ticks until cancelled (registering the schedules first, unless
-        :meth:`sync` already did)."""
-        failures = 0
-        while True:
-            try:
-                if not self._synced:
-                    await self.sync()
-                delay = await self._step()
-                failures = 0
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.warning("scheduler: %s; retrying in %.1fs", describe_error(exc), delay)
-            await asyncio.sleep(delay)
+        :meth:`sync` already did); an error no retry cures stops the worker."""
+        await run_with_backoff(
+            self._sync_and_step,
+            "emitting scheduled events",
+            fatal=lambda exc: not is_transient(exc),
+            logger=log,
+        )
+
+    async def _sync_and_step(self) -> float:
+        if not self._synced:
+            await self.sync()
+        return await self._step()
 
     async def sync(self) -> None:
         """Create or update this registry's schedules in the database."""

@@ -35,6 +35,8 @@ log = logging.getLogger("pgqueue.worker")
 class StallGuard:
     """Renews the worker's leases from a thread while its event loop is blocked."""
 
+    name = "stall guard"
+
     def __init__(
         self,
         *,

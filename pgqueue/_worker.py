@@ -48,6 +48,7 @@ from ._leases import LeaseKeeper
 from ._limits import Limiter
 from ._listener import Listener
 from ._logs import WORKER_ID
+from ._loop import Service
 from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
@@ -261,25 +262,21 @@ class Worker:
                 interval=s.heartbeat_interval,
                 grace=self._stall_grace(),
             )
-            tasks = [
-                *runners.start(),
-                asyncio.create_task(completer.run()),
-                *leases.start(),
-                asyncio.create_task(guard.run()),
-                *([limiter.start()] if limiter else []),
-                *(relays.start() if relays else []),
-            ]
+            services: list[Service] = [completer, leases, guard]
+            if limiter is not None:
+                services.append(limiter)
             if s.listen and not s.burst:
-                listener = Listener(
-                    self.settings.listen_dsn or self._dsn,
-                    self._queries,
-                    s.queues,
-                    self._wakeups.wakeup.set,
-                    self._swept,
+                services.append(
+                    Listener(
+                        self.settings.listen_dsn or self._dsn,
+                        self._queries,
+                        s.queues,
+                        self._wakeups.wakeup.set,
+                        self._swept,
+                    )
                 )
-                tasks.append(asyncio.create_task(listener.run()))
             if scheduler is not None:
-                tasks.append(asyncio.create_task(scheduler.run()))
+                services.append(scheduler)
             presence = Presence(
                 pool=self._pool,
                 settings=s,
@@ -287,7 +284,14 @@ class Worker:
                 event_types=self._event_types,
                 in_flight=lambda: self.in_flight,
             )
-            tasks.append(asyncio.create_task(presence.run()))
+            services.append(presence)
+            # Every service alike: one task, supervised; runner slots and relay lanes are
+            # work pools that the shutdown drains (see _shutdown.py), not services.
+            tasks = [
+                *runners.start(),
+                *(relays.start() if relays else []),
+                *(asyncio.create_task(svc.run(), name=f"pgqueue {svc.name}") for svc in services),
+            ]
             for task in tasks:
                 task.add_done_callback(self._supervise)
             try:
