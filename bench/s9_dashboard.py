@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._dashboard._pages import CHART_CAP
 from pgqueue._dashboard._security import csrf_token
 from pgqueue._queries import queries_for
@@ -166,7 +167,7 @@ def _p95(times: list[float]) -> float:
 async def run(bench: Bench) -> Figures:
     async with bench.db.fresh() as dsn:
         dead_id = await _fill(dsn)
-        app = pgqueue.pgqueue_dashboard(dsn, allow_actions=True, token=TOKEN)
+        app = pgqueue.admin.pgqueue_dashboard(dsn, allow_actions=True, token=TOKEN)
         csrf = csrf_token(app.dashboard.settings, "token")
         form = f"csrf={csrf}&action=retry".encode()
         pages: dict[str, tuple[str, str, str, bytes]] = {

@@ -85,7 +85,7 @@ def dashboard_cmd(
     Read-only unless --allow-actions. With $PGQUEUE_DASHBOARD_TOKEN (a bearer token, or the
     password of the browser's login prompt) or $PGQUEUE_DASHBOARD_USER and
     $PGQUEUE_DASHBOARD_PASSWORD set, every page asks for them; actions are logged with the
-    user's name. To mount it in your own ASGI app, see pgqueue.pgqueue_dashboard.
+    user's name. To mount it in your own ASGI app, see pgqueue.admin.pgqueue_dashboard.
     """
     if not dsn:
         raise ConfigurationError(

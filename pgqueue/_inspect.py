@@ -265,7 +265,7 @@ async def live_status(
     events done in the last ``window`` seconds (by ``processed_at``), handler states of
     unfinished events, and the oldest ready age.
 
-    Unlike :func:`pgqueue.status` it never counts every done event: each part reads a
+    Unlike :func:`pgqueue.admin.status` it never counts every done event: each part reads a
     partial index, so it costs the same however many done events the table keeps.
     """
     if window <= 0:

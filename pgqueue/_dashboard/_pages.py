@@ -159,7 +159,7 @@ class EventFilters:
         )
 
     def list_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`pgqueue.list_events`."""
+        """Keyword arguments of :func:`pgqueue.admin.list_events`."""
         return {
             "event_types": self.types,
             "states": self.states,

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._db import pool_options
 from pgqueue._queries import queries_for
 from tests.helpers import run_cli
@@ -44,13 +45,15 @@ async def test_prune_deletes_old_done_events_in_batches(conn: asyncpg.Connection
         "SELECT id, 'h' FROM pgqueue.outbox WHERE state = 'done'"
     )
     seen: list[int] = []
-    deleted = await pgqueue.prune(conn, dt.timedelta(days=7), batch_size=10, progress=seen.append)
+    deleted = await pgqueue.admin.prune(
+        conn, dt.timedelta(days=7), batch_size=10, progress=seen.append
+    )
     assert deleted == 25
     assert seen == [10, 20, 25]
     counts = dict(await conn.fetch("SELECT state, count(*) FROM pgqueue.outbox GROUP BY state"))
     assert counts == {"done": 3, "dead": 4, "pending": 1}
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.effects") == 3  # ledger follows
-    assert await pgqueue.prune(conn, dt.timedelta(days=7), include_dead=True) == 4
+    assert await pgqueue.admin.prune(conn, dt.timedelta(days=7), include_dead=True) == 4
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE id = $1", pending) == 1
 
 
