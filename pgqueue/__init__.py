@@ -30,7 +30,7 @@ from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
 from ._registry import Registry, load_registry
 from ._relay import NatsRelay, RabbitMQRelay, RedisRelay, Relay, RelayMessage
-from ._scheduler import Schedule
+from ._schedule import Schedule
 from ._settings import WorkerSettings
 from ._worker import Worker
 

@@ -11,7 +11,7 @@ import click
 from ._cli_common import cli, database, dsn_option, print_table, schema_option, with_conn
 from ._errors import ConfigurationError
 from ._queries import queries_for
-from ._scheduler import schedule_status
+from ._schedule import schedule_status
 
 
 def _when(value: dt.datetime | None) -> str:

@@ -22,7 +22,7 @@ from .._limits import list_limits
 from .._models import EventState, HandlerState
 from .._presence import list_workers
 from .._queries import database_now, queries_for
-from .._scheduler import schedule_status
+from .._schedule import schedule_status
 from .._settings import validate_queue
 from ._chart import chart_svg, minute_counts
 from ._context import Dashboard
