@@ -16,13 +16,11 @@ from pydantic import BaseModel
 import pgqueue
 import pgqueue.admin
 from tests.helpers import wait_for
-from tests.integration.core_support import (  # noqa: F401 (fixtures)
+from tests.integration.core_support import (
     Calls,
     counting,
     outbox_row,
     run_burst,
-    shared_dsn_fixture,
-    tx_fixture,
 )
 
 
