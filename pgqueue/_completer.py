@@ -31,6 +31,7 @@ class Completer:
 
     def __init__(
         self,
+        *,
         pool: Any,
         queries: Queries,
         inflight: dict[int, Delivery],

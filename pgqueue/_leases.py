@@ -24,6 +24,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
+        *,
         pool: Any,
         queries: Queries,
         settings: WorkerSettings,

@@ -114,6 +114,7 @@ class Limiter:
 
     def __init__(
         self,
+        *,
         pool: Any,
         queries: Queries,
         limits: dict[str, int],

@@ -60,12 +60,12 @@ class Listener:
 
     def __init__(
         self,
+        *,
         dsn: str,
         queries: Queries,
         queues: tuple[str, ...],
         wake: Callable[[], None],
         swept: Callable[[Sequence[str]], None],
-        *,
         probe_interval: float = 5.0,
     ) -> None:
         self._dsn = dsn
