@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from ._errors import ConfigurationError
-from ._queries.dashboard import dashboard_queries_for
+from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA
 
 MAX_ID = 2**63 - 1
@@ -37,4 +37,4 @@ async def cancel_pending(
         raise ConfigurationError(f"event ids are between 1 and {MAX_ID}")
     if not reason.strip():
         raise ConfigurationError("say why the events are cancelled (kept as their error)")
-    return await dashboard_queries_for(schema).cancel_pending(conn, list(ids), reason[:MAX_REASON])
+    return await queries_for(schema).dashboard.cancel_pending(conn, list(ids), reason[:MAX_REASON])

@@ -12,7 +12,6 @@ from ._cli_common import cli, database, dsn_option, print_table, schema_option, 
 from ._limits import HandlerLimit, list_limits, override_limit
 from ._names import RATE_RULE, rate_problem
 from ._rates import override_rate
-from ._settings import validate_schema
 
 MAX_N = 2**31 - 1  # handler_limits.override is an integer
 
@@ -87,7 +86,6 @@ def limits_cmd(
     """Show the concurrency and rate limits of every limited handler (registry value,
     override, limit in force, runs holding a slot now); with --set / --reset / --rate /
     --reset-rate, change overrides first."""
-    validate_schema(schema)
     changes = [*_parse_set(set_), *((h, None) for h in reset)]
     rates = [*_parse_rates(rate_), *((h, None) for h in reset_rate)]
 
@@ -96,7 +94,7 @@ def limits_cmd(
             for handler, value in changes:
                 await override_limit(conn, handler, value, schema)
             for handler, rate in rates:
-                await override_rate(conn, handler, rate, schema)
+                await override_rate(conn, handler, rate, schema=schema)
         return await list_limits(conn, schema)
 
     async def main() -> list[HandlerLimit]:

@@ -9,30 +9,33 @@ at once with a delay chosen by the gate, so a stopping worker has little to hand
 from __future__ import annotations
 
 import asyncio
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from ._backoff import describe_error, reconnect_delay
 from ._dispatch import Delivery, Kind, Outcome
+from ._loop import run_with_backoff
 from ._registry import Handler
 from ._runner import Unit
-
-log = logging.getLogger("pgqueue.worker")
 
 # When the gate's statement fails: the waiting units come back after this long.
 ON_ERROR_DELAY = 1.0
 
 
 class Gate(ABC):
-    """Holds the units it is given until one statement says which may run now."""
+    """Holds the units it is given until one statement says which may run now.
 
+    A service (``_loop.Service``): the worker starts :meth:`run` as one task and supervises it.
+    """
+
+    #: The service's name (its task's name).
+    name = "gate"
     #: What the gate does, for its log line when the database misbehaves.
     what = "gate"
 
     def __init__(
         self,
+        *,
         pool: Any,
         admit: Callable[[list[Unit]], None],
         record: Callable[[Delivery, Handler, Outcome], None],
@@ -42,7 +45,7 @@ class Gate(ABC):
         self._record = record
         self._waiting: list[Unit] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     @abstractmethod
     def wants(self, delivery: Delivery, handler: Handler) -> bool:
@@ -66,10 +69,10 @@ class Gate(ABC):
                 free.append((delivery, handler, prior, payload))
         return free
 
-    def start(self) -> asyncio.Task[None]:
-        """Start the gate's task; return it."""
-        self._task = asyncio.create_task(self._run())
-        return self._task
+    async def run(self) -> None:
+        """Decide for the waiting units until cancelled (by the worker, or by :meth:`stop`)."""
+        self._task = asyncio.current_task()
+        await run_with_backoff(self._decide_waiting, self.what)
 
     async def stop(self) -> list[Unit]:
         """Stop; return the units still waiting (to hand back)."""
@@ -84,21 +87,13 @@ class Gate(ABC):
         delivery, handler, prior, _ = unit
         self._record(delivery, handler, Outcome(Kind.DEFERRED, prior, delay=delay))
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._flush()
-                failures = 0
-            except Exception as exc:  # never stop: the waiting units were deferred
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.warning(
-                    "%s failed (%s); retrying in %.1fs", self.what, describe_error(exc), delay
-                )
-                await asyncio.sleep(delay)
+    async def _decide_waiting(self) -> float:
+        # A failure never stops the gate: the waiting units were deferred (see _flush), and
+        # run_with_backoff logs it and waits before the next round.
+        await self._wake.wait()
+        self._wake.clear()
+        await self._flush()
+        return 0.0
 
     async def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []

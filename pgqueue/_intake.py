@@ -64,6 +64,7 @@ class Intake:
 
     def __init__(
         self,
+        *,
         registry: Registry,
         inflight: dict[int, Delivery],
         stats: WorkerStats,
@@ -87,12 +88,13 @@ class Intake:
 
     def attach(
         self,
+        *,
         runners: Runners,
         completer: Completer,
         limiter: Limiter | None,
-        relays: RelayBatches | None = None,
-        orderer: Orderer | None = None,
-        rates: RateGate | None = None,
+        relays: RelayBatches | None,
+        orderer: Orderer | None,
+        rates: RateGate | None,
     ) -> None:
         """Give the intake the collaborators it hands work to."""
         self._runners = runners

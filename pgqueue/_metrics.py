@@ -42,7 +42,6 @@ from prometheus_client.core import (
 
 from ._errors import ConfigurationError
 from ._queries import Queries
-from ._queries.ordering import ordering_queries_for
 from ._settings import DISTRIBUTION
 
 log = logging.getLogger("pgqueue.worker")
@@ -395,11 +394,9 @@ class Metrics:
 
     async def _read(self, source: _Source) -> tuple[list[Any], list[Any], int]:
         async with source.pool.acquire() as conn:
-            queues = await source.queries.queue_depths(conn, source.queues, self.depth_limit)
-            dead = await source.queries.dead_counts(conn, self.depth_limit)
-            held = await ordering_queries_for(source.queries.schema).count_blocked_keys(
-                conn, self.depth_limit
-            )
+            queues = await source.queries.admin.queue_depths(conn, source.queues, self.depth_limit)
+            dead = await source.queries.admin.dead_counts(conn, self.depth_limit)
+            held = await source.queries.ordering.blocked_count(conn, self.depth_limit)
         return queues, dead, held
 
 

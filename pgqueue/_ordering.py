@@ -56,17 +56,19 @@ AFTER_BLOCKER = 0.05
 class Orderer(Gate):
     """Holds the ordered units of one worker until their key's order lets them run."""
 
+    name = "orderer"
     what = "looking up ordering keys"
 
     def __init__(
         self,
+        *,
         pool: Any,
         queries: OrderingQueries,
         ordered: dict[str, tuple[str, ...]],
         admit: Callable[[list[Unit]], None],
         record: Callable[[Delivery, Handler, Outcome], None],
     ) -> None:
-        super().__init__(pool, admit, record)
+        super().__init__(pool=pool, admit=admit, record=record)
         self._queries = queries
         self._types = {name: " ".join(types) for name, types in ordered.items()}
 
@@ -77,7 +79,7 @@ class Orderer(Gate):
 
     async def decide(self, conn: Any, waiting: list[Unit]) -> dict[int, float]:
         """One HEADS statement: the units with an earlier unfinished event of their key wait."""
-        held = await self._queries.held_back(
+        held = await self._queries.heads(
             conn,
             [u[0].row.id for u in waiting],
             [u[1].name for u in waiting],

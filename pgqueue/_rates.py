@@ -30,9 +30,11 @@ from ._dispatch import Delivery, Outcome
 from ._errors import ConfigurationError
 from ._gate import Gate
 from ._names import rate_problem
-from ._queries.rates import RateQueries, rate_queries_for
+from ._queries import queries_for
+from ._queries.rates import RateQueries
 from ._registry import Handler
 from ._runner import Unit
+from ._settings import DEFAULT_SCHEMA
 
 # A unit never waits longer than this for its token: an operator's new rate (pgqueue limits
 # --rate) reaches a backlog deferred under the old one within CAP seconds. The price: a run
@@ -43,12 +45,14 @@ CAP = 30.0
 SPREAD = 0.1
 
 
-async def override_rate(conn: Any, handler: str, rate: str | None, schema: str = "pgqueue") -> None:
+async def override_rate(
+    conn: Any, handler: str, rate: str | None, *, schema: str = DEFAULT_SCHEMA
+) -> None:
     """Set the operator's rate for ``handler`` (None: back to the registry's). Takes effect at
     the next take of every worker."""
     if rate is not None and (problem := rate_problem(rate)) is not None:
         raise ConfigurationError(f"rate of {handler!r} {problem}")
-    if not await rate_queries_for(schema).override_rate(conn, handler, rate):
+    if not await queries_for(schema).rates.rate_override(conn, handler, rate):
         raise ConfigurationError(
             f"handler {handler!r} has no rate limit or concurrency limit (no worker registered "
             f"it with rate=... or concurrency=N yet); see them with: pgqueue limits"
@@ -58,24 +62,26 @@ async def override_rate(conn: Any, handler: str, rate: str | None, schema: str =
 class RateGate(Gate):
     """Takes tokens for the rated units of one worker; defers those that get none."""
 
+    name = "rate gate"
     what = "taking rate-limit tokens"
 
     def __init__(
         self,
+        *,
         pool: Any,
         queries: RateQueries,
         per_key: dict[str, bool],
         admit: Callable[[list[Unit]], None],
         record: Callable[[Delivery, Handler, Outcome], None],
     ) -> None:
-        super().__init__(pool, admit, record)
+        super().__init__(pool=pool, admit=admit, record=record)
         self._queries = queries
         self._per_key = per_key
 
     async def setup(self, conn: Any, rates: dict[str, str]) -> None:
         """Write the registry's rates (the operator's overrides stay)."""
         names = sorted(rates)
-        await self._queries.write_rates(
+        await self._queries.rates_write(
             conn, names, [rates[n] for n in names], [self._per_key[n] for n in names]
         )
 
@@ -92,7 +98,7 @@ class RateGate(Gate):
         """One take for every bucket; the oldest units of a bucket get its tokens."""
         wanted = Counter(self._bucket(u) for u in waiting)
         buckets = sorted(wanted)  # one lock order for every worker: no deadlock
-        got = await self._queries.take_tokens(
+        got = await self._queries.rates_take(
             conn, [b[0] for b in buckets], [b[1] for b in buckets], [wanted[b] for b in buckets]
         )
         seen: Counter[tuple[str, str]] = Counter()

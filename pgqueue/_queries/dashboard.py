@@ -8,20 +8,23 @@ Each statement reads a bounded number of index entries or rows, whatever the tab
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
-from .._settings import quote_ident
+from ._base import Area
 
-# Per queue and event type: pending (with the oldest ready age), running and dead events, and
-# events done in the last minute. Each arm reads one partial index (ready, lease, dead,
-# processed) and, for pending events, the rows it points at; dead ones are counted from
-# outbox_dead_list_idx alone (it carries queue and type). The cost follows the active sets,
-# never the done rows kept: 28 ms of backend CPU with 100,000 dead and 18,000 pending among
-# 1,000,000 rows (with the chart's statement; bin/bench --only dashboard).
-OVERVIEW_COUNTS = """
+
+class DashboardQueries(Area):
+    """The dashboard's own statements, for one schema."""
+
+    # Per queue and event type: pending (with the oldest ready age), running and dead events, and
+    # events done in the last minute. Each arm reads one partial index (ready, lease, dead,
+    # processed) and, for pending events, the rows it points at; dead ones are counted from
+    # outbox_dead_list_idx alone (it carries queue and type). The cost follows the active sets,
+    # never the done rows kept: 28 ms of backend CPU with 100,000 dead and 18,000 pending among
+    # 1,000,000 rows (with the chart's statement; bin/bench --only dashboard).
+    OVERVIEW_COUNTS = """
 SELECT queue, event_type, 'pending' AS state, count(*) AS events,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
            AS oldest_ready_age
@@ -38,12 +41,17 @@ WHERE state = 'done' AND processed_at > now() - interval '1 minute'
 GROUP BY queue, event_type
 """
 
-# $1 cap per minute. Events done per minute over the last hour (60 buckets, the current
-# minute last). Each bucket reads at most $1 entries of outbox_processed_idx in processed_at
-# order; a bucket that hits the cap reports the time of its last entry read, from which the
-# caller estimates the minute's total (cap x 60 s / time covered), so the chart costs at most
-# 60 x $1 index entries at any throughput.
-THROUGHPUT = """
+    async def overview_counts(self, conn: asyncpg.Connection) -> list[Any]:
+        """(queue, event_type, state, events, oldest_ready_age) rows; state 'done' counts
+        the last minute."""
+        return list(await conn.fetch(self.OVERVIEW_COUNTS))
+
+    # $1 cap per minute. Events done per minute over the last hour (60 buckets, the current
+    # minute last). Each bucket reads at most $1 entries of outbox_processed_idx in processed_at
+    # order; a bucket that hits the cap reports the time of its last entry read, from which the
+    # caller estimates the minute's total (cap x 60 s / time covered), so the chart costs at most
+    # 60 x $1 index entries at any throughput.
+    THROUGHPUT = """
 SELECT m.start, t.events, t.last_at
 FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
                      date_trunc('minute', now()), interval '1 minute') AS m(start)
@@ -57,11 +65,15 @@ CROSS JOIN LATERAL (
 ORDER BY m.start
 """
 
-# $1 rows. Dead events grouped by event type and dead handler, over the newest $1 dead events
-# (outbox_dead_idx, then the rows for their handler records): the newest error of each group,
-# its event, and how many distinct errors the group has. Events dead without a handler record
-# (their error is the event's own) form the group with handler NULL.
-DEAD_GROUPS = """
+    async def throughput(self, conn: asyncpg.Connection, cap: int) -> list[Any]:
+        """(start, events, last_at) per minute of the last hour, each counted up to ``cap``."""
+        return list(await conn.fetch(self.THROUGHPUT, cap))
+
+    # $1 rows. Dead events grouped by event type and dead handler, over the newest $1 dead events
+    # (outbox_dead_idx, then the rows for their handler records): the newest error of each group,
+    # its event, and how many distinct errors the group has. Events dead without a handler record
+    # (their error is the event's own) form the group with handler NULL.
+    DEAD_GROUPS = """
 WITH recent AS (
     SELECT id, event_type, handlers, last_error FROM {s}.outbox
     WHERE state = 'dead' ORDER BY id DESC LIMIT $1
@@ -81,59 +93,32 @@ GROUP BY event_type, handler
 ORDER BY event_type, handler NULLS FIRST
 """
 
-# Dead events per type, exact: an index-only count of outbox_dead_idx (event_type).
-DEAD_TOTALS = """
+    async def dead_groups(self, conn: asyncpg.Connection, rows: int) -> list[Any]:
+        """Dead (event type, handler) groups over the newest ``rows`` dead events."""
+        return list(await conn.fetch(self.DEAD_GROUPS, rows))
+
+    # Dead events per type, exact: an index-only count of outbox_dead_idx (event_type).
+    DEAD_TOTALS = """
 SELECT event_type, count(*) AS events FROM {s}.outbox WHERE state = 'dead' GROUP BY event_type
 """
 
-# $1 event ids, $2 the reason kept as the event's error. Cancel pending events that no worker
-# holds: they become 'discarded' (never claimed again, kept for audit, deleted by
-# `prune --discarded`), with the reason as their last error. Running events are left alone
-# (their handlers are already under way); the ids changed are returned.
-CANCEL_PENDING = """
+    async def dead_totals(self, conn: asyncpg.Connection) -> dict[str, int]:
+        """Exact dead events per type."""
+        return {r["event_type"]: r["events"] for r in await conn.fetch(self.DEAD_TOTALS)}
+
+    # $1 event ids, $2 the reason kept as the event's error. Cancel pending events that no worker
+    # holds: they become 'discarded' (never claimed again, kept for audit, deleted by
+    # `prune --discarded`), with the reason as their last error. Running events are left alone
+    # (their handlers are already under way); the ids changed are returned.
+    CANCEL_PENDING = """
 UPDATE {s}.outbox
 SET state = 'discarded', last_error = $2
 WHERE id = ANY($1::bigint[]) AND state = 'pending'
 RETURNING id
 """
 
-
-@lru_cache(maxsize=32)
-def dashboard_queries_for(schema: str) -> DashboardQueries:
-    """The dashboard's statements for ``schema``."""
-    return DashboardQueries(schema)
-
-
-class DashboardQueries:
-    """The statements above, with the schema filled in."""
-
-    def __init__(self, schema: str) -> None:
-        s = quote_ident(schema)
-        self.overview_sql = OVERVIEW_COUNTS.format(s=s)
-        self.throughput_sql = THROUGHPUT.format(s=s)
-        self.dead_groups_sql = DEAD_GROUPS.format(s=s)
-        self.dead_totals_sql = DEAD_TOTALS.format(s=s)
-        self.cancel_sql = CANCEL_PENDING.format(s=s)
-
-    async def overview_rows(self, conn: asyncpg.Connection) -> list[Any]:
-        """(queue, event_type, state, events, oldest_ready_age) rows; state 'done' counts
-        the last minute."""
-        return list(await conn.fetch(self.overview_sql))
-
-    async def throughput_rows(self, conn: asyncpg.Connection, cap: int) -> list[Any]:
-        """(start, events, last_at) per minute of the last hour, each counted up to ``cap``."""
-        return list(await conn.fetch(self.throughput_sql, cap))
-
-    async def dead_group_rows(self, conn: asyncpg.Connection, rows: int) -> list[Any]:
-        """Dead (event type, handler) groups over the newest ``rows`` dead events."""
-        return list(await conn.fetch(self.dead_groups_sql, rows))
-
-    async def dead_totals(self, conn: asyncpg.Connection) -> dict[str, int]:
-        """Exact dead events per type."""
-        return {r["event_type"]: r["events"] for r in await conn.fetch(self.dead_totals_sql)}
-
     async def cancel_pending(
         self, conn: asyncpg.Connection, ids: list[int], reason: str
     ) -> list[int]:
         """Pending events of ``ids`` -> discarded with ``reason``; return the ids changed."""
-        return sorted(r[0] for r in await conn.fetch(self.cancel_sql, ids, reason))
+        return sorted(r[0] for r in await conn.fetch(self.CANCEL_PENDING, ids, reason))

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
 import asyncpg
 
-from .._settings import quote_ident
+from ._base import Area
 
-# $1 handler names (sorted), $2 their rates in the registry ('100/s'), $3 per key. The
-# operator's rate_override is never written here; an unchanged row is not written at all.
-RATES_WRITE = """
+
+class RateQueries(Area):
+    """The rate statements, for one schema."""
+
+    # $1 handler names (sorted), $2 their rates in the registry ('100/s'), $3 per key. The
+    # operator's rate_override is never written here; an unchanged row is not written at all.
+    RATES_WRITE = """
 INSERT INTO {s}.handler_limits AS l (handler, rate, rate_per_key)
 SELECT h, r, k FROM unnest($1::text[], $2::text[], $3::bool[]) AS i(h, r, k)
 ON CONFLICT (handler) DO UPDATE
@@ -19,12 +22,22 @@ SET rate = EXCLUDED.rate, rate_per_key = EXCLUDED.rate_per_key, updated_at = now
 WHERE (l.rate, l.rate_per_key) IS DISTINCT FROM (EXCLUDED.rate, EXCLUDED.rate_per_key)
 """
 
-# $1 handler names, $2 bucket keys ('' = the handler's own), $3 runs wanted. Creates missing
-# buckets full (one second of tokens, at least one), then takes up to the wanted number from
-# each, refilled by the time since its last take. FOR UPDATE: the refill reads the bucket's
-# newest version (a concurrent take by another worker is waited for, never double-spent).
-# Returns per bucket the runs granted, the rate in force (per second) and the tokens left.
-RATES_ENSURE = """
+    async def rates_write(
+        self,
+        conn: asyncpg.Connection,
+        names: Sequence[str],
+        rates: Sequence[str],
+        per_key: Sequence[bool],
+    ) -> None:
+        """Store the registry's rates (the operator's overrides stay as they are)."""
+        await conn.execute(self.RATES_WRITE, names, rates, per_key)
+
+    # $1 handler names, $2 bucket keys ('' = the handler's own), $3 runs wanted. Creates missing
+    # buckets full (one second of tokens, at least one), then takes up to the wanted number from
+    # each, refilled by the time since its last take. FOR UPDATE: the refill reads the bucket's
+    # newest version (a concurrent take by another worker is waited for, never double-spent).
+    # Returns per bucket the runs granted, the rate in force (per second) and the tokens left.
+    RATES_ENSURE = """
 INSERT INTO {s}.rate_buckets (handler, key, tokens)
 SELECT w.handler, w.key,
        greatest(1.0, {s}.rate_per_second(COALESCE(l.rate_override, l.rate)))
@@ -34,7 +47,7 @@ WHERE COALESCE(l.rate_override, l.rate) IS NOT NULL
 ON CONFLICT DO NOTHING
 """
 
-RATES_TAKE = """
+    RATES_TAKE = """
 UPDATE {s}.rate_buckets AS b
 SET tokens = c.avail - c.granted, updated_at = now()
 FROM (
@@ -58,53 +71,29 @@ WHERE b.handler = c.handler AND b.key = c.key
 RETURNING b.handler, b.key, c.granted, c.per_s, b.tokens
 """
 
-# $1 handler, $2 rate override (NULL: back to the registry's rate).
-RATE_OVERRIDE = """
-UPDATE {s}.handler_limits SET rate_override = $2::text, updated_at = now()
-WHERE handler = $1 AND (rate IS NOT NULL OR $2::text IS NOT NULL)
-RETURNING handler
-"""
-
-
-@lru_cache(maxsize=32)
-def rate_queries_for(schema: str) -> RateQueries:
-    """The rate statements for ``schema``."""
-    return RateQueries(schema)
-
-
-class RateQueries:
-    """The rate statements above, with the schema filled in."""
-
-    def __init__(self, schema: str) -> None:
-        s = quote_ident(schema)
-        self.write = RATES_WRITE.format(s=s)
-        self.ensure = RATES_ENSURE.format(s=s)
-        self.take = RATES_TAKE.format(s=s)
-        self.override = RATE_OVERRIDE.format(s=s)
-
-    async def write_rates(
-        self,
-        conn: asyncpg.Connection,
-        names: Sequence[str],
-        rates: Sequence[str],
-        per_key: Sequence[bool],
-    ) -> None:
-        """Store the registry's rates (the operator's overrides stay as they are)."""
-        await conn.execute(self.write, names, rates, per_key)
-
-    async def take_tokens(
+    async def rates_take(
         self,
         conn: asyncpg.Connection,
         names: Sequence[str],
         keys: Sequence[str],
         wanted: Sequence[int],
     ) -> dict[tuple[str, str], tuple[int, float, float]]:
-        """(handler, key) -> (runs granted, rate per second, tokens left) of each bucket."""
+        """(handler, key) -> (runs granted, rate per second, tokens left) of each bucket.
+
+        RATES_ENSURE first creates the buckets not there yet, in the same transaction.
+        """
         async with conn.transaction():
-            await conn.execute(self.ensure, names, keys)
-            rows = await conn.fetch(self.take, names, keys, wanted)
+            await conn.execute(self.RATES_ENSURE, names, keys)
+            rows = await conn.fetch(self.RATES_TAKE, names, keys, wanted)
         return {(r[0], r[1]): (r[2], r[3], r[4]) for r in rows}
 
-    async def override_rate(self, conn: asyncpg.Connection, handler: str, rate: str | None) -> bool:
+    # $1 handler, $2 rate override (NULL: back to the registry's rate).
+    RATE_OVERRIDE = """
+UPDATE {s}.handler_limits SET rate_override = $2::text, updated_at = now()
+WHERE handler = $1 AND (rate IS NOT NULL OR $2::text IS NOT NULL)
+RETURNING handler
+"""
+
+    async def rate_override(self, conn: asyncpg.Connection, handler: str, rate: str | None) -> bool:
         """Set (or with None clear) the operator's rate; False when no such handler row."""
-        return await conn.fetchval(self.override, handler, rate) is not None
+        return await conn.fetchval(self.RATE_OVERRIDE, handler, rate) is not None

@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import expect
 
 import pgqueue
+import pgqueue.admin
 from tests.helpers import wait_for
 from tests.integration.core_support import outbox_row, run_burst
 from tests.integration.dashboard_handlers import registry, seed
@@ -79,7 +80,7 @@ async def live_worker(db_dsn: str) -> AsyncIterator[pgqueue.Worker]:
     try:
 
         async def listed() -> bool:
-            return len(await pgqueue.list_workers(conn)) == 1
+            return len(await pgqueue.admin.list_workers(conn)) == 1
 
         await wait_for(listed, message="the worker never registered")
         yield worker
@@ -394,7 +395,7 @@ async def test_mounted_under_a_prefix_in_a_starlette_app(
     async def home(request: Any) -> PlainTextResponse:
         return PlainTextResponse("the host application")
 
-    dashboard = pgqueue.pgqueue_dashboard(db_dsn)
+    dashboard = pgqueue.admin.pgqueue_dashboard(db_dsn)
     app = Starlette(routes=[Route("/", home), Mount("/pgqueue", app=dashboard)])
     port = free_port()
     server = uvicorn.Server(

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pgqueue
+import pgqueue.admin
 from pgqueue import EventState, HandlerState
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -16,18 +17,11 @@ EXPECTED_ALL = [
     "DatabaseUnavailableError",
     "Discard",
     "Event",
-    "EventDetail",
-    "EventPage",
     "EventResult",
     "EventState",
-    "EventSummary",
-    "HandlerDetail",
     "HandlerResult",
     "HandlerState",
     "InProcess",
-    "LiveHandlerCount",
-    "LiveStatus",
-    "LiveTypeCounts",
     "Metrics",
     "NatsRelay",
     "PayloadError",
@@ -38,31 +32,45 @@ EXPECTED_ALL = [
     "RegistryError",
     "Relay",
     "RelayMessage",
-    "ReplayPreview",
-    "ReplayResult",
     "RetryPolicy",
     "Schedule",
     "SchemaError",
-    "StatusReport",
     "Worker",
-    "WorkerInfo",
     "WorkerSettings",
     "WorkerStats",
-    "count_dead",
-    "count_prunable",
-    "discard",
     "enqueue",
     "enqueue_many",
     "enqueue_many_sync",
     "enqueue_sync",
-    "get_event",
-    "list_events",
-    "list_workers",
-    "live_status",
     "load_registry",
     "migrate",
     "once",
     "once_sync",
+]
+
+# The operator API (pgqueue.admin): moved out of pgqueue in 0.1.x (CHANGELOG.md).
+EXPECTED_ADMIN = [
+    "BlockedKey",
+    "EventDetail",
+    "EventPage",
+    "EventSummary",
+    "HandlerDetail",
+    "LiveHandlerCount",
+    "LiveStatus",
+    "LiveTypeCounts",
+    "ReplayPreview",
+    "ReplayResult",
+    "StatusReport",
+    "WorkerInfo",
+    "blocked_keys",
+    "count_dead",
+    "count_prunable",
+    "discard",
+    "get_event",
+    "list_events",
+    "list_workers",
+    "live_status",
+    "override_rate",
     "pgqueue_dashboard",
     "preview_replay",
     "prune",
@@ -70,20 +78,28 @@ EXPECTED_ALL = [
     "retry",
     "status",
 ]
+MODULES = [(pgqueue, EXPECTED_ALL), (pgqueue.admin, EXPECTED_ADMIN)]
 
 
 def test_public_names_are_exactly_these() -> None:
     assert pgqueue.__all__ == EXPECTED_ALL
+    assert pgqueue.admin.__all__ == EXPECTED_ADMIN
 
 
 def test_public_names_are_sorted_and_unique() -> None:
-    assert pgqueue.__all__ == sorted(set(pgqueue.__all__))
+    for module, _ in MODULES:
+        assert module.__all__ == sorted(set(module.__all__))
 
 
 def test_every_public_name_exists_and_has_a_docstring() -> None:
-    for name in pgqueue.__all__:
-        obj = getattr(pgqueue, name)
-        assert (obj.__doc__ or "").strip(), f"pgqueue.{name} has no docstring"
+    for module, _ in MODULES:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            assert (obj.__doc__ or "").strip(), f"{module.__name__}.{name} has no docstring"
+
+
+def test_no_name_is_public_twice() -> None:
+    assert not set(EXPECTED_ALL) & set(EXPECTED_ADMIN)
 
 
 def test_library_errors_share_one_base() -> None:

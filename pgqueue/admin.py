@@ -1,0 +1,70 @@
+"""pgqueue.admin: the operator API, beside the producer and worker API of ``pgqueue``.
+
+Look at the queue (:func:`status`, :func:`live_status`, :func:`list_events`,
+:func:`get_event`, :func:`list_workers`), steer dead events (:func:`retry`, :func:`discard`,
+:func:`replay` with :func:`preview_replay`, :func:`count_dead`), see the ordering keys held
+back by a failed event (:func:`blocked_keys`), override a handler's rate limit
+(:func:`override_rate`), keep the table small
+(:func:`prune`, :func:`count_prunable`) and serve the web dashboard
+(:func:`pgqueue_dashboard`), with the result types these return. The ``pgqueue`` command
+calls the same functions. Like every write of pgqueue, each takes the caller's connection and
+never opens a transaction of its own.
+"""
+
+from ._api import StatusReport, count_prunable, prune, status
+from ._dashboard import pgqueue_dashboard
+from ._inspect import (
+    BlockedKey,
+    EventDetail,
+    EventPage,
+    EventSummary,
+    HandlerDetail,
+    LiveHandlerCount,
+    LiveStatus,
+    LiveTypeCounts,
+    blocked_keys,
+    get_event,
+    list_events,
+    live_status,
+)
+from ._presence import WorkerInfo, list_workers
+from ._rates import override_rate
+from ._steer import (
+    ReplayPreview,
+    ReplayResult,
+    count_dead,
+    discard,
+    preview_replay,
+    replay,
+    retry,
+)
+
+__all__ = [
+    "BlockedKey",
+    "EventDetail",
+    "EventPage",
+    "EventSummary",
+    "HandlerDetail",
+    "LiveHandlerCount",
+    "LiveStatus",
+    "LiveTypeCounts",
+    "ReplayPreview",
+    "ReplayResult",
+    "StatusReport",
+    "WorkerInfo",
+    "blocked_keys",
+    "count_dead",
+    "count_prunable",
+    "discard",
+    "get_event",
+    "list_events",
+    "list_workers",
+    "live_status",
+    "override_rate",
+    "pgqueue_dashboard",
+    "preview_replay",
+    "prune",
+    "replay",
+    "retry",
+    "status",
+]
