@@ -17,15 +17,18 @@ from ._api import (
     status,
 )
 from ._backoff import RetryPolicy
+from ._cancel import CancelCount, cancel, count_cancellable
 from ._dashboard import pgqueue_dashboard
 from ._errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     Discard,
+    EventNotFound,
     PayloadError,
     PgQueueError,
     RegistryError,
     SchemaError,
+    WaitTimeout,
 )
 from ._inprocess import EventResult, HandlerResult, InProcess
 from ._inspect import (
@@ -43,6 +46,7 @@ from ._inspect import (
 from ._metrics import Metrics
 from ._migrate import migrate
 from ._models import Context, Event, EventState, HandlerState, WorkerStats
+from ._pauses import QueuePause, list_paused, pause_queue, resume_queue
 from ._presence import WorkerInfo, list_workers
 from ._registry import Registry, load_registry
 from ._relay import NatsRelay, RabbitMQRelay, RedisRelay, Relay, RelayMessage
@@ -57,15 +61,18 @@ from ._steer import (
     replay,
     retry,
 )
+from ._wait import WaitResult, wait
 from ._worker import Worker
 
 __all__ = [
+    "CancelCount",
     "ConfigurationError",
     "Context",
     "DatabaseUnavailableError",
     "Discard",
     "Event",
     "EventDetail",
+    "EventNotFound",
     "EventPage",
     "EventResult",
     "EventState",
@@ -81,6 +88,7 @@ __all__ = [
     "NatsRelay",
     "PayloadError",
     "PgQueueError",
+    "QueuePause",
     "RabbitMQRelay",
     "RedisRelay",
     "Registry",
@@ -93,10 +101,14 @@ __all__ = [
     "Schedule",
     "SchemaError",
     "StatusReport",
+    "WaitResult",
+    "WaitTimeout",
     "Worker",
     "WorkerInfo",
     "WorkerSettings",
     "WorkerStats",
+    "cancel",
+    "count_cancellable",
     "count_dead",
     "count_prunable",
     "discard",
@@ -106,16 +118,20 @@ __all__ = [
     "enqueue_sync",
     "get_event",
     "list_events",
+    "list_paused",
     "list_workers",
     "live_status",
     "load_registry",
     "migrate",
     "once",
     "once_sync",
+    "pause_queue",
     "pgqueue_dashboard",
     "preview_replay",
     "prune",
     "replay",
+    "resume_queue",
     "retry",
     "status",
+    "wait",
 ]

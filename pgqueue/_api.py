@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -22,6 +22,7 @@ from ._adapters import async_fetch, database_error, sync_fetch
 from ._errors import PayloadError
 from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
 from ._names import EVENT_TYPE_RULE, QUEUE_RULE
+from ._pauses import QueuePause, list_paused
 from ._queries import Queries, queries_for
 from ._queries.plans import Plan, run_async, run_sync
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
@@ -329,6 +330,7 @@ async def status(
     return StatusReport(
         counts=sorted(counts, key=lambda r: (r.event_type, r.state)),
         dead_handlers=[(r["event_type"], r["handler"], r["events"]) for r in dead],
+        paused=await list_paused(conn, schema=schema),
     )
 
 
@@ -349,6 +351,8 @@ class StatusReport:
 
     counts: list[StatusRow]
     dead_handlers: list[tuple[str, str, int]]
+    #: Queues an operator paused (``pgqueue pause``): workers do not claim from them.
+    paused: list[QueuePause] = field(default_factory=list)
 
 
 async def prune(
@@ -360,11 +364,13 @@ async def prune(
     schema: str = DEFAULT_SCHEMA,
     progress: Callable[[int], None] | None = None,
     include_discarded: bool = False,
+    include_cancelled: bool = False,
 ) -> int:
     """Delete done events processed more than ``older_than`` ago; return how many.
 
     Dead events (created more than ``older_than`` ago) only with ``include_dead``, discarded
-    ones (see :func:`discard`) only with ``include_discarded``. Deletes in
+    ones (see :func:`discard`) only with ``include_discarded``, cancelled ones (see
+    :func:`cancel`) only with ``include_cancelled``. Deletes in
     batches of ``batch_size``, each its own statement: call it outside a transaction so every
     batch commits and no lock is held long. Safe to interrupt and run again.
     """
@@ -372,7 +378,7 @@ async def prune(
     total = 0
     while True:
         deleted = await queries.prune_once(
-            conn, older_than, include_dead, batch_size, include_discarded
+            conn, older_than, include_dead, batch_size, include_discarded, include_cancelled
         )
         total += deleted
         if progress is not None and deleted:
@@ -388,8 +394,9 @@ async def count_prunable(
     include_dead: bool = False,
     schema: str = DEFAULT_SCHEMA,
     include_discarded: bool = False,
+    include_cancelled: bool = False,
 ) -> int:
     """How many events :func:`prune` with the same arguments would delete now."""
     return await queries_for(schema).count_prunable(
-        conn, older_than, include_dead, include_discarded
+        conn, older_than, include_dead, include_discarded, include_cancelled
     )

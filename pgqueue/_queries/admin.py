@@ -9,7 +9,8 @@ from .core import PRIORITY_LEVELS
 # -- admin ------------------------------------------------------------------------------------
 
 # Exact counts of the active states, each arm read through its partial index
-# (outbox_ready_idx, outbox_lease_idx, outbox_dead_idx, outbox_discarded_idx): these sets stay
+# (outbox_ready_idx, outbox_lease_idx, outbox_dead_idx, outbox_discarded_idx,
+# outbox_cancelled_idx): these sets stay
 # small in a healthy queue, so this costs the same with 1,000 or 100,000,000 done events kept.
 ACTIVE_COUNTS = """
 SELECT event_type, 'pending' AS state, count(*) AS events,
@@ -25,6 +26,9 @@ WHERE state = 'dead' GROUP BY event_type
 UNION ALL
 SELECT event_type, 'discarded', count(*), NULL FROM {s}.outbox
 WHERE state = 'discarded' GROUP BY event_type
+UNION ALL
+SELECT event_type, 'cancelled', count(*), NULL FROM {s}.outbox
+WHERE state = 'cancelled' GROUP BY event_type
 """
 
 # Done events per type are most of the table and have no index by type: an exact count reads
@@ -57,16 +61,18 @@ GROUP BY o.event_type, h.key
 ORDER BY o.event_type, h.key
 """
 
-# $1 age (interval), $2 include dead events, $3 include discarded events. What prune would
-# delete.
+# $1 age (interval), $2 include dead events, $3 include discarded events, $4 include
+# cancelled events. What prune would delete.
 PRUNE_COUNT = """
 SELECT count(*) FROM {s}.outbox
 WHERE (state = 'done' AND processed_at < now() - $1::interval)
    OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
    OR ($3::boolean AND state = 'discarded' AND created_at < now() - $1::interval)
+   OR ($4::boolean AND state = 'cancelled' AND created_at < now() - $1::interval)
 """
 
-# $1 age (interval), $2 include dead events, $3 include discarded events, $4 batch size. One
+# $1 age (interval), $2 include dead events, $3 include discarded events, $4 batch size,
+# $5 include cancelled events. One
 # batch, in its own transaction: short transactions keep locks and the xmin horizon short on a
 # busy queue. The effects ledger rows of the deleted events go with them.
 PRUNE_BATCH = """
@@ -77,6 +83,7 @@ WITH gone AS (
         WHERE (state = 'done' AND processed_at < now() - $1::interval)
            OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
            OR ($3::boolean AND state = 'discarded' AND created_at < now() - $1::interval)
+           OR ($5::boolean AND state = 'cancelled' AND created_at < now() - $1::interval)
         LIMIT $4
         FOR UPDATE SKIP LOCKED)
     RETURNING id

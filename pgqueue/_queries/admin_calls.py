@@ -41,9 +41,12 @@ class AdminCalls(Statements):
         age: dt.timedelta,
         include_dead: bool,
         include_discarded: bool = False,
+        include_cancelled: bool = False,
     ) -> int:
         """How many events a prune with these settings would delete now."""
-        count: int = await conn.fetchval(self.prune_count, age, include_dead, include_discarded)
+        count: int = await conn.fetchval(
+            self.prune_count, age, include_dead, include_discarded, include_cancelled
+        )
         return count
 
     async def prune_once(
@@ -53,10 +56,11 @@ class AdminCalls(Statements):
         include_dead: bool,
         limit: int,
         include_discarded: bool = False,
+        include_cancelled: bool = False,
     ) -> int:
         """Delete one batch of old events (and their ledger rows); return how many."""
         deleted: int = await conn.fetchval(
-            self.prune_batch, age, include_dead, include_discarded, limit
+            self.prune_batch, age, include_dead, include_discarded, limit, include_cancelled
         )
         return deleted
 

@@ -29,8 +29,7 @@ CREATE DOMAIN pgqueue.event_run_at AS timestamp with time zone
 
 ALTER DOMAIN pgqueue.event_run_at OWNER TO <owner>;
 
-CREATE DOMAIN pgqueue.event_state AS text
-	CONSTRAINT outbox_state_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text])));
+CREATE DOMAIN pgqueue.event_state AS text;
 
 ALTER DOMAIN pgqueue.event_state OWNER TO <owner>;
 
@@ -208,6 +207,17 @@ ALTER TABLE pgqueue.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE pgqueue.queue_pauses (
+    queue pgqueue.queue_name NOT NULL,
+    paused_at timestamp with time zone DEFAULT now() NOT NULL,
+    paused_by text DEFAULT CURRENT_USER NOT NULL,
+    reason text,
+    CONSTRAINT queue_pauses_paused_by_length CHECK (((char_length(paused_by) >= 1) AND (char_length(paused_by) <= 200))),
+    CONSTRAINT queue_pauses_reason_length CHECK (((reason IS NULL) OR (char_length(reason) <= 500)))
+);
+
+ALTER TABLE pgqueue.queue_pauses OWNER TO <owner>;
+
 CREATE TABLE pgqueue.replays (
     id bigint NOT NULL,
     filter jsonb NOT NULL,
@@ -279,6 +289,12 @@ ALTER TABLE ONLY pgqueue.migrations
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
 
+ALTER DOMAIN pgqueue.event_state
+    ADD CONSTRAINT outbox_state_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text, 'cancelled'::text]))) NOT VALID;
+
+ALTER TABLE ONLY pgqueue.queue_pauses
+    ADD CONSTRAINT queue_pauses_pkey PRIMARY KEY (queue);
+
 ALTER TABLE ONLY pgqueue.replays
     ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
 
@@ -287,6 +303,8 @@ ALTER TABLE ONLY pgqueue.schedules
 
 ALTER TABLE ONLY pgqueue.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
+
+CREATE INDEX outbox_cancelled_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'cancelled'::text);
 
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'dead'::text);
 

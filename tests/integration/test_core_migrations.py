@@ -289,7 +289,8 @@ async def test_upgrade_to_domains_keeps_the_roles_working(
         deployed = "\n".join(
             line
             for line in _migrate.roles_sql("pgqueue").splitlines()
-            if '"pgqueue".workers ' not in line  # 0011
+            if '"pgqueue".workers ' not in line  # 0013
+            and '"pgqueue".queue_pauses ' not in line  # 0017
         )
         await conn.execute(deployed)
         await conn.execute(

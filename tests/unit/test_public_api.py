@@ -11,12 +11,14 @@ from pgqueue import EventState, HandlerState
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 EXPECTED_ALL = [
+    "CancelCount",
     "ConfigurationError",
     "Context",
     "DatabaseUnavailableError",
     "Discard",
     "Event",
     "EventDetail",
+    "EventNotFound",
     "EventPage",
     "EventResult",
     "EventState",
@@ -32,6 +34,7 @@ EXPECTED_ALL = [
     "NatsRelay",
     "PayloadError",
     "PgQueueError",
+    "QueuePause",
     "RabbitMQRelay",
     "RedisRelay",
     "Registry",
@@ -44,10 +47,14 @@ EXPECTED_ALL = [
     "Schedule",
     "SchemaError",
     "StatusReport",
+    "WaitResult",
+    "WaitTimeout",
     "Worker",
     "WorkerInfo",
     "WorkerSettings",
     "WorkerStats",
+    "cancel",
+    "count_cancellable",
     "count_dead",
     "count_prunable",
     "discard",
@@ -57,18 +64,22 @@ EXPECTED_ALL = [
     "enqueue_sync",
     "get_event",
     "list_events",
+    "list_paused",
     "list_workers",
     "live_status",
     "load_registry",
     "migrate",
     "once",
     "once_sync",
+    "pause_queue",
     "pgqueue_dashboard",
     "preview_replay",
     "prune",
     "replay",
+    "resume_queue",
     "retry",
     "status",
+    "wait",
 ]
 
 
@@ -93,6 +104,8 @@ def test_library_errors_share_one_base() -> None:
         "DatabaseUnavailableError",
         "SchemaError",
         "PayloadError",
+        "EventNotFound",
+        "WaitTimeout",
     ):
         assert issubclass(getattr(pgqueue, name), pgqueue.PgQueueError)
     assert not issubclass(pgqueue.Discard, pgqueue.PgQueueError)
@@ -111,7 +124,7 @@ def _check_values(constraint: str) -> list[str]:
 
 def test_event_states_mirror_the_sql_check_constraint() -> None:
     allowed = _check_values("outbox_state_check")
-    assert allowed == ["pending", "running", "done", "dead", "discarded"]
+    assert allowed == ["pending", "running", "done", "dead", "discarded", "cancelled"]
     assert [s.value for s in EventState] == allowed
 
 
