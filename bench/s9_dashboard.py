@@ -236,6 +236,7 @@ async def _overview_cpu(dsn: str) -> float:
         async def page() -> None:
             await queries.overview_rows(conn)
             await queries.throughput_rows(conn, CHART_CAP)
+            await queries.created_bounds(conn)
 
         await page()
         before = cpu_seconds(pid)

@@ -17,7 +17,7 @@ from ._api import (
     status,
 )
 from ._backoff import RetryPolicy
-from ._cancel import CancelCount, cancel, count_cancellable
+from ._cancel import CancelCount, cancel, count_cancellable, reschedule
 from ._dashboard import pgqueue_dashboard
 from ._errors import (
     ConfigurationError,
@@ -130,6 +130,7 @@ __all__ = [
     "preview_replay",
     "prune",
     "replay",
+    "reschedule",
     "resume_queue",
     "retry",
     "status",

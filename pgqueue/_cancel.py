@@ -9,6 +9,7 @@ and cancels the handler tasks, which record ``cancelled``, never a failure.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from ._names import QUEUE_RULE, queue_ok
 from ._queries import queries_for
 from ._queries.flow import SelectionArgs, flow_queries_for
 from ._settings import DEFAULT_SCHEMA
-from ._steer import DEFAULT_BATCH, IdSpec, Progress, TimeBound, selection
+from ._steer import DEFAULT_BATCH, MAX_ID, IdSpec, Progress, TimeBound, selection
 
 MAX_REASON = 500
 
@@ -113,6 +114,30 @@ async def cancel(
         if len(batch) < batch_size:
             return touched
         after = batch[-1]
+
+
+async def reschedule(
+    conn: asyncpg.Connection,
+    ids: Sequence[int],
+    run_at: dt.datetime | dt.timedelta,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[int]:
+    """Move pending events to ``run_at`` (an aware datetime, or a timedelta from now on the
+    database clock); return the ids moved, sorted. A time in the past means now. Running and
+    final events are left alone. Workers see the new time within their poll interval."""
+    if not ids:
+        raise ConfigurationError("name the pending events to reschedule by id")
+    if any(isinstance(i, bool) or not 1 <= i <= MAX_ID for i in ids):
+        raise ConfigurationError(f"event ids are between 1 and {MAX_ID}")
+    if isinstance(run_at, dt.datetime) and run_at.tzinfo is None:
+        raise ConfigurationError("run_at has no time zone; pass an aware datetime")
+    if isinstance(run_at, dt.timedelta):
+        try:
+            run_at = await queries_for(schema).database_now(conn) + run_at
+        except OverflowError:
+            raise ConfigurationError(f"{run_at} from now is past year 9999") from None
+    return await flow_queries_for(schema).reschedule(conn, list(ids), run_at)
 
 
 async def cancel_pending(

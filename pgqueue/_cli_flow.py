@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 from typing import Any
 
 import asyncpg
 import click
 
-from ._cancel import cancel, count_cancellable
-from ._cli_common import cli, dsn_option, echo_err, schema_option
+from ._cancel import cancel, count_cancellable, reschedule
+from ._cli_common import (
+    cli,
+    dsn_option,
+    echo_err,
+    parse_duration,
+    parse_run_at,
+    schema_option,
+)
 from ._cli_progress import preview, progress, run
 from ._cli_steer import parse_bound, parse_ids, selection_options
 from ._errors import WaitTimeout
@@ -155,6 +163,45 @@ def wait_cmd(
     click.echo(line)
     if WAIT_EXIT[result.state]:
         raise SystemExit(WAIT_EXIT[result.state])
+
+
+@cli.command("reschedule")
+@click.argument(
+    "event_ids", type=click.IntRange(1, MAX_ID), nargs=-1, required=True, metavar="ID..."
+)
+@click.option("--run-at", default=None, help="New due time, ISO 8601 with zone (past = now).")
+@click.option("--delay", default=None, help="Due this long from now, e.g. 0s, 10m, 2h.")
+@dsn_option()
+@schema_option
+def reschedule_cmd(
+    event_ids: tuple[int, ...],
+    run_at: str | None,
+    delay: str | None,
+    dsn: str | None,
+    schema: str,
+) -> None:
+    """Move pending events to a new due time (--run-at or --delay; '--delay 0s' = now).
+
+    Running, done, dead, discarded and cancelled events are left alone and not counted.
+    Workers see the new time within their poll interval.
+    """
+    if (run_at is None) == (delay is None):
+        raise click.UsageError("give --run-at or --delay (one of them)")
+    when: dt.datetime | dt.timedelta = (
+        parse_run_at(run_at)
+        if run_at is not None
+        else dt.timedelta(seconds=parse_duration(delay or "0"))
+    )
+
+    async def body(conn: asyncpg.Connection) -> list[int]:
+        return await reschedule(conn, list(event_ids), when, schema=schema)
+
+    moved = run(dsn, schema, body)
+    click.echo(f"{len(moved)} pending event(s) rescheduled")
+    if len(moved) < len(set(event_ids)):
+        skipped = sorted(set(event_ids) - set(moved))
+        shown = ", ".join(str(i) for i in skipped[:10]) + (" ..." if len(skipped) > 10 else "")
+        click.echo(f"not pending (left alone): {shown}")
 
 
 @cli.command("pause")

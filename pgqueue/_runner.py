@@ -263,6 +263,9 @@ class Runners:
                 self._cancelled[slot] = False
                 task = self.tasks[slot]
                 task.uncancel()
+                if self._timed_out[slot]:  # its timeout struck too: one cancel for both
+                    self._timed_out[slot] = False
+                    task.uncancel()
                 self._cancelled_unit(d, handler, attempts)
                 if task.cancelling():  # shutdown as well
                     raise

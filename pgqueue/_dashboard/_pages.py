@@ -20,12 +20,13 @@ from .._errors import ConfigurationError
 from .._inspect import get_event, list_events
 from .._limits import list_limits
 from .._models import EventState, HandlerState
+from .._pauses import list_paused
 from .._presence import list_workers
 from .._queries import database_now, schedule_queries_for
 from .._queries.dashboard import dashboard_queries_for
 from .._scheduler import schedule_status
 from .._settings import validate_queue
-from ._chart import chart_svg, minute_counts
+from ._chart import backlog_line, chart_svg, minute_counts
 from ._context import Dashboard
 
 # Events counted per minute of the chart before the rest of the minute is estimated from the
@@ -59,6 +60,8 @@ async def overview(dash: Dashboard, request: Request) -> Response:
     async with pool.acquire() as conn:
         counts = await queries.overview_rows(conn)
         minutes = await queries.throughput_rows(conn, CHART_CAP)
+        bounds = await queries.created_bounds(conn)
+        paused = await list_paused(conn, schema=dash.settings.schema)
         workers = await list_workers(conn, schema=dash.settings.schema)
         now: dt.datetime = await database_now(conn)
     rows: dict[tuple[str, str], QueueTypeRow] = {}
@@ -72,8 +75,9 @@ async def overview(dash: Dashboard, request: Request) -> Response:
             row.oldest_ready_age = r["oldest_ready_age"]
     table = [rows[k] for k in sorted(rows)]
     pending = sum(r.pending for r in table)
-    dash.sample_backlog(now, pending)
     per_minute = minute_counts(minutes, CHART_CAP)
+    running = sum(r.running for r in table)
+    backlog = backlog_line(per_minute, bounds, pending + running, now)
     ages = [r.oldest_ready_age for r in table if r.oldest_ready_age is not None]
     return dash.render(
         request,
@@ -84,12 +88,15 @@ async def overview(dash: Dashboard, request: Request) -> Response:
             "all",
             "all",
             pending,
-            sum(r.running for r in table),
+            running,
             sum(r.dead for r in table),
             sum(r.done_last_minute for r in table),
             max(ages) if ages else None,
         ),
-        chart=chart_svg(per_minute, list(dash.backlog), now),
+        chart=chart_svg(per_minute, backlog, now),
+        queues=sorted({r.queue for r in table} | {p.queue for p in paused}),
+        request_notice=request.query_params.get("notice", "")[:200],
+        paused={p.queue: p for p in paused},
         done_last_hour=sum(m.events for m in per_minute),
         estimated=any(m.estimated for m in per_minute),
         chart_cap=CHART_CAP,

@@ -1,6 +1,7 @@
 """Statements of the web dashboard's pages that the CLI has no equivalent of: the overview by
-queue and type, the throughput chart, dead events grouped by handler, cancelling a pending
-event. Every other page and action calls the library functions the CLI calls.
+queue and type, the throughput chart (done per minute, and the created ids per minute that the
+backlog line is worked back from), dead events grouped by handler.
+Every other page and action calls the library functions the CLI calls.
 
 Each statement reads a bounded number of index entries or rows, whatever the table's size
 (`bin/bench --only dashboard` measures every page on 1,000,000 events with 100,000 dead).
@@ -57,6 +58,40 @@ CROSS JOIN LATERAL (
 ORDER BY m.start
 """
 
+# Per minute of the last hour (the 60 starts of THROUGHPUT's buckets): the first event id
+# created at or after it, and the next id to be used. Ids rise with creation, so the events
+# created in a minute are about the ids between two boundaries (rolled-back inserts leave gaps,
+# counted as created; a transaction that commits long after it began lands late): the chart
+# needs no index on created_at (sql/0003 explains why there is none). Each boundary is a
+# binary search over the primary key, all 60 at once, one probe of outbox_pkey per boundary
+# and round: about 20 rounds for a million ids, 1,200 index probes in all.
+CREATED_BOUNDS = """
+WITH RECURSIVE top AS (
+    SELECT COALESCE(max(id), 0) + 1 AS next_id FROM {s}.outbox
+), search AS (
+    SELECT m.at, 1::bigint AS lo, top.next_id AS hi, 0 AS round
+    FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                         date_trunc('minute', now()), interval '1 minute') AS m(at), top
+    UNION ALL
+    -- Invariant: the answer is the first existing id >= some id in [lo, hi]; a probe at the
+    -- midpoint halves the range.
+    SELECT s.at,
+           CASE WHEN p.id < s.hi AND p.created_at < s.at THEN p.id + 1 ELSE s.lo END,
+           CASE WHEN p.id IS NULL OR p.id >= s.hi OR p.created_at >= s.at
+                THEN (s.lo + s.hi) / 2 ELSE s.hi END,
+           s.round + 1
+    FROM search AS s
+    LEFT JOIN LATERAL (
+        SELECT o.id, o.created_at FROM {s}.outbox AS o
+        WHERE o.id >= (s.lo + s.hi) / 2 ORDER BY o.id LIMIT 1
+    ) AS p ON true
+    WHERE s.lo < s.hi AND s.round < 70
+)
+SELECT s.at AS start, s.hi AS first_id, (SELECT next_id FROM top) AS next_id
+FROM search AS s WHERE s.lo >= s.hi
+ORDER BY s.at
+"""
+
 # $1 rows. Dead events grouped by event type and dead handler, over the newest $1 dead events
 # (outbox_dead_idx, then the rows for their handler records): the newest error of each group,
 # its event, and how many distinct errors the group has. Events dead without a handler record
@@ -86,18 +121,6 @@ DEAD_TOTALS = """
 SELECT event_type, count(*) AS events FROM {s}.outbox WHERE state = 'dead' GROUP BY event_type
 """
 
-# $1 event ids, $2 the reason kept as the event's error. Cancel pending events that no worker
-# holds: they become 'discarded' (never claimed again, kept for audit, deleted by
-# `prune --discarded`), with the reason as their last error. Running events are left alone
-# (their handlers are already under way); the ids changed are returned.
-CANCEL_PENDING = """
-UPDATE {s}.outbox
-SET state = 'discarded', last_error = $2
-WHERE id = ANY($1::bigint[]) AND state = 'pending'
-RETURNING id
-"""
-
-
 @lru_cache(maxsize=32)
 def dashboard_queries_for(schema: str) -> DashboardQueries:
     """The dashboard's statements for ``schema``."""
@@ -111,9 +134,9 @@ class DashboardQueries:
         s = quote_ident(schema)
         self.overview_sql = OVERVIEW_COUNTS.format(s=s)
         self.throughput_sql = THROUGHPUT.format(s=s)
+        self.created_bounds_sql = CREATED_BOUNDS.format(s=s)
         self.dead_groups_sql = DEAD_GROUPS.format(s=s)
         self.dead_totals_sql = DEAD_TOTALS.format(s=s)
-        self.cancel_sql = CANCEL_PENDING.format(s=s)
 
     async def overview_rows(self, conn: asyncpg.Connection) -> list[Any]:
         """(queue, event_type, state, events, oldest_ready_age) rows; state 'done' counts
@@ -124,6 +147,10 @@ class DashboardQueries:
         """(start, events, last_at) per minute of the last hour, each counted up to ``cap``."""
         return list(await conn.fetch(self.throughput_sql, cap))
 
+    async def created_bounds(self, conn: asyncpg.Connection) -> list[Any]:
+        """(start, first_id, next_id) per minute of the last hour: see CREATED_BOUNDS."""
+        return list(await conn.fetch(self.created_bounds_sql))
+
     async def dead_group_rows(self, conn: asyncpg.Connection, rows: int) -> list[Any]:
         """Dead (event type, handler) groups over the newest ``rows`` dead events."""
         return list(await conn.fetch(self.dead_groups_sql, rows))
@@ -131,9 +158,3 @@ class DashboardQueries:
     async def dead_totals(self, conn: asyncpg.Connection) -> dict[str, int]:
         """Exact dead events per type."""
         return {r["event_type"]: r["events"] for r in await conn.fetch(self.dead_totals_sql)}
-
-    async def cancel_pending(
-        self, conn: asyncpg.Connection, ids: list[int], reason: str
-    ) -> list[int]:
-        """Pending events of ``ids`` -> discarded with ``reason``; return the ids changed."""
-        return sorted(r[0] for r in await conn.fetch(self.cancel_sql, ids, reason))

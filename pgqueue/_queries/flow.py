@@ -63,6 +63,15 @@ CANCELLED_AMONG = """
 SELECT id FROM {s}.outbox WHERE id = ANY($1::bigint[]) AND state = 'cancelled'
 """
 
+# $1 event ids, $2 the new run_at. Pending events only (a running one is under way; others are
+# final). Never earlier than now(): the claim's ready floor (pgqueue/_floor.py) relies on rows
+# that turn due getting run_at >= now(), so "run it now" is exactly now().
+RESCHEDULE = """
+UPDATE {s}.outbox SET run_at = GREATEST($2::timestamptz, now())
+WHERE id = ANY($1::bigint[]) AND state = 'pending'
+RETURNING id
+"""
+
 # -- wait -------------------------------------------------------------------------------------
 
 # $1 event id. One primary-key lookup per poll of pgqueue.wait (never the payload).
@@ -119,6 +128,7 @@ class FlowQueries:
         self.cancel_batch_sql = CANCEL_BATCH.format(s=s)
         self.cancelled_among_sql = CANCELLED_AMONG.format(s=s)
         self.wait_poll_sql = WAIT_POLL.format(s=s)
+        self.reschedule_sql = RESCHEDULE.format(s=s)
         self.pause_sql = PAUSE.format(s=s)
         self.resume_sql = RESUME.format(s=s)
         self.list_pauses_sql = LIST_PAUSES.format(s=s)
@@ -144,6 +154,12 @@ class FlowQueries:
     async def cancelled_among(self, conn: asyncpg.Connection, ids: list[int]) -> set[int]:
         """The events of ``ids`` that are cancelled."""
         return {r[0] for r in await conn.fetch(self.cancelled_among_sql, ids)}
+
+    async def reschedule(
+        self, conn: asyncpg.Connection, ids: list[int], run_at: dt.datetime
+    ) -> list[int]:
+        """Move the pending events of ``ids`` to ``run_at`` (now at the earliest)."""
+        return sorted(r[0] for r in await conn.fetch(self.reschedule_sql, ids, run_at))
 
     async def wait_poll(self, conn: asyncpg.Connection, event_id: int) -> Any:
         """(state, attempt, last_error, processed_at, handlers) of one event, or None."""

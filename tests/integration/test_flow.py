@@ -179,14 +179,23 @@ async def test_wait_exits_with_a_code_per_final_state(
     assert discarded.returncode == 4
     cancelled = await enqueue(conn, "flow.quick", later=True)
     await pgqueue.cancel(conn, ids=[cancelled], reason="not needed")
+    # Reschedule moves only pending events; a due time in the past means now.
+    moved = cli(db_dsn, "reschedule", str(later), str(quick), "--delay", "0s")
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.splitlines() == [
+        "1 pending event(s) rescheduled", f"not pending (left alone): {quick}"
+    ]
+    assert (await pgqueue.wait(conn, later, timeout=30)).state == "done"
+    assert await pgqueue.reschedule(conn, [later], dt.timedelta(hours=1)) == []
     waited = cli(db_dsn, "wait", str(cancelled))
     assert (waited.returncode, waited.stdout.strip()) == (
         5, f"event {cancelled}: cancelled (not needed)"
     )
 
-    timed_out = cli(db_dsn, "wait", str(later), "--timeout", "0.3")
+    pending = await enqueue(conn, "flow.quick", later=True)
+    timed_out = cli(db_dsn, "wait", str(pending), "--timeout", "0.3")
     assert timed_out.returncode == 124
-    assert f"event {later} is still pending after 0.3s" in timed_out.stderr
+    assert f"event {pending} is still pending after 0.3s" in timed_out.stderr
     missing = cli(db_dsn, "wait", "999999")
     assert missing.returncode == 1 and "no event 999999" in missing.stderr
     assert "Exit codes: 0 done, 3 dead" in run_cli("wait", "--help").stdout

@@ -76,6 +76,7 @@ EXPECTED_ALL = [
     "preview_replay",
     "prune",
     "replay",
+    "reschedule",
     "resume_queue",
     "retry",
     "status",
