@@ -38,22 +38,24 @@ def minute_counts(rows: Sequence[object], cap: int) -> list[Minute]:
 
 
 def backlog_line(
-    minutes: Sequence[Minute], bounds: Sequence[object], backlog_now: int, now: dt.datetime
+    minutes: Sequence[Minute],
+    first_ids: Sequence[int | None],
+    next_id: int,
+    backlog_now: int,
+    now: dt.datetime,
 ) -> list[tuple[dt.datetime, int]]:
-    """The backlog (pending + running) at the end of each minute of the last hour, walked back
-    from ``backlog_now``: a minute's backlog is the next one's, less the events created in the
-    next minute (CREATED_BOUNDS ``bounds``), plus those done in it (``minutes``). Events that
-    went dead or were cancelled count as still waiting, so the line is an estimate; its last
-    point, ``now``, is exact."""
-    created = []
-    for i, row in enumerate(bounds):
-        first: int = row["first_id"]  # type: ignore[index]
-        following: int = (
-            bounds[i + 1]["first_id"] if i + 1 < len(bounds) else row["next_id"]  # type: ignore[index]
-        )
-        created.append(max(following - first, 0))
-    if len(created) != len(minutes):
+    """The backlog (pending + running) at the start of each minute of the last hour, walked
+    back from ``backlog_now``: a minute's backlog is the next one's, less the events created
+    in the minute (ids from its ``first_ids`` entry to the next one's, or ``next_id``, see
+    CREATED_BOUNDS), plus those done in it (``minutes``). Events that went dead or were
+    cancelled count as still waiting, so the line is an estimate; its last point, ``now``, is
+    exact."""
+    if len(first_ids) != len(minutes) or None in first_ids:
         return [(now, backlog_now)]
+    ends = [*first_ids[1:], next_id]
+    created = [
+        max((end or 0) - (first or 0), 0) for first, end in zip(first_ids, ends, strict=True)
+    ]
     points = [(now, backlog_now)]
     level = float(backlog_now)
     for i in range(len(minutes) - 1, 0, -1):

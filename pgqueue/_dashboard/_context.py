@@ -40,6 +40,9 @@ class Dashboard:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        #: The first event id created in each minute of the chart (see CREATED_BOUNDS): past
+        #: minutes do not change, so a refresh searches only for the new ones.
+        self.created_ids: dict[dt.datetime, int] = {}
         self.templates = Environment(
             loader=PackageLoader("pgqueue._dashboard", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),

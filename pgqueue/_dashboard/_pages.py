@@ -60,7 +60,7 @@ async def overview(dash: Dashboard, request: Request) -> Response:
     async with pool.acquire() as conn:
         counts = await queries.overview_rows(conn)
         minutes = await queries.throughput_rows(conn, CHART_CAP)
-        bounds = await queries.created_bounds(conn)
+        first_ids, next_id = await _created_ids(dash, conn, [r["start"] for r in minutes])
         paused = await list_paused(conn, schema=dash.settings.schema)
         workers = await list_workers(conn, schema=dash.settings.schema)
         now: dt.datetime = await database_now(conn)
@@ -77,7 +77,7 @@ async def overview(dash: Dashboard, request: Request) -> Response:
     pending = sum(r.pending for r in table)
     per_minute = minute_counts(minutes, CHART_CAP)
     running = sum(r.running for r in table)
-    backlog = backlog_line(per_minute, bounds, pending + running, now)
+    backlog = backlog_line(per_minute, first_ids, next_id, pending + running, now)
     ages = [r.oldest_ready_age for r in table if r.oldest_ready_age is not None]
     return dash.render(
         request,
@@ -104,6 +104,24 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         in_flight=sum(w.in_flight for w in workers),
         now=now,
     )
+
+
+async def _created_ids(
+    dash: Dashboard, conn: Any, starts: list[dt.datetime]
+) -> tuple[list[int | None], int]:
+    """The first id created in each minute of ``starts``, and the next id: the boundaries of
+    minutes seen before come from ``dash.created_ids``, the others from CREATED_BOUNDS, each
+    searched from the newest known boundary before it."""
+    known = dash.created_ids
+    missing = [s for s in starts if s not in known]
+    before = [known[s] for s in starts if s in known and (not missing or s < missing[0])]
+    found, next_id = await dashboard_queries_for(dash.settings.schema).created_bounds(
+        conn, missing, max(before, default=1)
+    )
+    known.update(found)
+    for old in [s for s in known if not starts or s < starts[0]]:
+        del known[old]
+    return [known.get(s) for s in starts], next_id
 
 
 @dataclass

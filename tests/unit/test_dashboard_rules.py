@@ -114,11 +114,8 @@ def test_the_backlog_line_is_worked_back_from_now_with_created_and_done_per_minu
         [5.0, 10.0, 20.0]
     )]  # fmt: skip
     # ids 1-29 created in minute 0, 30-79 in minute 1, 80-89 so far in minute 2.
-    bounds = [
-        {"start": m.start, "first_id": first, "next_id": 90}
-        for m, first in zip(minutes, [1, 30, 80], strict=True)
-    ]
-    line = backlog_line(minutes, bounds, 15, now)
+    line = backlog_line(minutes, [1, 30, 80], 90, 15, now)
     # Before minute 2: 15 - 10 created + 20 done = 25; before minute 1: 25 - 50 + 10 -> 0.
     assert line == [(minutes[1].start, 0), (minutes[2].start, 25), (now, 15)]
-    assert backlog_line(minutes, bounds[:2], 15, now) == [(now, 15)]  # misaligned: now only
+    assert backlog_line(minutes, [1, 30], 90, 15, now) == [(now, 15)]  # misaligned: now only
+    assert backlog_line(minutes, [1, None, 80], 90, 15, now) == [(now, 15)]
