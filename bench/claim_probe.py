@@ -31,7 +31,7 @@ async def probe(dsn: str, mode: str, claims: int) -> float:
     q = queries_for("pgqueue")
     conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode})
     try:
-        statement = await conn.prepare(q.claim)
+        statement = await conn.prepare(q.core.CLAIM)
         times: list[float] = []
         for _ in range(claims):
             await conn.execute("INSERT INTO pgqueue.outbox (event_type) VALUES ($1)", EVENT_TYPE)

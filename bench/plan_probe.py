@@ -36,9 +36,9 @@ async def probe(dsn: str, mode: str, batch: int) -> str:
         for _ in range(10):
             token = uuid.uuid4()
             t0 = time.perf_counter()
-            rows = await q.claim_batch(conn, "default", [EVENT_TYPE], batch, token, "probe", 30)
+            rows = await q.core.claim(conn, "default", [EVENT_TYPE], batch, token, "probe", 30)
             t1 = time.perf_counter()
-            await q.complete_done_batch(conn, [r.id for r in rows], token)
+            await q.core.complete_done(conn, [r.id for r in rows], token)
             t2 = time.perf_counter()
             claims.append((t1 - t0) * 1000)
             completes.append((t2 - t1) * 1000)

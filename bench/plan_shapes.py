@@ -73,7 +73,7 @@ async def main(admin_dsn: str) -> None:
                 await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
                 args = ("default", ["t"], 500, uuid.uuid4(), "w", 30.0, floor)
                 async with conn.transaction():
-                    raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {q.claim}", *args)
+                    raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {q.core.CLAIM}", *args)
                     await conn.execute("SELECT 1")
                 print(f"-- claim, {mode} plan, floor {'set' if floor > -math.inf else 'none'}")
                 print("\n".join(tree(json.loads(raw)[0]["Plan"])))

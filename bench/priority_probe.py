@@ -78,7 +78,7 @@ async def table(conn: asyncpg.Connection, label: str, ready: int, future: int, a
         future,
     )
     q = queries_for("pgqueue")
-    statements = {"0001": (CLAIM_0001, NEXT_DUE_0001), "0002": (q.claim, q.next_due)}
+    statements = {"0001": (CLAIM_0001, NEXT_DUE_0001), "0002": (q.core.CLAIM, q.core.NEXT_DUE)}
     claims: dict[str, list[float]] = {v: [] for v in statements}
     dues: dict[str, list[float]] = {v: [] for v in statements}
     for _ in range(a.rounds):

@@ -31,9 +31,10 @@ from typing import Any
 import asyncpg
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._dashboard._pages import CHART_CAP
 from pgqueue._dashboard._security import csrf_token
-from pgqueue._queries.dashboard import dashboard_queries_for
+from pgqueue._queries import queries_for
 
 from ._options import Bench, Figures
 from .statement_probe import cpu_seconds
@@ -166,7 +167,7 @@ def _p95(times: list[float]) -> float:
 async def run(bench: Bench) -> Figures:
     async with bench.db.fresh() as dsn:
         dead_id = await _fill(dsn)
-        app = pgqueue.pgqueue_dashboard(dsn, allow_actions=True, token=TOKEN)
+        app = pgqueue.admin.pgqueue_dashboard(dsn, allow_actions=True, token=TOKEN)
         csrf = csrf_token(app.dashboard.settings, "token")
         form = f"csrf={csrf}&action=retry".encode()
         pages: dict[str, tuple[str, str, str, bytes]] = {
@@ -227,7 +228,7 @@ async def run(bench: Bench) -> Figures:
 
 async def _overview_cpu(dsn: str) -> float:
     """Backend CPU milliseconds of the overview's statements (counts and chart), per page."""
-    queries = dashboard_queries_for("pgqueue")
+    queries = queries_for("pgqueue").dashboard
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SET max_parallel_workers_per_gather = 0")
@@ -236,7 +237,7 @@ async def _overview_cpu(dsn: str) -> float:
         # The chart's created-per-minute boundaries: every minute at a dashboard's first view,
         # then (Dashboard.created_ids keeps the past ones) only the newest minute, searched from
         # the boundary before it: the worst case of a refresh, a new minute every time.
-        starts = [r["start"] for r in await queries.throughput_rows(conn, CHART_CAP)]
+        starts = [r["start"] for r in await queries.throughput(conn, CHART_CAP)]
         first_view = cpu_seconds(pid)
         known, _ = await queries.created_bounds(conn, starts, 1)
         first_view = cpu_seconds(pid) - first_view
@@ -244,8 +245,8 @@ async def _overview_cpu(dsn: str) -> float:
               f"{first_view * 1000:6.1f} ms", file=sys.stderr)  # fmt: skip
 
         async def page() -> None:
-            await queries.overview_rows(conn)
-            await queries.throughput_rows(conn, CHART_CAP)
+            await queries.overview_counts(conn)
+            await queries.throughput(conn, CHART_CAP)
             await queries.created_bounds(conn, starts[-1:], known[starts[-2]])
 
         await page()

@@ -56,12 +56,12 @@ async def probe(dsn: str, events: int) -> tuple[float, float, float]:
         while True:
             token = uuid.uuid4()
             before = cpu_seconds(claim_pid)
-            rows = await q.claim_batch(claimer, "default", [EVENT_TYPE], 1000, token, "probe", 30.0)
+            rows = await q.core.claim(claimer, "default", [EVENT_TYPE], 1000, token, "probe", 30.0)
             claim_cpu += cpu_seconds(claim_pid) - before
             if not rows:
                 break
             before = cpu_seconds(control_pid)
-            await q.complete_done_batch(control, [r.id for r in rows], token)
+            await q.core.complete_done(control, [r.id for r in rows], token)
             done_cpu += cpu_seconds(control_pid) - before
             rows_seen += len(rows)
         client = time.process_time() - client0

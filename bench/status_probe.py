@@ -25,9 +25,9 @@ import time
 
 import asyncpg
 
-from pgqueue import status
 from pgqueue._api import StatusReport
 from pgqueue._cli_admin import print_status
+from pgqueue.admin import status
 
 from ._db import DEFAULT_ADMIN_DSN, Databases
 

@@ -21,7 +21,14 @@ from pydantic import BaseModel
 from ._adapters import async_fetch, database_error, sync_fetch
 from ._errors import PayloadError
 from ._models import PRIORITY_MAX, PRIORITY_MIN, Context, Event
-from ._names import EVENT_TYPE_RULE, QUEUE_RULE
+from ._names import (
+    EVENT_TYPE_RULE,
+    MAX_EVENT_TYPE,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_PAYLOAD_BYTES,
+    QUEUE_RULE,
+    event_type_problem,
+)
 from ._pauses import QueuePause, list_paused
 from ._queries import Queries, queries_for
 from ._queries.plans import Plan, run_async, run_sync
@@ -30,11 +37,6 @@ from ._tracing import producer_headers
 
 Payload = Mapping[str, Any] | BaseModel
 T = TypeVar("T")
-
-# Event types are data: any type matching this may be enqueued, with or without a handler
-# registered anywhere (a worker that has none leaves it pending and `pgqueue status` shows it).
-MAX_EVENT_TYPE = 128
-
 
 # One encoder for every payload: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -64,21 +66,29 @@ def _check_priority(priority: int) -> None:
         )
 
 
-def _check_event_type(event_type: str) -> None:
-    if not isinstance(event_type, str) or not 1 <= len(event_type) <= MAX_EVENT_TYPE:
-        raise PayloadError(
-            f"event type must be a string of 1-{MAX_EVENT_TYPE} characters, got {event_type!r}"
-        )
+def check_event_type(event_type: str) -> None:
+    """Raise PayloadError for an event type of the wrong kind or length (before the database
+    would). Event types are data: any valid type may be enqueued, with or without a handler
+    registered anywhere (a worker that has none leaves it pending and `pgqueue status` shows it).
+    """
+    problem = event_type_problem(event_type)
+    if problem is not None:
+        raise PayloadError(problem)
 
 
 # What each named constraint means, in the words a user needs (see sql/0001_outbox.sql).
 CONSTRAINT_HINTS = {
-    "outbox_event_type_length": "the event type must be 1-128 characters",
+    "outbox_event_type_length": f"the event type must be 1-{MAX_EVENT_TYPE} characters",
     "outbox_event_type_format": f"the event type must be {EVENT_TYPE_RULE}",
     "outbox_queue_format": f"the queue name must be {QUEUE_RULE}",
     "outbox_payload_object": "the payload must be a JSON object",
-    "outbox_payload_size": "the payload is over the 1 MiB limit; store big data elsewhere",
-    "outbox_idempotency_key_length": "the idempotency key must be 1-200 characters",
+    "outbox_payload_size": (
+        f"the payload is over the {MAX_PAYLOAD_BYTES // 1_048_576} MiB limit; "
+        "store big data elsewhere"
+    ),
+    "outbox_idempotency_key_length": (
+        f"the idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters"
+    ),
     "outbox_run_at_finite": "run_at must be a finite time (not 'infinity')",
 }
 
@@ -127,12 +137,12 @@ def _one(
     priority: int,
     schema: str,
 ) -> Plan[int]:
-    _check_event_type(event_type)
+    check_event_type(event_type)
     validate_queue(queue)
     _check_priority(priority)
     body = encode_payload(payload)
     return (
-        yield from queries_for(schema).insert_event(
+        yield from queries_for(schema).core.insert_one(
             event_type, body, aware(run_at), idempotency_key, queue, priority, producer_headers()
         )
     )
@@ -206,7 +216,7 @@ def _many(events: Iterable[Event], schema: str, chunk_size: int) -> Plan[list[in
 def _chunk(queries: Queries, chunk: list[Event], headers: str | None) -> Plan[list[int]]:
     types = [e.event_type for e in chunk]
     for event_type in types:
-        _check_event_type(event_type)
+        check_event_type(event_type)
     payloads = [encode_payload(e.payload) for e in chunk]
     plain = headers is None and all(
         e.run_at is None
@@ -216,11 +226,11 @@ def _chunk(queries: Queries, chunk: list[Event], headers: str | None) -> Plan[li
         for e in chunk
     )
     if plain:  # the common case: a leaner statement (~30% faster, measured)
-        return (yield from queries.insert_plain_events(types, payloads))
+        return (yield from queries.core.insert_plain(types, payloads))
     for e in chunk:
         validate_queue(e.queue)
     return (
-        yield from queries.insert_events(
+        yield from queries.core.insert_many(
             types,
             payloads,
             [aware(e.run_at) for e in chunk],
@@ -276,7 +286,7 @@ def once(conn: Any, ctx: Context, *, schema: str | None = None) -> Coroutine[Any
     """
     fetch = async_fetch(conn, "once")
     queries = queries_for(schema or ctx.schema)  # default: the schema the worker serves
-    return run_async(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
+    return run_async(queries.core.record_effect(ctx.event_id, ctx.handler), fetch)
 
 
 def once_sync(conn: Any, ctx: Context, *, schema: str | None = None) -> bool:
@@ -289,7 +299,7 @@ def once_sync(conn: Any, ctx: Context, *, schema: str | None = None) -> bool:
     """
     fetch = sync_fetch(conn, "once")
     queries = queries_for(schema or ctx.schema)
-    return run_sync(queries.record_effect_once(ctx.event_id, ctx.handler), fetch)
+    return run_sync(queries.core.record_effect(ctx.event_id, ctx.handler), fetch)
 
 
 # Above this many rows (the planner's estimate), done events are estimated from a sample of
@@ -315,18 +325,18 @@ async def status(
     queries = queries_for(schema)
     percent = None
     if exact_limit is not None:
-        rows_estimate = await queries.outbox_rows(conn)
+        rows_estimate = await queries.admin.outbox_rows_estimate(conn)
         if rows_estimate > exact_limit:
             percent = min(100.0, max(0.001, 100.0 * STATUS_SAMPLE_ROWS / rows_estimate))
     counts = [
         StatusRow(r["event_type"], r["state"], r["events"], r["oldest_ready_age"])
-        for r in await queries.active_count_rows(conn)
+        for r in await queries.admin.active_counts(conn)
     ] + [
         StatusRow(r["event_type"], "done", r["events"], None, estimated=percent is not None)
-        for r in await queries.done_count_rows(conn, percent)
+        for r in await queries.admin.done_counts(conn, percent)
         if r["events"] > 0
     ]
-    dead = await queries.dead_handler_rows(conn)
+    dead = await queries.admin.dead_handlers(conn)
     return StatusReport(
         counts=sorted(counts, key=lambda r: (r.event_type, r.state)),
         dead_handlers=[(r["event_type"], r["handler"], r["events"]) for r in dead],
@@ -369,15 +379,15 @@ async def prune(
     """Delete done events processed more than ``older_than`` ago; return how many.
 
     Dead events (created more than ``older_than`` ago) only with ``include_dead``, discarded
-    ones (see :func:`discard`) only with ``include_discarded``, cancelled ones (see
-    :func:`cancel`) only with ``include_cancelled``. Deletes in
-    batches of ``batch_size``, each its own statement: call it outside a transaction so every
-    batch commits and no lock is held long. Safe to interrupt and run again.
+    ones (see :func:`pgqueue.admin.discard`) only with ``include_discarded``, cancelled ones
+    (see :func:`pgqueue.admin.cancel`) only with ``include_cancelled``. Deletes in batches of
+    ``batch_size``, each its own statement: call it outside a transaction so every batch
+    commits and no lock is held long. Safe to interrupt and run again.
     """
     queries = queries_for(schema)
     total = 0
     while True:
-        deleted = await queries.prune_once(
+        deleted = await queries.admin.prune_batch(
             conn, older_than, include_dead, batch_size, include_discarded, include_cancelled
         )
         total += deleted
@@ -397,6 +407,6 @@ async def count_prunable(
     include_cancelled: bool = False,
 ) -> int:
     """How many events :func:`prune` with the same arguments would delete now."""
-    return await queries_for(schema).count_prunable(
+    return await queries_for(schema).admin.prune_count(
         conn, older_than, include_dead, include_discarded, include_cancelled
     )

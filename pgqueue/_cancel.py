@@ -1,7 +1,7 @@
 """Cancelling events: pending and running ones move to the final state ``cancelled``.
 
 A cancelled event is never claimed again, is kept for audit with the reason as its last
-error, is counted by ``status`` and is deleted by :func:`pgqueue.prune` with
+error, is counted by ``status`` and is deleted by :func:`pgqueue.admin.prune` with
 ``include_cancelled``. A running one loses its lease at once; its worker learns at its next
 heartbeat (the renewal misses the event, and a lookup of the missed ids finds them cancelled)
 and cancels the handler tasks, which record ``cancelled``, never a failure.
@@ -17,8 +17,7 @@ import asyncpg
 
 from ._errors import ConfigurationError
 from ._names import QUEUE_RULE, queue_ok
-from ._queries import queries_for
-from ._queries.flow import SelectionArgs, flow_queries_for
+from ._queries import SelectionArgs, database_now, queries_for
 from ._settings import DEFAULT_SCHEMA
 from ._steer import DEFAULT_BATCH, MAX_ID, IdSpec, Progress, TimeBound, selection
 
@@ -55,9 +54,7 @@ async def _args(
     if queue is not None and not queue_ok(queue):
         raise ConfigurationError(f"{queue!r} is not a queue name: {QUEUE_RULE}")
     sel = selection(ids, event_type, None, since, until)
-    lows, highs, etype, _handler, low_time, high_time = sel.args(
-        await queries_for(schema).database_now(conn)
-    )
+    lows, highs, etype, _handler, low_time, high_time = sel.args(await database_now(conn))
     return (lows, highs, etype, queue, low_time, high_time), sel.start_after
 
 
@@ -73,7 +70,7 @@ async def count_cancellable(
 ) -> CancelCount:
     """How many pending and running events :func:`cancel` with these filters would touch."""
     args, _ = await _args(conn, ids, event_type, queue, since, until, schema)
-    pending, running = await flow_queries_for(schema).count_cancellable(conn, args)
+    pending, running = await queries_for(schema).flow.count_cancellable(conn, args)
     return CancelCount(pending, running)
 
 
@@ -93,7 +90,7 @@ async def cancel(
     """Cancel pending and running events; return their ids, sorted.
 
     Every given filter must match (ids and id ranges, event type, queue, creation time as for
-    :func:`pgqueue.retry`); at least one is required. Done, dead, discarded and cancelled
+    :func:`pgqueue.admin.retry`); at least one is required. Done, dead, discarded and cancelled
     events are left alone. ``reason`` is kept as the events' last error (up to 500
     characters). Works in id-ordered batches of ``batch_size``, one statement each; it may
     run inside the caller's transaction (running events are then cancelled at its commit).
@@ -103,7 +100,7 @@ async def cancel(
     if batch_size < 1:
         raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
     args, after = await _args(conn, ids, event_type, queue, since, until, schema)
-    queries = flow_queries_for(schema)
+    queries = queries_for(schema).flow
     text = reason.strip()[:MAX_REASON]
     touched: list[int] = []
     while True:
@@ -134,10 +131,10 @@ async def reschedule(
         raise ConfigurationError("run_at has no time zone; pass an aware datetime")
     if isinstance(run_at, dt.timedelta):
         try:
-            run_at = await queries_for(schema).database_now(conn) + run_at
+            run_at = await database_now(conn) + run_at
         except OverflowError:
             raise ConfigurationError(f"{run_at} from now is past year 9999") from None
-    return await flow_queries_for(schema).reschedule(conn, list(ids), run_at)
+    return await queries_for(schema).flow.reschedule(conn, list(ids), run_at)
 
 
 async def cancel_pending(

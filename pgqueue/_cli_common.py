@@ -20,7 +20,7 @@ from ._db import connect
 from ._errors import ConfigurationError
 from ._logs import LOG_FORMATS, LOG_LEVELS
 from ._migrate import check_schema
-from ._settings import DEFAULT_SCHEMA, DISTRIBUTION, mask_dsn
+from ._settings import DEFAULT_SCHEMA, DISTRIBUTION, mask_dsn, validate_schema
 
 T = TypeVar("T")
 
@@ -58,12 +58,14 @@ def data_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def schema_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--schema, validated here, once: every command gets a name that is safe to quote."""
     return click.option(
         "--schema",
         envvar="PGQUEUE_SCHEMA",
         default=DEFAULT_SCHEMA,
         show_default=True,
         show_envvar=True,
+        callback=lambda _ctx, _param, value: validate_schema(value),
         help="Schema that holds the pgqueue tables.",
     )(fn)
 

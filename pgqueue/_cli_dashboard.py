@@ -8,9 +8,10 @@ import os
 import click
 
 from ._cli_common import cli, dsn_option, log_options, schema_option
+from ._dashboard._config import MAX_REFRESH_SECONDS, REFRESH_SECONDS
 from ._errors import ConfigurationError
 from ._logs import configure
-from ._settings import mask_dsn, validate_schema
+from ._settings import mask_dsn
 
 TOKEN_ENV = "PGQUEUE_DASHBOARD_TOKEN"
 USER_ENV = "PGQUEUE_DASHBOARD_USER"
@@ -62,8 +63,8 @@ def credentials() -> tuple[str | None, tuple[str, str] | None]:
 )
 @click.option(
     "--refresh",
-    type=click.FloatRange(0, 3600),
-    default=5.0,
+    type=click.FloatRange(0, MAX_REFRESH_SECONDS),
+    default=REFRESH_SECONDS,
     show_default=True,
     help="Default live-refresh interval of the pages in seconds (0: off; each page can change it).",
 )
@@ -84,9 +85,8 @@ def dashboard_cmd(
     Read-only unless --allow-actions. With $PGQUEUE_DASHBOARD_TOKEN (a bearer token, or the
     password of the browser's login prompt) or $PGQUEUE_DASHBOARD_USER and
     $PGQUEUE_DASHBOARD_PASSWORD set, every page asks for them; actions are logged with the
-    user's name. To mount it in your own ASGI app, see pgqueue.pgqueue_dashboard.
+    user's name. To mount it in your own ASGI app, see pgqueue.admin.pgqueue_dashboard.
     """
-    validate_schema(schema)
     if not dsn:
         raise ConfigurationError(
             "no database given: pass --dsn postgresql://user@host/db or set PGQUEUE_DSN"

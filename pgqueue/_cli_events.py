@@ -28,7 +28,7 @@ from ._inspect import (
     list_events,
 )
 from ._models import EventState, HandlerState
-from ._settings import validate_queue, validate_schema
+from ._settings import validate_queue
 
 MAX_ID = 2**63 - 1  # bigint: a larger id would overflow in the driver, not say "not found"
 ERROR_WIDTH = 60
@@ -127,7 +127,6 @@ def list_cmd(
     All filters combine (AND). To walk every event, pass the id of the last one listed as
     --before-id until nothing is left; the table says the next --before-id on stderr.
     """
-    validate_schema(schema)
     for queue in queues:
         validate_queue(queue)
     filters: dict[str, Any] = dict(
@@ -198,7 +197,6 @@ def _relative(when: dt.datetime | None, now: dt.datetime) -> str:
 @schema_option
 def show_cmd(event_id: int, as_json: bool, dsn: str | None, schema: str) -> None:
     """Show one event: payload, per-handler records, times, lease and idempotency key."""
-    validate_schema(schema)
 
     async def main() -> EventDetail | None:
         async with database(dsn, embedded_ok=False) as real_dsn:

@@ -9,7 +9,6 @@ import click
 
 from ._cli_common import cli, database, dsn_option, print_table, schema_option, with_conn
 from ._limits import HandlerLimit, list_limits, override_limit
-from ._settings import validate_schema
 
 MAX_N = 2**31 - 1  # handler_limits.override is an integer
 
@@ -49,7 +48,6 @@ def _parse_set(values: tuple[str, ...]) -> list[tuple[str, int]]:
 def limits_cmd(set_: tuple[str, ...], reset: tuple[str, ...], dsn: str | None, schema: str) -> None:
     """Show the concurrency limit of every limited handler (registry value, override, limit
     in force, runs holding a slot now); with --set / --reset, change overrides first."""
-    validate_schema(schema)
     changes = [*_parse_set(set_), *((h, None) for h in reset)]
 
     async def apply(conn: asyncpg.Connection) -> list[HandlerLimit]:

@@ -18,7 +18,6 @@ import asyncpg
 import click
 
 from ._cli_common import confirm, database, with_conn
-from ._settings import validate_schema
 
 # Seconds between two progress lines when stderr is not a terminal.
 LINE_INTERVAL = 1.0
@@ -69,7 +68,6 @@ def progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
 def run(dsn: str | None, schema: str, body: Callable[[asyncpg.Connection], Awaitable[Any]]) -> Any:
     """Run ``body`` on one connection to a checked schema (outside a transaction: each of its
     statements commits on its own)."""
-    validate_schema(schema)
 
     async def main() -> Any:
         async with database(dsn, embedded_ok=False) as real_dsn:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ._cli_common import cli
-from ._cli_worker import WORKER_OPTIONS, serve
+from ._cli_worker import WORKER_OPTIONS, serve, split_options
 from ._errors import ConfigurationError
 from ._registry import Registry
 from ._relay import relay_for_url
@@ -92,4 +92,4 @@ def relay_cmd(
         return registry
 
     load()  # a bad URL or template fails here, before any connection
-    serve(load, **options)
+    serve(load, *split_options(options))

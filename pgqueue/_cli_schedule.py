@@ -10,9 +10,8 @@ import click
 
 from ._cli_common import cli, database, dsn_option, print_table, schema_option, with_conn
 from ._errors import ConfigurationError
-from ._queries import schedule_queries_for
-from ._scheduler import schedule_status
-from ._settings import validate_schema
+from ._queries import queries_for
+from ._schedule import schedule_status
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -55,8 +54,7 @@ def schedules_cmd(delete_name: str | None, dsn: str | None, schema: str) -> None
     @registry.periodic). One removed from code keeps its row, shown as late once a tick is
     overdue; --delete forgets it.
     """
-    validate_schema(schema)
-    queries = schedule_queries_for(schema)
+    queries = queries_for(schema).schedule
 
     async def main() -> Any:
         async with database(dsn, embedded_ok=False) as real_dsn:
@@ -64,7 +62,7 @@ def schedules_cmd(delete_name: str | None, dsn: str | None, schema: str) -> None
                 return await with_conn(
                     real_dsn, schema, lambda c: queries.delete_schedule(c, delete_name)
                 )
-            return await with_conn(real_dsn, schema, queries.schedule_rows)
+            return await with_conn(real_dsn, schema, queries.list_schedules)
 
     result = asyncio.run(main())
     if delete_name is not None:

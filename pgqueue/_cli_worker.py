@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,72 @@ from ._logs import configure
 from ._metrics import Metrics
 from ._migrate import migrate
 from ._registry import Registry, load_registry
-from ._settings import WorkerSettings, check_listen, validate_schema
+from ._settings import WorkerSettings, check_listen, worker_settings
 from ._worker import Worker
 
 
-def _field_range(name: str) -> tuple[int, int]:
-    """The (min, max) of an int field of WorkerSettings: its CLI option reads them here."""
-    metadata = WorkerSettings.model_fields[name].metadata
-    low = next(m.ge for m in metadata if hasattr(m, "ge"))
-    high = next(m.le for m in metadata if hasattr(m, "le"))
-    return int(low), int(high)
+def setting(
+    *decls: str, help: str, shown: str | None = None, **extra: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option for the ``WorkerSettings`` field named by the last of ``decls``.
+
+    Its default is None ("not given": the model's default applies), and its type, bounds and
+    the default that --help shows are read from the model, so the two cannot drift.
+    ``shown`` replaces the default text where the model's default is computed (None).
+    """
+    *flags, name = decls
+    info = WorkerSettings.model_fields[name]
+    bounds = {
+        k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)
+    }
+    kind: Any = None
+    if bounds:
+        is_int = info.annotation in (int, int | None)
+        kind = (click.IntRange if is_int else click.FloatRange)(
+            min=bounds.get("ge", bounds.get("gt")),
+            max=bounds.get("le", bounds.get("lt")),
+            min_open="gt" in bounds,
+            max_open="lt" in bounds,
+        )
+    default = info.default
+    if shown is None:
+        shown = (
+            ", ".join(default)
+            if isinstance(default, tuple)
+            else f"{default:g}"
+            if isinstance(default, float)
+            else str(default)
+        )
+    return click.option(
+        *flags, name, type=kind, default=None, help=f"{help} [default: {shown}]", **extra
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """How the command runs its worker(s), beside the worker's own settings."""
+
+    dsn: str | None
+    embedded: bool
+    data_dir: Path | None
+    processes: int
+    metrics_port: int | None
+    metrics_host: str
+    log_level: str
+    log_format: str
+
+
+def split_options(options: dict[str, Any]) -> tuple[WorkerSettings, Run]:
+    """The worker options as given: the settings (the fields given; the model owns every
+    default and bound) and how to run."""
+    fields = {k: options.pop(k) for k in list(options) if k in WorkerSettings.model_fields}
+    fields = {k: v for k, v in fields.items() if v != ()}  # a repeatable option not given
+    settings = worker_settings(
+        **fields,
+        schema_name=options.pop("schema"),
+        listen=False if options.pop("poll_only") else None,
+    )
+    return settings, Run(**options)
 
 
 @cli.command("worker")
@@ -61,76 +118,35 @@ def _field_range(name: str) -> tuple[int, int]:
     help="MODULE:ATTRIBUTE of the pgqueue.Registry to serve [default: handlers:registry, the "
     "checkout example, when ./handlers exists].",
 )
-@click.option(
-    "--queue",
-    "queues",
-    multiple=True,
-    default=("default",),
-    show_default=True,
-    help="Queue to serve (repeat for several).",
+@setting("--queue", "queues", multiple=True, help="Queue to serve (repeat for several).")
+@setting("--concurrency", "concurrency", help="Handlers running at once.")
+@setting("--batch-size", "batch_size", help="Events claimed per statement.")
+@setting("--poll-interval", "poll_interval", help="Seconds between polls when NOTIFY is silent.")
+@setting("--lease", "lease_seconds", help="Seconds a claim lasts without a heartbeat.")
+@setting(
+    "--heartbeat", "heartbeat_seconds", shown="lease / 3", help="Seconds between lease renewals."
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 10_000),
-    default=100,
-    show_default=True,
-    help="Handlers running at once.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 10_000),
-    default=1000,
-    show_default=True,
-    help="Events claimed per statement.",
-)
-@click.option(
-    "--poll-interval",
-    type=click.FloatRange(0.001, 3600),
-    default=1.0,
-    show_default=True,
-    help="Seconds between polls when NOTIFY is silent.",
-)
-@click.option(
-    "--lease",
-    "lease_seconds",
-    type=click.FloatRange(0.1, 86_400),
-    default=30.0,
-    show_default=True,
-    help="Seconds a claim lasts without a heartbeat.",
-)
-@click.option(
-    "--heartbeat",
-    "heartbeat_seconds",
-    type=click.FloatRange(0.01, 86_400),
-    default=None,
-    help="Seconds between lease renewals [default: lease / 3].",
-)
-@click.option(
-    "--rescue-interval",
-    type=click.FloatRange(0.01, 3600),
-    default=5.0,
-    show_default=True,
-    help="Seconds between scans for expired leases.",
-)
-@click.option(
+@setting("--rescue-interval", "rescue_interval", help="Seconds between scans for expired leases.")
+@setting(
     "--shutdown-timeout",
-    type=click.FloatRange(0, 86_400),
-    default=10.0,
-    show_default=True,
+    "shutdown_timeout",
     help="Seconds to let in-flight handlers finish on SIGINT/SIGTERM.",
 )
-@click.option(
+@setting(
     "--sync-threads",
-    type=click.IntRange(*_field_range("sync_threads")),
-    default=WorkerSettings.model_fields["sync_threads"].default,
-    show_default=True,
+    "sync_threads",
     envvar="PGQUEUE_SYNC_THREADS",
     show_envvar=True,
     help="Threads per process for plain-def (sync) handlers: at most this many run at once. "
     "A timeout cannot stop a thread: the attempt fails at once, the thread keeps its slot "
     "until the function returns.",
 )
-@click.option("--burst", is_flag=True, help="Exit 0 once nothing is ready.")
+@setting(
+    "--handler-pool-size",
+    "handler_pool_size",
+    help="Connections handlers borrow through ctx.conn, per process.",
+)
+@click.option("--burst", is_flag=True, default=None, help="Exit 0 once nothing is ready.")
 @click.option(
     "--processes",
     type=click.IntRange(1, 256),
@@ -141,6 +157,7 @@ def _field_range(name: str) -> tuple[int, int]:
 @click.option(
     "--pooled",
     is_flag=True,
+    default=None,
     envvar="PGQUEUE_POOLED",
     show_envvar=True,
     help="--dsn goes through a transaction-mode pooler (PgBouncer pool_mode = transaction): "
@@ -182,142 +199,54 @@ def _field_range(name: str) -> tuple[int, int]:
     help="Address to serve metrics on; 0.0.0.0 to let another host (Prometheus) scrape.",
 )
 @log_options
-def worker_cmd(
-    dsn: str | None,
-    schema: str,
-    embedded: bool,
-    data_dir: Path | None,
-    handlers_path: str | None,
-    queues: tuple[str, ...],
-    concurrency: int,
-    batch_size: int,
-    poll_interval: float,
-    lease_seconds: float,
-    heartbeat_seconds: float | None,
-    rescue_interval: float,
-    shutdown_timeout: float,
-    sync_threads: int,
-    burst: bool,
-    processes: int,
-    pooled: bool,
-    listen_dsn: str | None,
-    poll_only: bool,
-    metrics_port: int | None,
-    metrics_host: str,
-    log_level: str,
-    log_format: str,
-) -> None:
+def worker_cmd(handlers_path: str | None, **options: Any) -> None:
     """Run the handlers of --handlers for every event written to the outbox.
 
     SIGINT/SIGTERM stop claiming and let in-flight handlers finish (up to
     --shutdown-timeout); a second signal hands everything back at once.
     """
-    serve(
-        lambda: _load(handlers_path),
-        dsn=dsn,
-        schema=schema,
-        embedded=embedded,
-        data_dir=data_dir,
-        queues=queues,
-        concurrency=concurrency,
-        batch_size=batch_size,
-        poll_interval=poll_interval,
-        lease_seconds=lease_seconds,
-        heartbeat_seconds=heartbeat_seconds,
-        rescue_interval=rescue_interval,
-        shutdown_timeout=shutdown_timeout,
-        sync_threads=sync_threads,
-        burst=burst,
-        processes=processes,
-        pooled=pooled,
-        listen_dsn=listen_dsn,
-        poll_only=poll_only,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
-        log_level=log_level,
-        log_format=log_format,
-    )
+    serve(lambda: _load(handlers_path), *split_options(options))
 
 
 # The options of `pgqueue worker` that every command running a worker takes (`pgqueue relay`).
 WORKER_OPTIONS = tuple(p for p in worker_cmd.params if p.name != "handlers_path")
 
 
-def serve(
-    load: Callable[[], Registry],
-    *,
-    dsn: str | None,
-    schema: str,
-    embedded: bool,
-    data_dir: Path | None,
-    queues: tuple[str, ...],
-    concurrency: int,
-    batch_size: int,
-    poll_interval: float,
-    lease_seconds: float,
-    heartbeat_seconds: float | None,
-    rescue_interval: float,
-    shutdown_timeout: float,
-    sync_threads: int,
-    burst: bool,
-    processes: int,
-    pooled: bool,
-    listen_dsn: str | None,
-    poll_only: bool,
-    metrics_port: int | None,
-    metrics_host: str,
-    log_level: str,
-    log_format: str,
-) -> None:
-    """Run a worker (or ``processes`` of them) for the registry ``load`` returns, with the
-    worker command's options."""
-    configure(log_level, log_format)
-    if dsn and embedded:
+def serve(load: Callable[[], Registry], settings: WorkerSettings, run: Run) -> None:
+    """Run a worker (or ``run.processes`` of them) for the registry ``load`` returns."""
+    configure(run.log_level, run.log_format)
+    if run.dsn and run.embedded:
         raise ConfigurationError(
             "--embedded starts a private PostgreSQL, --dsn names one (perhaps from "
             "PGQUEUE_DSN or DATABASE_URL): pass only one"
         )
-    if not dsn and not embedded:
+    if not run.dsn and not run.embedded:
         # A production worker whose variable is missing must not serve an empty throwaway
         # database and look healthy.
         raise ConfigurationError(f"{NO_DSN}; or --embedded for a private throwaway PostgreSQL")
-    settings = _settings(
-        schema=schema,
-        queues=queues,
-        concurrency=concurrency,
-        batch_size=batch_size,
-        poll_interval=poll_interval,
-        lease_seconds=lease_seconds,
-        heartbeat_seconds=heartbeat_seconds,
-        rescue_interval=rescue_interval,
-        shutdown_timeout=shutdown_timeout,
-        sync_threads=sync_threads,
-        burst=burst,
-        listen=not poll_only,
-        pooled=pooled,
-    )
-    if listen_dsn and not dsn:
+    if settings.listen_dsn and not run.dsn:
         raise ConfigurationError("--listen-dsn needs --dsn (the database it listens on)")
-    check_listen(settings, listen_dsn)
+    check_listen(settings)
     registry = load()
+    schema = settings.schema_name
 
     async def main() -> None:
-        async with database(dsn, embedded_ok=embedded, data_dir=data_dir) as real_dsn:
-            if embedded:
-                await with_conn(real_dsn, schema, lambda c: migrate(c, schema), check=False)
-            if processes > 1:
-                await _run_processes(processes, real_dsn, listen_dsn, metrics_port)
+        async with database(run.dsn, embedded_ok=run.embedded, data_dir=run.data_dir) as dsn:
+            if run.embedded:
+                await with_conn(dsn, schema, lambda c: migrate(c, schema), check=False)
+            if run.processes > 1:
+                await _run_processes(run.processes, dsn, settings.listen_dsn, run.metrics_port)
                 return
             metrics = None
-            if metrics_port is not None:
-                metrics = Metrics(host=metrics_host, port=metrics_port)
-            worker = Worker(real_dsn, registry, settings, listen_dsn=listen_dsn, metrics=metrics)
+            if run.metrics_port is not None:
+                metrics = Metrics(host=run.metrics_host, port=run.metrics_port)
+            worker = Worker(dsn, registry, settings, metrics=metrics)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, worker.request_stop)
             freeze_startup_heap()
             stats = await worker.run()
-        if burst:
+        if settings.burst:
             click.echo(
                 f"burst done: {stats.done} done, {stats.retried} retried later, {stats.dead} dead"
             )
@@ -407,20 +336,6 @@ def _child_args(argv: list[str]) -> list[str]:
     return out
 
 
-def _settings(**values: Any) -> WorkerSettings:
-    try:
-        return WorkerSettings(schema_name=values.pop("schema"), **values)
-    except ValueError as exc:  # pydantic ValidationError: report the first problem only
-        errors: list[Any] = getattr(exc, "errors", list)()
-        if errors:
-            first = errors[0]
-            cause = first.get("ctx", {}).get("error")
-            raise ConfigurationError(
-                str(cause) if cause else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            ) from None
-        raise ConfigurationError(str(exc)) from None
-
-
 EXAMPLE_HANDLERS = "handlers:registry"
 
 
@@ -455,7 +370,6 @@ def _load(path: str | None) -> Registry:
 )
 def demo_cmd(dsn: str | None, schema: str, data_dir: Path | None, demo_path: str) -> None:
     """Checkout with synchronous post-purchase work vs. with the outbox, side by side."""
-    validate_schema(schema)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     module_name, _, attr = demo_path.partition(":")

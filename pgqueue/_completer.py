@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._backoff import describe_error, is_transient, reconnect_delay
 from ._dispatch import Completion, Delivery
+from ._loop import run_with_backoff
 from ._models import WorkerStats
 from ._queries import Queries
 
@@ -27,8 +27,11 @@ log = logging.getLogger("pgqueue.worker")
 class Completer:
     """Buffers finished events and writes them in batches."""
 
+    name = "completer"
+
     def __init__(
         self,
+        *,
         pool: Any,
         queries: Queries,
         inflight: dict[int, Delivery],
@@ -60,27 +63,22 @@ class Completer:
             await self.write_all()
 
     async def write_all(self) -> None:
-        failures = 0
-        while self.buffer:
-            batch, self.buffer = self.buffer, []
-            try:
-                await self._write(batch)
-                failures = 0
-            except Exception as exc:
-                # Never give up on recorded outcomes: a dead completer would leave events
-                # running for ever while the heartbeat keeps their leases alive.
-                self.buffer[:0] = batch
-                await self._after_error(exc)
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.log(
-                    logging.WARNING if is_transient(exc) else logging.ERROR,
-                    "recording outcomes failed (%s); retrying in %.1fs",
-                    describe_error(exc),
-                    delay,
-                    extra={"error": describe_error(exc), "delay": delay},
-                )
-                await asyncio.sleep(delay)
+        """Write the buffer until it is empty. Never give up on recorded outcomes: a dead
+        completer would leave events running for ever while the heartbeat keeps their leases
+        alive."""
+        await run_with_backoff(self._write_some, "recording outcomes", on_error=self._after_error)
+
+    async def _write_some(self) -> float | None:
+        """Write what the buffer holds now; None once it is empty, 0 for more."""
+        if not self.buffer:
+            return None
+        batch, self.buffer = self.buffer, []
+        try:
+            await self._write(batch)
+        except BaseException:
+            self.buffer[:0] = batch  # written at the next try, before anything newer
+            raise
+        return 0.0
 
     async def _write(self, batch: list[Completion]) -> None:
         happy = [c for c in batch if c.happy]
@@ -92,9 +90,9 @@ class Completer:
             for c in happy:
                 by_token.setdefault(c.token, []).append(c.id)
             for token, ids in by_token.items():
-                written += await self._queries.complete_done_batch(conn, ids, token)
+                written += await self._queries.core.complete_done(conn, ids, token)
             if other:
-                written += await self._queries.complete_batch(
+                written += await self._queries.core.complete(
                     conn,
                     [c.id for c in other],
                     [c.token for c in other],

@@ -204,8 +204,6 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
                 break
         else:
             return Completion(row.id, delivery.token, "done")
-
-    now = delivery.db_now
     interrupted = any(o.kind is Kind.INTERRUPTED for o in outcomes.values())
     # Nothing ran at this claim (every handler deferred by its concurrency limit, or not due):
     # the claim gives its attempt back too, so waiting for a slot never uses up attempts.
@@ -214,9 +212,19 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
     )
     # A handed-back event gets its attempt refunded, so records are written relative to it.
     seen = row.attempt - 1 if interrupted or idle else row.attempt
+    now = delivery.db_now  # one reading for every record and the delay
+    records = fold_records(delivery, handlers, seen=seen, now=now)
+    return decide_state(delivery, handlers, records, now=now, interrupted=interrupted, idle=idle)
+
+
+def fold_records(
+    delivery: Delivery, handlers: tuple[Handler, ...], *, seen: int, now: float
+) -> dict[str, HandlerRecord]:
+    """The handler records after this claim: the stored ones with this claim's outcomes
+    folded in (``seen``: the event attempt they are relative to; ``now``: database time)."""
     records = dict(delivery.records or {})
     for handler in handlers:
-        outcome = outcomes.get(handler.name)
+        outcome = delivery.outcomes.get(handler.name)
         old = records.get(handler.name)
         if outcome is None:
             if old is None and ANY_HANDLER in records:
@@ -224,60 +232,80 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
             if old is None:  # never ran before and not run now: cannot happen, but be safe
                 records[handler.name] = HandlerRecord(HandlerState.PENDING, 0, seen, updated_at=now)
             continue
-        if outcome.kind is Kind.DONE:
-            records[handler.name] = HandlerRecord(
-                HandlerState.DONE, outcome.attempts, seen, error=outcome.error, updated_at=now
-            )
-        elif outcome.kind is Kind.DEAD:
-            records[handler.name] = HandlerRecord(
-                HandlerState.DEAD, outcome.attempts, seen, error=outcome.error, updated_at=now
-            )
-        elif outcome.kind is Kind.RETRY:
-            records[handler.name] = HandlerRecord(
-                HandlerState.PENDING,
-                outcome.attempts,
-                seen,
-                error=outcome.error,
-                not_before=now + outcome.delay,
-                updated_at=now,
-            )
-        else:  # INTERRUPTED, SKIPPED, DEFERRED: attempts unchanged, keep its error
-            waits = outcome.kind is Kind.DEFERRED
-            records[handler.name] = HandlerRecord(
-                HandlerState.PENDING,
-                outcome.attempts,
-                seen,
-                error=old.error if old else None,
-                not_before=now + outcome.delay if waits else (old.not_before if old else None),
-                updated_at=now,
-                deferred=(old.deferred if old else 0) + waits,
-            )
+        records[handler.name] = _record(outcome, old, seen, now)
+    return records
+
+
+def _record(outcome: Outcome, old: HandlerRecord | None, seen: int, now: float) -> HandlerRecord:
+    """One handler's record after ``outcome`` (``old``: its record before this claim)."""
+    if outcome.kind is Kind.DONE:
+        return HandlerRecord(
+            HandlerState.DONE, outcome.attempts, seen, error=outcome.error, updated_at=now
+        )
+    if outcome.kind is Kind.DEAD:
+        return HandlerRecord(
+            HandlerState.DEAD, outcome.attempts, seen, error=outcome.error, updated_at=now
+        )
+    if outcome.kind is Kind.RETRY:
+        return HandlerRecord(
+            HandlerState.PENDING,
+            outcome.attempts,
+            seen,
+            error=outcome.error,
+            not_before=now + outcome.delay,
+            updated_at=now,
+        )
+    # INTERRUPTED, SKIPPED, DEFERRED: attempts unchanged, keep its error
+    waits = outcome.kind is Kind.DEFERRED
+    return HandlerRecord(
+        HandlerState.PENDING,
+        outcome.attempts,
+        seen,
+        error=old.error if old else None,
+        not_before=now + outcome.delay if waits else (old.not_before if old else None),
+        updated_at=now,
+        deferred=(old.deferred if old else 0) + waits,
+    )
+
+
+def decide_state(
+    delivery: Delivery,
+    handlers: tuple[Handler, ...],
+    records: dict[str, HandlerRecord],
+    *,
+    now: float,
+    interrupted: bool,
+    idle: bool,
+) -> Completion:
+    """The event's new state from its handlers' records: the completion row to write."""
+    row, outcomes = delivery.row, delivery.outcomes
     body = json.dumps({name: r.to_json() for name, r in records.items()}, separators=(",", ":"))
     # Only this registry's handlers decide the event's fate: a record left by a handler that
     # was since removed from the code must not keep the event pending for ever.
     found = ((h.name, record_of(records, h.name)) for h in handlers)
     current = [(name, r) for name, r in found if r is not None]
     pending = [r for _, r in current if r.state is HandlerState.PENDING]
-    dead = [(n, r) for n, r in current if r.state is HandlerState.DEAD]
-    discarded = any(r.state is HandlerState.DISCARDED for _, r in current)
     last_error = None
     failing = [(n, r) for n, r in current if r.error and r.state is not HandlerState.DONE]
     if failing:
         name, record = failing[0]
         last_error = f"{name}: {record.error}"[:MAX_ERROR_CHARS]
+
+    def completion(state: str, **fields: Any) -> Completion:
+        return Completion(row.id, delivery.token, state, handlers=body, error=last_error, **fields)
+
     if interrupted:
-        return Completion(row.id, delivery.token, "pending", 0.0, 1, body, last_error)
+        return completion("pending", refund=1)
     if pending:
-        delay = min(max(0.0, (r.not_before or now) - now) for r in pending)
         # Back only because a limit was full (no failure): counted as deferred, not retried.
         deferred = any(o.kind is Kind.DEFERRED for o in outcomes.values()) and not any(
             o.kind is Kind.RETRY for o in outcomes.values()
         )
-        return Completion(
-            row.id, delivery.token, "pending", delay, int(idle), body, last_error, deferred
-        )
-    if dead:
-        return Completion(row.id, delivery.token, "dead", 0.0, 0, body, last_error)
-    if discarded:  # an operator gave up on a handler (pgqueue discard); the rest are done
-        return Completion(row.id, delivery.token, "discarded", 0.0, 0, body, last_error)
-    return Completion(row.id, delivery.token, "done", 0.0, 0, body, None)
+        delay = min(max(0.0, (r.not_before or now) - now) for r in pending)
+        return completion("pending", delay=delay, refund=int(idle), deferred=deferred)
+    if any(r.state is HandlerState.DEAD for _, r in current):
+        return completion("dead")
+    if any(r.state is HandlerState.DISCARDED for _, r in current):
+        # An operator gave up on a handler (pgqueue discard); the rest are done.
+        return completion("discarded")
+    return Completion(row.id, delivery.token, "done", handlers=body)

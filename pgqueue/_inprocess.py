@@ -37,20 +37,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._api import CONSTRAINT_HINTS, Payload, _check_event_type, encode_payload
+from ._api import CONSTRAINT_HINTS, Payload, check_event_type, encode_payload
 from ._errors import ConfigurationError, PayloadError
 from ._models import Context, EventState, HandlerState
-from ._names import event_type_ok
+from ._names import MAX_IDEMPOTENCY_KEY, MAX_PAYLOAD_BYTES, event_type_ok
 from ._registry import Handler, Registry
 from ._runner import invalid_text, judge
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
 
 Sleep = Callable[[float], Awaitable[None]]
 
-# The outbox's CHECK constraints, checked here so that a publish that would fail against the
-# database fails in process too, with the same message (see sql/0001_outbox.sql).
-_MAX_PAYLOAD_BYTES = 1_048_576
-_MAX_KEY = 200
 # A policy that never stops (tenacity's stop_never) retries for ever in the worker, durably;
 # in process that would hang the test, so such a handler ends dead after this many attempts.
 DEFAULT_ATTEMPT_LIMIT = 1000
@@ -117,15 +113,19 @@ def _checked(
     event_type: str, payload: Payload, run_at: dt.datetime | None, key: str | None, queue: str
 ) -> dict[str, Any]:
     """Validate one event like ``enqueue`` and the outbox's constraints; return the payload
-    as the handler will see it (decoded from its JSON text, as the worker does)."""
-    _check_event_type(event_type)
+    as the handler will see it (decoded from its JSON text, as the worker does).
+
+    The outbox's domains are checked here (their limits live in _names) so that a publish that
+    would fail against the database fails in process too, with the same message.
+    """
+    check_event_type(event_type)
     validate_queue(queue)
     body = encode_payload(payload)
     if not event_type_ok(event_type):
         raise _reject("outbox_event_type_format")
-    if len(body.encode()) > _MAX_PAYLOAD_BYTES:
+    if len(body.encode()) > MAX_PAYLOAD_BYTES:
         raise _reject("outbox_payload_size")
-    if key is not None and not 1 <= len(key) <= _MAX_KEY:
+    if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
         raise _reject("outbox_idempotency_key_length")
     decoded: dict[str, Any] = json.loads(body)
     return decoded

@@ -16,7 +16,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 from ._models import EventState, HandlerState
-from ._queries import queries_for
+from ._queries import database_now, queries_for
 from ._settings import DEFAULT_SCHEMA
 
 #: What ``since`` / ``until`` accept: a time, or how long ago (by the database clock).
@@ -122,7 +122,7 @@ async def list_events(
     since_at, since_ago = _split(since)
     until_at, until_ago = _split(until)
     queries = queries_for(schema)
-    rows = await queries.event_rows(
+    rows = await queries.steer.list_events(
         conn,
         list(event_types) or None,
         [EventState(s).value for s in states] or None,
@@ -139,7 +139,7 @@ async def list_events(
     return EventPage(
         events=events,
         next_before_id=events[-1].id if more else None,
-        db_now=rows[0]["db_now"] if rows else await queries.database_now(conn),
+        db_now=rows[0]["db_now"] if rows else await database_now(conn),
     )
 
 
@@ -147,7 +147,7 @@ async def get_event(
     conn: asyncpg.Connection, event_id: int, *, schema: str = DEFAULT_SCHEMA
 ) -> EventDetail | None:
     """Everything about one event, payload included; None when there is no such event."""
-    row = await queries_for(schema).event_row(conn, event_id)
+    row = await queries_for(schema).steer.get_event(conn, event_id)
     if row is None:
         return None
     records = json.loads(row["handlers"]) if row["handlers"] is not None else {}
@@ -265,14 +265,14 @@ async def live_status(
     events done in the last ``window`` seconds (by ``processed_at``), handler states of
     unfinished events, and the oldest ready age.
 
-    Unlike :func:`pgqueue.status` it never counts every done event: each part reads a
+    Unlike :func:`pgqueue.admin.status` it never counts every done event: each part reads a
     partial index, so it costs the same however many done events the table keeps.
     """
     if window <= 0:
         raise ValueError("window must be positive")
     queries = queries_for(schema)
     per_type: dict[str, dict[str, Any]] = {}
-    for r in await queries.live_count_rows(conn, window):
+    for r in await queries.steer.live_counts(conn, window):
         entry = per_type.setdefault(r["event_type"], {"event_type": r["event_type"]})
         entry["done_recently" if r["state"] == "done" else r["state"]] = r["events"]
         if r["oldest_ready_age"] is not None:
@@ -281,11 +281,11 @@ async def live_status(
         LiveHandlerCount(
             event_type=r["event_type"], handler=r["handler"], state=r["state"], events=r["events"]
         )
-        for r in await queries.live_handler_rows(conn)
+        for r in await queries.steer.live_handlers(conn)
     ]
     return LiveStatus(
         window=window,
         types=[LiveTypeCounts(**per_type[t]) for t in sorted(per_type)],
         handlers=handlers,
-        db_now=await queries.database_now(conn),
+        db_now=await database_now(conn),
     )

@@ -62,6 +62,7 @@ class Intake:
 
     def __init__(
         self,
+        *,
         registry: Registry,
         inflight: dict[int, Delivery],
         stats: WorkerStats,

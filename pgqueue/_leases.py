@@ -8,21 +8,23 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._backoff import describe_error
 from ._dispatch import Delivery
+from ._loop import run_with_backoff
 from ._models import WorkerStats
 from ._queries import Queries
-from ._queries.flow import flow_queries_for
 from ._settings import WorkerSettings
 
 log = logging.getLogger("pgqueue.worker")
 
 
 class LeaseKeeper:
-    """The worker's lease maintenance tasks."""
+    """The worker's lease maintenance: one service running three loops."""
+
+    name = "leases"
 
     def __init__(
         self,
+        *,
         pool: Any,
         queries: Queries,
         settings: WorkerSettings,
@@ -40,69 +42,69 @@ class LeaseKeeper:
         self._wake = wake
         self._renew_slots = renew_slots  # concurrency slots (pgqueue/_limits.py), if any
         self._cancel_runs = cancel_runs  # the runners' (pgqueue/_runner.py)
-        self._flow = flow_queries_for(settings.schema_name)
 
-    def start(self) -> list[asyncio.Task[None]]:
-        """Start heartbeat, rescuer and loop watchdog; return the tasks."""
-        return [
-            asyncio.create_task(self._heartbeat()),
-            asyncio.create_task(self._rescuer()),
-            asyncio.create_task(self._watch_loop()),
-        ]
+    async def run(self) -> None:
+        """Renew leases, rescue expired ones and watch the event loop, until cancelled.
+
+        A failed renewal or rescue is retried sooner than its interval, never later: a dead
+        heartbeat loses every lease.
+        """
+        s = self.settings
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._every(s.heartbeat_interval, self._heartbeat, "lease renewal"))
+            group.create_task(self._every(s.rescue_interval, self._rescue, "rescue scan"))
+            group.create_task(self._watch_loop())
+
+    @staticmethod
+    async def _every(interval: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+        async def after_interval() -> float:
+            await step()
+            return interval
+
+        await asyncio.sleep(interval)
+        await run_with_backoff(after_interval, what, cap=interval)
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
-            held = list(self._inflight.values())
-            if not held:
-                continue
-            try:
-                async with self._pool.acquire() as conn:
-                    renewed = set(
-                        await self._queries.extend_leases(
-                            conn,
-                            [d.row.id for d in held],
-                            [d.token for d in held],
-                            self.settings.lease_seconds,
-                        )
-                    )
-                    if self._renew_slots is not None:
-                        await self._renew_slots(conn)
-                    missed = [d.row.id for d in held if d.row.id not in renewed]
-                    # Only when a renewal missed something (rare): which were cancelled.
-                    cancelled = (
-                        await self._flow.cancelled_among(conn, missed) if missed else set()
-                    )
-            except Exception as exc:  # keep renewing: a dead heartbeat loses every lease
-                log.warning(
-                    "lease renewal failed (%s); will retry",
-                    describe_error(exc),
-                    extra={"error": describe_error(exc)},
+        held = list(self._inflight.values())
+        if not held:
+            return
+        async with self._pool.acquire() as conn:
+            renewed = set(
+                await self._queries.core.heartbeat(
+                    conn,
+                    [d.row.id for d in held],
+                    [d.token for d in held],
+                    self.settings.lease_seconds,
                 )
-                continue
-            self._cancelled([d for d in held if d.row.id in cancelled])
-            # An event whose outcome is already with the completer may be written (done) by
-            # now: not renewed, but not lost either; the completer's fenced write tells.
-            lost = [
-                d
-                for d in held
-                if d.row.id not in renewed
-                and not d.completed
-                and not d.lost
-                and not d.cancelled
-                and d.row.id in self._inflight
-            ]
-            for d in lost:
-                d.lost = True
-            if lost:
-                shown = ", ".join(str(d.row.id) for d in lost[:10])
-                log.warning(
-                    "lease lost for %d running event(s) (expired and taken over): %s%s",
-                    len(lost),
-                    shown,
-                    " ..." if len(lost) > 10 else "",
-                    extra={"count": len(lost), "event_ids": [d.row.id for d in lost[:10]]},
-                )
+            )
+            if self._renew_slots is not None:
+                await self._renew_slots(conn)
+            missed = [d.row.id for d in held if d.row.id not in renewed]
+            # Only when a renewal missed something (rare): which were cancelled.
+            cancelled = await self._queries.flow.cancelled_among(conn, missed) if missed else set()
+        self._cancelled([d for d in held if d.row.id in cancelled])
+        # An event whose outcome is already with the completer may be written (done) by
+        # now: not renewed, but not lost either; the completer's fenced write tells.
+        lost = [
+            d
+            for d in held
+            if d.row.id not in renewed
+            and not d.completed
+            and not d.lost
+            and not d.cancelled
+            and d.row.id in self._inflight
+        ]
+        for d in lost:
+            d.lost = True
+        if lost:
+            shown = ", ".join(str(d.row.id) for d in lost[:10])
+            log.warning(
+                "lease lost for %d running event(s) (expired and taken over): %s%s",
+                len(lost),
+                shown,
+                " ..." if len(lost) > 10 else "",
+                extra={"count": len(lost), "event_ids": [d.row.id for d in lost[:10]]},
+            )
 
     def _cancelled(self, found: list[Delivery]) -> None:
         """An operator cancelled these events while we ran them: cancel their handlers."""
@@ -121,30 +123,20 @@ class LeaseKeeper:
             extra={"count": len(fresh), "event_ids": [d.row.id for d in fresh[:10]]},
         )
 
-    async def _rescuer(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.rescue_interval)
-            try:
-                async with self._pool.acquire() as conn:
-                    held = {d.token for d in self._inflight.values()}
-                    rows = await self._queries.rescue_expired(conn, list(held))
-            except Exception as exc:
-                log.warning(
-                    "rescue scan failed (%s); will retry",
-                    describe_error(exc),
-                    extra={"error": describe_error(exc)},
-                )
-                continue
-            if rows:
-                self.stats.rescued += len(rows)
-                self._wake()
-                workers = sorted({r["leased_by"] or "?" for r in rows})
-                log.warning(
-                    "rescued %d event(s) whose lease expired (workers: %s)",
-                    len(rows),
-                    ", ".join(workers),
-                    extra={"count": len(rows), "from_workers": workers},
-                )
+    async def _rescue(self) -> None:
+        async with self._pool.acquire() as conn:
+            held = {d.token for d in self._inflight.values()}
+            rows = await self._queries.core.rescue(conn, list(held))
+        if rows:
+            self.stats.rescued += len(rows)
+            self._wake()
+            workers = sorted({r["leased_by"] or "?" for r in rows})
+            log.warning(
+                "rescued %d event(s) whose lease expired (workers: %s)",
+                len(rows),
+                ", ".join(workers),
+                extra={"count": len(rows), "from_workers": workers},
+            )
 
     async def _watch_loop(self, tick: float = 0.25, limit: float = 1.0) -> None:
         """Report handlers that block the event loop (no await for ``limit`` seconds).

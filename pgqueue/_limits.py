@@ -38,9 +38,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._backoff import describe_error, reconnect_delay
+from ._backoff import describe_error
 from ._dispatch import Delivery, Kind, Outcome
 from ._errors import ConfigurationError
+from ._loop import run_with_backoff
 from ._queries import Queries, queries_for
 from ._registry import Handler
 from ._runner import Unit
@@ -89,7 +90,7 @@ class HandlerLimit:
 
 async def list_limits(conn: Any, schema: str = "pgqueue") -> list[HandlerLimit]:
     """Every stored limit, by handler name."""
-    return [HandlerLimit(*row) for row in await queries_for(schema).limit_list(conn)]
+    return [HandlerLimit(*row) for row in await queries_for(schema).limits.limits_list(conn)]
 
 
 async def override_limit(
@@ -99,7 +100,7 @@ async def override_limit(
     Takes effect at once for new runs; runs in progress finish."""
     if override is not None and override < 1:
         raise ConfigurationError(f"a limit must be at least 1, not {override}")
-    if not await queries_for(schema).override_limit(conn, handler, override):
+    if not await queries_for(schema).limits.limit_override(conn, handler, override):
         raise ConfigurationError(
             f"handler {handler!r} has no concurrency limit (no worker registered it with "
             f"concurrency=N yet); see them with: pgqueue limits"
@@ -109,8 +110,11 @@ async def override_limit(
 class Limiter:
     """Takes, renews and releases the slots of limited handlers for one worker."""
 
+    name = "limiter"
+
     def __init__(
         self,
+        *,
         pool: Any,
         queries: Queries,
         limits: dict[str, int],
@@ -133,24 +137,26 @@ class Limiter:
         self._releases: list[tuple[str, int]] = []
         self._held: dict[tuple[int, str], tuple[str, int]] = {}
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     async def setup(self, conn: Any) -> str:
         """Write the registry's limits (the operator's overrides stay); describe the
         limits in force, for the worker's start line."""
         names = sorted(self.limits)
-        await self._queries.write_limits(conn, names, [self.limits[n] for n in names])
-        rows = await self._queries.limit_rows(conn, names)
+        await self._queries.limits.limits_write(conn, names, [self.limits[n] for n in names])
+        rows = await self._queries.limits.limits_read(conn, names)
         return ",".join(
             f"{r['handler']}={r['override'] or r['concurrency']}"
             + (" (override)" if r["override"] is not None else "")
             for r in rows
         )
 
-    def start(self) -> asyncio.Task[None]:
-        """Start the task that takes and releases slots; return it."""
-        self._task = asyncio.create_task(self._run())
-        return self._task
+    async def run(self) -> None:
+        """Take and release slots until cancelled (by the worker, or by :meth:`stop`)."""
+        self._task = asyncio.current_task()
+        await run_with_backoff(
+            self._take_and_release, "taking concurrency slots", on_error=self._retry_soon
+        )
 
     def take(
         self, delivery: Delivery, units: list[tuple[Handler, int]], payload: Any
@@ -177,7 +183,7 @@ class Limiter:
         """Extend the leases of the slots held (called by the heartbeat)."""
         if self._held:
             held = list(self._held.values())
-            await self._queries.renew_slots(
+            await self._queries.limits.slots_renew(
                 conn, [h for h, _ in held], [s for _, s in held], self.token, self._lease
             )
 
@@ -195,32 +201,25 @@ class Limiter:
         await self.stop()
         try:
             async with self._pool.acquire() as conn:
-                await asyncio.wait_for(self._queries.release_all_slots(conn, self.token), 5.0)
+                await asyncio.wait_for(
+                    self._queries.limits.slots_release_all(conn, self.token), 5.0
+                )
         except Exception as exc:
             log.warning("could not give back concurrency slots (%s)", describe_error(exc))
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if self._waiting:  # units hold for a slot: try again every TICK
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK)
-            else:
-                await self._wake.wait()
-            self._wake.clear()
-            try:
-                await self._flush()
-                failures = 0
-            except Exception as exc:  # never stop: the releases are retried, units deferred
-                failures += 1
-                delay = reconnect_delay(failures)
-                log.warning(
-                    "taking concurrency slots failed (%s); retrying in %.1fs",
-                    describe_error(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                self._wake.set()
+    async def _take_and_release(self) -> float:
+        if self._waiting:  # units hold for a slot: try again every TICK
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK)
+        else:
+            await self._wake.wait()
+        self._wake.clear()
+        await self._flush()
+        return 0.0
+
+    async def _retry_soon(self, exc: BaseException) -> None:
+        # Never stop: the releases are retried, the units deferred, after the backoff.
+        self._wake.set()
 
     async def _flush(self) -> None:
         """Write the releases, then take slots for every waiting unit: one checkout."""
@@ -231,11 +230,11 @@ class Limiter:
             async with self._pool.acquire() as conn:
                 if releases:
                     names, slots = [h for h, _ in releases], [s for _, s in releases]
-                    await self._queries.release_slots(conn, names, slots, self.token)
+                    await self._queries.limits.slots_release(conn, names, slots, self.token)
                     releases = []
                 if waiting:
                     wanted = Counter(unit[1].name for _, unit in waiting)
-                    granted = await self._queries.acquire_slots(
+                    granted = await self._queries.limits.slots_acquire(
                         conn,
                         list(wanted),
                         list(wanted.values()),

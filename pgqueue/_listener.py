@@ -29,8 +29,8 @@ from typing import Any
 
 import asyncpg
 
-from ._backoff import reconnect_delay
 from ._db import connect, warn_if_pooler
+from ._loop import run_with_backoff
 from ._queries import Queries
 from ._wakeups import first
 
@@ -56,14 +56,16 @@ class Listener:
     ``wake`` is called after each reconnection (notifications sent meanwhile are lost).
     """
 
+    name = "listener"
+
     def __init__(
         self,
+        *,
         dsn: str,
         queries: Queries,
         queues: tuple[str, ...],
         wake: Callable[[], None],
         swept: Callable[[Sequence[str]], None],
-        *,
         probe_interval: float = 5.0,
     ) -> None:
         self._dsn = dsn
@@ -108,38 +110,29 @@ class Listener:
             await warn_if_pooler(conn, self._dsn, LISTEN_THROUGH_POOLER)
             self._checked = True
         conn.add_termination_listener(self._on_terminate)
-        await conn.add_listener(self._queries.channel, self._on_notify)
+        await conn.add_listener(self._queries.core.channel, self._on_notify)
         self._lost.clear()
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting whenever the connection is lost."""
-        failures = 0
         try:
-            while True:
-                try:
-                    await self._open()
-                    if failures or self.reconnects:
-                        log.info("listener reconnected; catching up")
-                    failures = 0
-                    # Whatever was notified while we were away is lost: fetch now.
-                    self._wake()
-                    await self._watch()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    delay = reconnect_delay(failures)
-                    log.warning(
-                        "listener connection lost (%s); reconnecting in %.1fs",
-                        type(exc).__name__,
-                        delay,
-                        extra={"error": type(exc).__name__, "delay": delay},
-                    )
-                    await self._close()
-                    await asyncio.sleep(delay)
-                self.reconnects += 1
+            await run_with_backoff(self._listen, "listening", on_error=self._lost_connection)
         finally:
             await self._close()
+
+    async def _listen(self) -> float:
+        """Connect, catch up, and listen until the connection dies (by raising)."""
+        await self._open()
+        if self.reconnects:
+            log.info("listener reconnected; catching up")
+        # Whatever was notified while we were away is lost: fetch now.
+        self._wake()
+        await self._watch()
+        return 0.0
+
+    async def _lost_connection(self, exc: BaseException) -> None:
+        self.reconnects += 1
+        await self._close()
 
     async def _watch(self) -> None:
         """Sweep when asked; return (by raising) when the connection dies, probing it so a
@@ -161,7 +154,7 @@ class Listener:
         """Wait out the producers that skipped their NOTIFY, then have the worker claim."""
         self._sweep.clear()
         queues, self._to_sweep = sorted(self._to_sweep), set()
-        committing = await self._queries.committing_skippers(conn, queues)
+        committing = await self._queries.core.skippers(conn, queues)
         if committing:
             # Claim again once they have committed (milliseconds: they are inside their
             # COMMIT). Polled, never waited for on the lock itself.
@@ -174,7 +167,7 @@ class Listener:
                     break
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, SWEEP_POLL_MAX)
-                committing = await self._queries.committing_skippers(conn, queues, committing)
+                committing = await self._queries.core.skippers(conn, queues, committing)
         self.sweeps += 1
         self._swept(queues)
 

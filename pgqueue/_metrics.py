@@ -390,8 +390,8 @@ class Metrics:
 
     async def _read(self, source: _Source) -> tuple[list[Any], list[Any]]:
         async with source.pool.acquire() as conn:
-            queues = await source.queries.queue_depths(conn, source.queues, self.depth_limit)
-            dead = await source.queries.dead_counts(conn, self.depth_limit)
+            queues = await source.queries.admin.queue_depths(conn, source.queues, self.depth_limit)
+            dead = await source.queries.admin.dead_counts(conn, self.depth_limit)
         return queues, dead
 
 

@@ -120,7 +120,6 @@ def latest_version() -> int:
 
 async def applied_version(conn: asyncpg.Connection, schema: str) -> int | None:
     """The newest version applied in ``schema``, or None when it was never migrated."""
-    validate_schema(schema)
     # A query on pg_class, not to_regclass(): after waiting on the migration lock, the name
     # lookup may still answer from this session's catalog cache and miss the table that the
     # migration we waited for has just created; a query sees what is committed.

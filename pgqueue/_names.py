@@ -10,6 +10,12 @@ from __future__ import annotations
 
 import re
 
+# The limits of the outbox's domains (tests/unit/test_names_sql.py reads them from sql/).
+MAX_EVENT_TYPE = 128  # sql/0010 outbox_event_type_length
+MAX_PAYLOAD_BYTES = 1_048_576  # sql/0009 outbox_payload_size: 1 MiB of JSON text
+MAX_IDEMPOTENCY_KEY = 200  # sql/0009 outbox_idempotency_key_length
+MAX_HANDLER_NAME = 128  # sql/0006 handler_limits_handler_length
+
 # sql/0010 (domain event_type_name): outbox_event_type_format and outbox_event_type_length.
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")
 # sql/0009 (domain queue_name).
@@ -18,7 +24,6 @@ QUEUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,62}")
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
 # Interpolated (quoted) into SQL text: the strictest rule we can give it.
 SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-MAX_HANDLER_NAME = 128  # sql/0006 handler_limits_handler_length
 # The wildcard handler record (pgqueue._models.ANY_HANDLER) covers every handler of an event.
 RESERVED_HANDLER_NAMES = frozenset({"*"})
 
@@ -33,6 +38,14 @@ SCHEDULE_NAME_RULE = "1-128 ASCII letters, digits or _ . : - (not starting with 
 def event_type_ok(name: object) -> bool:
     """True when the outbox accepts ``name`` as an event type."""
     return isinstance(name, str) and EVENT_TYPE.fullmatch(name) is not None
+
+
+def event_type_problem(name: object) -> str | None:
+    """Why ``name`` cannot be an event type by length or kind, or None (the format is
+    :func:`event_type_ok`'s; the two constraints of sql/0010 are reported apart)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_EVENT_TYPE:
+        return f"event type must be a string of 1-{MAX_EVENT_TYPE} characters, got {name!r}"
+    return None
 
 
 def queue_ok(name: object) -> bool:

@@ -1,6 +1,6 @@
 """Paused queues: operators pause and resume a queue; workers skip paused queues when claiming.
 
-A pause is a row in ``queue_pauses`` (sql/0017_pause.sql). Each worker reads the rows of its
+A pause is a row in ``queue_pauses`` (sql/0015_pause.sql). Each worker reads the rows of its
 own queues once per poll interval (:class:`PausedQueues`), so a pause takes effect within a
 poll interval and costs no statement on the claim path; events already running finish, and
 producers keep enqueueing (their events wait as pending). A resume is seen within a poll
@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from ._backoff import describe_error
 from ._errors import ConfigurationError
+from ._loop import run_with_backoff
 from ._names import QUEUE_RULE, queue_ok
-from ._queries.flow import flow_queries_for
+from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA
 
 log = logging.getLogger("pgqueue.worker")
@@ -61,7 +61,7 @@ async def pause_queue(
         raise ConfigurationError(f"who paused the queue: 1 to {MAX_WHO} characters")
     text = reason.strip()[:MAX_REASON] if reason and reason.strip() else None
     name = who if who is not None else await conn.fetchval("SELECT current_user")
-    return await flow_queries_for(schema).pause(conn, queue, name, text)
+    return await queries_for(schema).flow.pause(conn, queue, name, text)
 
 
 async def resume_queue(
@@ -70,19 +70,22 @@ async def resume_queue(
     """Resume ``queue``; return False when it was not paused. Its workers see it within
     their poll interval and claim its backlog then."""
     _check_queue(queue)
-    return await flow_queries_for(schema).resume(conn, queue)
+    return await queries_for(schema).flow.resume(conn, queue)
 
 
 async def list_paused(
     conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA
 ) -> list[QueuePause]:
     """Every paused queue, by name."""
-    rows = await flow_queries_for(schema).pause_rows(conn)
+    rows = await queries_for(schema).flow.list_pauses(conn)
     return [QueuePause(**dict(r)) for r in rows]
 
 
 class PausedQueues:
-    """A worker's view of which of its queues are paused, read once per ``interval``."""
+    """A worker's view of which of its queues are paused, read once per ``interval``: a
+    service (``run()``) of the worker, which reads :attr:`paused` before each claim."""
+
+    name = "paused queues"
 
     def __init__(
         self,
@@ -95,7 +98,7 @@ class PausedQueues:
     ) -> None:
         self._pool = pool
         self._wake = wake  # a resumed queue is claimed at once, not at the next poll
-        self._queries = flow_queries_for(schema)
+        self._queries = queries_for(schema).flow
         self._queues = queues
         self._interval = interval
         self.paused: frozenset[str] = frozenset()
@@ -114,14 +117,13 @@ class PausedQueues:
             self._wake()
 
     async def run(self) -> None:
-        """Refresh every interval until cancelled; a failed read keeps the last view."""
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.warning(
-                    "reading paused queues failed (%s); will retry",
-                    describe_error(exc),
-                    extra={"error": describe_error(exc)},
-                )
+        """Refresh every interval until cancelled (the worker read them once before its first
+        claim); a failed read keeps the last view and is retried sooner than the interval,
+        never later."""
+
+        async def step() -> float:
+            await self.refresh()
+            return self._interval
+
+        await asyncio.sleep(self._interval)
+        await run_with_backoff(step, "reading paused queues", cap=self._interval)

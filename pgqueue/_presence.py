@@ -22,7 +22,8 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 from ._backoff import describe_error
-from ._queries.presence import presence_queries_for
+from ._loop import run_with_backoff
+from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA, WorkerSettings
 
 log = logging.getLogger("pgqueue.worker")
@@ -61,7 +62,7 @@ async def list_workers(
     conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA
 ) -> list[WorkerInfo]:
     """The worker processes alive now (their lease has not expired), oldest first."""
-    rows = await presence_queries_for(schema).alive_rows(conn)
+    rows = await queries_for(schema).presence.alive(conn)
     return [WorkerInfo(**dict(r)) for r in rows]
 
 
@@ -69,6 +70,8 @@ class Presence:
     """The worker's presence row: announced at start, renewed every heartbeat, deleted at
     stop. A failed write is logged and tried again at the next beat: presence is for people
     to look at, and never stops the worker."""
+
+    name = "presence"
 
     def __init__(
         self,
@@ -84,7 +87,7 @@ class Presence:
         self._worker_id = worker_id
         self._event_types = event_types
         self._in_flight = in_flight
-        self._queries = presence_queries_for(settings.schema_name)
+        self._queries = queries_for(settings.schema_name).presence
         self._host = socket.gethostname()
         self._version = package_version()
 
@@ -105,16 +108,13 @@ class Presence:
 
     async def run(self) -> None:
         """Renew the row every heartbeat interval until cancelled."""
-        while True:
-            try:
-                await self.beat()
-            except Exception as exc:
-                log.warning(
-                    "worker presence not renewed (%s); will retry",
-                    describe_error(exc),
-                    extra={"error": describe_error(exc)},
-                )
-            await asyncio.sleep(self._settings.heartbeat_interval)
+        interval = self._settings.heartbeat_interval
+
+        async def beat() -> float:
+            await self.beat()
+            return interval
+
+        await run_with_backoff(beat, "renewing worker presence", cap=interval)
 
     async def leave(self) -> None:
         """Delete the row (best effort: if it fails, the row expires with its lease)."""

@@ -18,7 +18,7 @@ from ._backoff import RetryPolicy
 from ._errors import RegistryError
 from ._models import Context
 from ._names import EVENT_TYPE_RULE, event_type_ok, handler_name_problem
-from ._scheduler import Schedule
+from ._schedule import Schedule
 
 if typing.TYPE_CHECKING:
     from ._relay.base import Relay

@@ -107,6 +107,7 @@ class Runners:
 
     def __init__(
         self,
+        *,
         concurrency: int,
         record: Callable[[Delivery, Handler, Outcome], None],
         stopping: Callable[[], bool],

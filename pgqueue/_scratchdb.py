@@ -81,12 +81,12 @@ class ScratchDatabases:
         finally:
             await conn.close()
 
-    async def clone(self) -> tuple[str, str]:
-        """A fresh copy of the template: (name, DSN)."""
+    async def clone(self, *, migrated: bool = True) -> tuple[str, str]:
+        """A fresh copy of the template (``migrated=False``: an empty database, from
+        template0): (name, DSN)."""
         name = f"{self.prefix}_{next(self._numbers)}"
-        await self._admin(
-            f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(self.template)}"
-        )
+        source = quote_ident(self.template) if migrated else "template0"
+        await self._admin(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {source}")
         return name, with_database(self.admin_dsn, name)
 
     async def drop(self, name: str) -> None:

@@ -6,10 +6,10 @@ Nothing here reads the environment; the CLI maps environment variables to option
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ._errors import ConfigurationError
 from ._names import QUEUE_RULE, queue_ok, schema_ok
@@ -109,8 +109,11 @@ class WorkerSettings(BaseModel):
     shutdown_timeout: float = Field(default=10.0, ge=0, le=86_400)
     burst: bool = False
     # False: poll only (``--poll-only``). Without a direct connection for LISTEN (see
-    # ``Worker(listen_dsn=)``), a worker behind a transaction-mode pooler must poll.
+    # ``listen_dsn``), a worker behind a transaction-mode pooler must poll.
     listen: bool = True
+    # A connection for LISTEN other than the worker's DSN: needed when that DSN goes through a
+    # transaction-mode pooler. Never in repr: it may hold a password.
+    listen_dsn: str | None = Field(default=None, repr=False)
     # True: the DSN goes through a transaction-mode pooler (PgBouncer, pgcat, Supavisor, RDS
     # Proxy): no statement cache, no startup parameters, nothing kept in the session.
     pooled: bool = False
@@ -120,6 +123,8 @@ class WorkerSettings(BaseModel):
     # Sized for I/O-bound work (an HTTP call, a Django query), like Dramatiq's 8 per process;
     # each thread that uses Django's ORM holds a database connection of its own.
     sync_threads: int = Field(default=10, ge=1, le=1000)
+    # Connections of the pool that handlers borrow through ``ctx.conn`` (opened lazily).
+    handler_pool_size: int = Field(default=10, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> WorkerSettings:
@@ -136,11 +141,24 @@ class WorkerSettings(BaseModel):
         return self.heartbeat_seconds or self.lease_seconds / 3
 
 
-def check_listen(settings: WorkerSettings, listen_dsn: str | None) -> None:
+def check_listen(settings: WorkerSettings) -> None:
     """Refuse LISTEN through a transaction-mode pooler: it would silently receive nothing."""
-    if settings.pooled and settings.listen and not settings.burst and not listen_dsn:
+    if settings.pooled and settings.listen and not settings.burst and not settings.listen_dsn:
         raise ConfigurationError(
             "LISTEN does not work through a transaction-mode pooler (notifications never "
             "arrive): pass --listen-dsn (listen_dsn=) with a direct connection to "
             "PostgreSQL, or --poll-only (listen=False)"
         )
+
+
+def worker_settings(**given: Any) -> WorkerSettings:
+    """``WorkerSettings`` from the options a user gave, by field name; None means "not given",
+    so the model's default applies. The model owns every default and bound: the first
+    problem it finds becomes one ConfigurationError line."""
+    try:
+        return WorkerSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        cause = first.get("ctx", {}).get("error")
+        where = ".".join(map(str, first["loc"]))
+        raise ConfigurationError(str(cause) if cause else f"{where}: {first['msg']}") from None

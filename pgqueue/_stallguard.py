@@ -35,6 +35,8 @@ log = logging.getLogger("pgqueue.worker")
 class StallGuard:
     """Renews the worker's leases from a thread while its event loop is blocked."""
 
+    name = "stall guard"
+
     def __init__(
         self,
         *,
@@ -84,7 +86,7 @@ class StallGuard:
                     if conn is None:
                         conn = loop.run_until_complete(connect(self._dsn, **self._options))
                     loop.run_until_complete(
-                        self._queries.extend_leases(
+                        self._queries.core.heartbeat(
                             conn, [d.row.id for d in held], [d.token for d in held], self._lease
                         )
                     )

@@ -17,7 +17,7 @@ import asyncpg
 
 from ._errors import ConfigurationError
 from ._models import ANY_HANDLER
-from ._queries import Queries, SelectionArgs, queries_for
+from ._queries import SelectionArgs, SteerQueries, database_now, queries_for
 from ._settings import DEFAULT_SCHEMA
 
 IdSpec = int | range
@@ -142,10 +142,10 @@ async def count_dead(
     """How many dead events :func:`retry` or :func:`discard` with these filters would touch."""
     sel = selection(ids, event_type, handler, since, until)
     queries = queries_for(schema)
-    return await queries.count_dead_events(conn, sel.args(await queries.database_now(conn)))
+    return await queries.steer.count_dead(conn, sel.args(await database_now(conn)))
 
 
-Step = Callable[[Queries, asyncpg.Connection, SelectionArgs, int, int], Awaitable[list[int]]]
+Step = Callable[[SteerQueries, asyncpg.Connection, SelectionArgs, int, int], Awaitable[list[int]]]
 
 
 async def _walk(
@@ -159,11 +159,11 @@ async def _walk(
     """Apply ``step`` to the selected dead events in id order, one batch at a time."""
     _check_batch(batch_size)
     queries = queries_for(schema)
-    args = sel.args(await queries.database_now(conn))
+    args = sel.args(await database_now(conn))
     touched: list[int] = []
     after = sel.start_after
     while True:
-        ids = await step(queries, conn, args, after, batch_size)
+        ids = await step(queries.steer, conn, args, after, batch_size)
         touched += ids
         if progress is not None and ids:
             progress(len(touched))
@@ -192,7 +192,7 @@ async def retry(
     ``until`` bound the creation time. With no filter at all, every dead event is retried.
     """
     sel = selection(ids, event_type, handler, since, until)
-    return await _walk(conn, sel, Queries.retry_dead_batch, batch_size, schema, progress)
+    return await _walk(conn, sel, SteerQueries.retry_batch, batch_size, schema, progress)
 
 
 async def discard(
@@ -214,7 +214,7 @@ async def discard(
     again, deleted by :func:`prune` with ``include_discarded``. Filters as :func:`retry`.
     """
     sel = selection(ids, event_type, handler, since, until)
-    return await _walk(conn, sel, Queries.discard_dead_batch, batch_size, schema, progress)
+    return await _walk(conn, sel, SteerQueries.discard_batch, batch_size, schema, progress)
 
 
 @dataclass(frozen=True)
@@ -268,10 +268,10 @@ async def preview_replay(
     """Count what :func:`replay` with the same arguments would touch; change nothing."""
     sel = _replay_selection(event_type, handler, ids, since, until)
     queries = queries_for(schema)
-    found = await queries.find_replay(conn, sel.key())
+    found = await queries.steer.replay_find(conn, sel.key())
     started_at = found["started_at"] if found["id"] is not None else found["now"]
     after = found["last_id"] if found["id"] is not None else sel.start_after
-    counts = await queries.replay_counts(conn, sel.args(started_at), started_at, after)
+    counts = await queries.steer.replay_count(conn, sel.args(started_at), started_at, after)
     return ReplayPreview(
         found["id"],
         counts.pop("done", 0),
@@ -312,18 +312,18 @@ async def replay(
         )
     queries = queries_for(schema)
     key = sel.key()
-    found = await queries.find_replay(conn, key)
+    found = await queries.steer.replay_find(conn, key)
     resumed = found["id"] is not None
     while found["id"] is None:
         # Start one. If a concurrent run of the same command started one first, the INSERT
         # does nothing and this finds (and joins) theirs; if that one even finished in
         # between, the next round starts a fresh one.
-        await queries.start_replay(conn, key, found["now"], sel.start_after)
-        found = await queries.find_replay(conn, key)
+        await queries.steer.replay_start(conn, key, found["now"], sel.start_after)
+        found = await queries.steer.replay_find(conn, key)
     args = sel.args(found["started_at"])
     replayed = 0
     while True:
-        count, finished = await queries.replay_once(conn, args, found["id"], batch_size)
+        count, finished = await queries.steer.replay_batch(conn, args, found["id"], batch_size)
         replayed += count
         if progress is not None and count:
             progress(replayed)

@@ -33,7 +33,7 @@ import asyncpg
 
 from ._errors import ConfigurationError, EventNotFound, WaitTimeout
 from ._models import EventState
-from ._queries.flow import flow_queries_for
+from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA
 
 POLL_MIN = 0.05
@@ -83,7 +83,7 @@ async def wait(
             "wait polls outside a transaction (one would hold its snapshot while waiting); "
             "commit first, or wait on another connection"
         )
-    queries = flow_queries_for(schema)
+    queries = queries_for(schema).flow
     deadline = None if timeout is None else time.monotonic() + timeout
     interval = POLL_MIN
     while True:

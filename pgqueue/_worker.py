@@ -48,6 +48,7 @@ from ._leases import LeaseKeeper
 from ._limits import Limiter
 from ._listener import Listener
 from ._logs import WORKER_ID
+from ._loop import Service
 from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
@@ -79,12 +80,24 @@ SHORT_BATCH_WAIT = 0.05
 FIRST_CLAIM = 100
 
 
+@dataclasses.dataclass
+class _Parts:
+    """What one run built, so that stopping closes exactly that (also after a failed start)."""
+
+    tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
+    threads: ThreadPool | None = None
+    presence: Presence | None = None
+    runners: Runners | None = None
+    limiter: Limiter | None = None
+    relays: RelayBatches | None = None
+
+
 class Worker:
     """Runs the handlers of a :class:`Registry` against one database until stopped.
 
-    ``listen_dsn``: a connection for LISTEN other than ``dsn``; needed when ``dsn`` goes
-    through a transaction-mode pooler (``settings.pooled``), where LISTEN receives nothing.
-    It must reach PostgreSQL directly (or through a session-mode pooler).
+    ``settings.listen_dsn``: a connection for LISTEN other than ``dsn``; needed when ``dsn``
+    goes through a transaction-mode pooler (``settings.pooled``), where LISTEN receives
+    nothing. It must reach PostgreSQL directly (or through a session-mode pooler).
     ``metrics`` (a :class:`Metrics`) collects Prometheus metrics and serves them while the
     worker runs. ``tracer_provider`` traces every handler run with OpenTelemetry; without it,
     tracing is on only when an OpenTelemetry SDK set the global provider.
@@ -96,21 +109,17 @@ class Worker:
         registry: Registry,
         settings: WorkerSettings | None = None,
         *,
-        handler_pool_size: int = 10,
-        listen_dsn: str | None = None,
         metrics: Metrics | None = None,
         tracer_provider: Any = None,
     ) -> None:
         self.settings = settings or WorkerSettings()
-        check_listen(self.settings, listen_dsn)
+        check_listen(self.settings)
         self.registry = registry
         self.stats = WorkerStats()
         self.worker_id = self.settings.worker_id or (
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         )
         self._dsn = dsn
-        self._listen_dsn = listen_dsn
-        self._handler_pool_size = handler_pool_size
         self._queries: Queries = queries_for(self.settings.schema_name)
         self._event_types = list(registry.event_types)
         self._max_inflight = 2 * self.settings.batch_size
@@ -120,11 +129,11 @@ class Worker:
         self._wakeups = Wakeups(self.settings.poll_interval)
         self._shutdown = Shutdown(self._wakeups, self.settings.shutdown_timeout)
         self._intake = Intake(
-            registry,
-            self._inflight,
-            self.stats,
-            self._wakeups,
-            lambda: self._shutdown.stopping,
+            registry=registry,
+            inflight=self._inflight,
+            stats=self.stats,
+            wakeups=self._wakeups,
+            stopping=lambda: self._shutdown.stopping,
         )
         self._fatal: BaseException | None = None
         self._pool: asyncpg.Pool | None = None
@@ -181,158 +190,28 @@ class Worker:
     async def _run(self) -> WorkerStats:
         if not self._event_types:
             raise RegistryError("the registry has no handlers; register one with @registry.on(...)")
-        s = self.settings
-        self._pool = await create_pool(
-            self._dsn, min_size=1, max_size=4, **pool_options(pooled=s.pooled, control=True)
-        )
-        tasks: list[asyncio.Task[Any]] = []
-        threads: ThreadPool | None = None
-        presence: Presence | None = None
-        relays: RelayBatches | None = None
+        parts = _Parts()
         try:
-            async with self._pool.acquire() as conn:
-                await check_schema(conn, s.schema_name, dsn_hint=self._dsn)
-                if not s.pooled:
-                    await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
-            self._claim_pool = await create_pool(
-                self._dsn,
-                min_size=1,
-                max_size=1,
-                **pool_options(pooled=s.pooled, control=True, generic=True),
-            )
-            scheduler = None
-            if self.registry.schedules and not s.burst:
-                scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
-                await scheduler.sync()  # a role that may not keep schedules stops us here
-            if self.metrics is not None:
-                await self.metrics.start(
-                    self.worker_id, self._pool, self._queries, s.queues, lambda: self.in_flight
-                )
-            self._handler_pool = await create_pool(
-                self._dsn,
-                min_size=0,
-                max_size=self._handler_pool_size,
-                **pool_options(pooled=s.pooled, control=False),
-            )
-            log.info(
-                "worker %s started: %s schema=%s queues=%s types=%s concurrency=%d batch=%d",
-                self.worker_id,
-                mask_dsn(self._dsn),
-                s.schema_name,
-                ",".join(s.queues),
-                ",".join(self._event_types),
-                s.concurrency,
-                s.batch_size,
-                extra={"event": "start", "queues": list(s.queues)},
-            )
-            if any(not h.is_async for h in self.registry):
-                threads = ThreadPool(s.sync_threads)
-            runners = Runners(
-                s.concurrency,
-                self._intake.record,
-                lambda: self._shutdown.stopping,
-                self._handler_pool,
-                s.schema_name,
-                self.metrics,
-                self._tracing,
-                threads=threads,
-            )
-            completer = Completer(
-                self._pool,
-                self._queries,
-                self._inflight,
-                self.stats,
-                self._wakeups.progress.set,
-                self._after_error,
-                self.metrics,
-            )
-            limiter = await self._make_limiter(runners)
-            relays = await self._make_relays()
-            self._intake.attach(runners, completer, limiter, relays)
-            leases = LeaseKeeper(
-                self._pool,
-                self._queries,
-                s,
-                self._inflight,
-                self.stats,
-                self._wakeups.wakeup.set,
-                limiter.renew if limiter else None,
-                cancel_runs=runners.cancel_runs,
-            )
-            guard = StallGuard(
-                dsn=self._dsn,
-                connect_options=pool_options(pooled=s.pooled, control=True),
-                queries=self._queries,
-                inflight=self._inflight,
-                lease_seconds=s.lease_seconds,
-                interval=s.heartbeat_interval,
-                grace=self._stall_grace(),
-            )
-            tasks = [
-                *runners.start(),
-                asyncio.create_task(completer.run()),
-                *leases.start(),
-                asyncio.create_task(guard.run()),
-                *([limiter.start()] if limiter else []),
-                *(relays.start() if relays else []),
+            scheduler = await self._open()
+            services = await self._build(parts, scheduler)
+            # Every service alike: one task each, supervised; runner slots and relay lanes are
+            # work pools that the shutdown drains (see _shutdown.py), not services.
+            assert parts.runners is not None
+            parts.tasks = [
+                *parts.runners.start(),
+                *(parts.relays.start() if parts.relays else []),
+                *(asyncio.create_task(svc.run(), name=f"pgqueue {svc.name}") for svc in services),
             ]
-            if s.listen and not s.burst:
-                listener = Listener(
-                    self._listen_dsn or self._dsn,
-                    self._queries,
-                    s.queues,
-                    self._wakeups.wakeup.set,
-                    self._swept,
-                )
-                tasks.append(asyncio.create_task(listener.run()))
-            if scheduler is not None:
-                tasks.append(asyncio.create_task(scheduler.run()))
-            presence = Presence(
-                pool=self._pool,
-                settings=s,
-                worker_id=self.worker_id,
-                event_types=self._event_types,
-                in_flight=lambda: self.in_flight,
-            )
-            tasks.append(asyncio.create_task(presence.run()))
-            self._pauses = PausedQueues(
-                pool=self._pool,
-                schema=s.schema_name,
-                queues=list(s.queues),
-                interval=s.poll_interval,
-                wake=self._wakeups.wakeup.set,
-            )
-            await self._pauses.refresh()
-            tasks.append(asyncio.create_task(self._pauses.run()))
-            for task in tasks:
+            for task in parts.tasks:
                 task.add_done_callback(self._supervise)
-            try:
-                await self._claim_loop()
-            except Exception as exc:
-                # A claim error that retrying cannot cure: stop, but hand back what we hold
-                # first, so those events run elsewhere now rather than when their leases end.
-                log.error("claiming failed (%s); stopping the worker", describe_error(exc))
-                self._fatal = exc
-                self.request_stop()
-                self.request_stop()
-            await self._shutdown.drain(self._intake, runners, limiter, relays)
-            if limiter is not None:
-                await limiter.close()
+            await self._claim_until_stopped()
+            await self._shutdown.drain(self._intake, parts.runners, parts.limiter, parts.relays)
+            if parts.limiter is not None:
+                await parts.limiter.close()
             if self._fatal is not None:
                 raise self._fatal
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if threads is not None:
-                threads.close()
-            if presence is not None:
-                await presence.leave()
-            if self.metrics is not None:
-                await self.metrics.stop()
-            if relays is not None:
-                await relays.close()
-            await self._close()
+            await self._stop(parts)
         log.info(
             "worker %s stopped: %d done, %d retried, %d dead, %d handed back, %d deferred",
             self.worker_id,
@@ -344,6 +223,156 @@ class Worker:
             extra={"event": "stop", **dataclasses.asdict(self.stats)},
         )
         return self.stats
+
+    async def _open(self) -> Scheduler | None:
+        """Open the pools, check the schema, register the schedules, start the metrics;
+        return the scheduler (None: no schedules, or a burst run)."""
+        s = self.settings
+        self._pool = await create_pool(
+            self._dsn, min_size=1, max_size=4, **pool_options(pooled=s.pooled, control=True)
+        )
+        async with self._pool.acquire() as conn:
+            await check_schema(conn, s.schema_name, dsn_hint=self._dsn)
+            if not s.pooled:
+                await warn_if_pooler(conn, self._dsn, POOLED_ADVICE)
+        self._claim_pool = await create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=1,
+            **pool_options(pooled=s.pooled, control=True, generic=True),
+        )
+        scheduler = None
+        if self.registry.schedules and not s.burst:
+            scheduler = Scheduler(self._pool, s.schema_name, self.registry.schedules)
+            await scheduler.sync()  # a role that may not keep schedules stops us here
+        if self.metrics is not None:
+            await self.metrics.start(
+                self.worker_id, self._pool, self._queries, s.queues, lambda: self.in_flight
+            )
+        self._handler_pool = await create_pool(
+            self._dsn,
+            min_size=0,
+            max_size=s.handler_pool_size,
+            **pool_options(pooled=s.pooled, control=False),
+        )
+        log.info(
+            "worker %s started: %s schema=%s queues=%s types=%s concurrency=%d batch=%d",
+            self.worker_id,
+            mask_dsn(self._dsn),
+            s.schema_name,
+            ",".join(s.queues),
+            ",".join(self._event_types),
+            s.concurrency,
+            s.batch_size,
+            extra={"event": "start", "queues": list(s.queues)},
+        )
+        return scheduler
+
+    async def _build(self, parts: _Parts, scheduler: Scheduler | None) -> list[Service]:
+        """Build the work pools (runners, limiter, relay lanes) into ``parts``, by name; return
+        the background services to start."""
+        s = self.settings
+        assert self._pool is not None
+        if any(not h.is_async for h in self.registry):
+            parts.threads = ThreadPool(s.sync_threads)
+        parts.runners = runners = Runners(
+            concurrency=s.concurrency,
+            record=self._intake.record,
+            stopping=lambda: self._shutdown.stopping,
+            pool=self._handler_pool,
+            schema=s.schema_name,
+            observer=self.metrics,
+            tracing=self._tracing,
+            threads=parts.threads,
+        )
+        completer = Completer(
+            pool=self._pool,
+            queries=self._queries,
+            inflight=self._inflight,
+            stats=self.stats,
+            on_progress=self._wakeups.progress.set,
+            after_error=self._after_error,
+            observer=self.metrics,
+        )
+        parts.limiter = limiter = await self._make_limiter(runners)
+        parts.relays = await self._make_relays()
+        self._intake.attach(runners, completer, limiter, parts.relays)
+        leases = LeaseKeeper(
+            pool=self._pool,
+            queries=self._queries,
+            settings=s,
+            inflight=self._inflight,
+            stats=self.stats,
+            wake=self._wakeups.wakeup.set,
+            renew_slots=limiter.renew if limiter else None,
+            cancel_runs=runners.cancel_runs,
+        )
+        guard = StallGuard(
+            dsn=self._dsn,
+            connect_options=pool_options(pooled=s.pooled, control=True),
+            queries=self._queries,
+            inflight=self._inflight,
+            lease_seconds=s.lease_seconds,
+            interval=s.heartbeat_interval,
+            grace=self._stall_grace(),
+        )
+        parts.presence = Presence(
+            pool=self._pool,
+            settings=s,
+            worker_id=self.worker_id,
+            event_types=self._event_types,
+            in_flight=lambda: self.in_flight,
+        )
+        self._pauses = PausedQueues(
+            pool=self._pool,
+            schema=s.schema_name,
+            queues=list(s.queues),
+            interval=s.poll_interval,
+            wake=self._wakeups.wakeup.set,
+        )
+        await self._pauses.refresh()  # before the first claim
+        services: list[Service] = [completer, leases, guard, parts.presence, self._pauses]
+        if limiter is not None:
+            services.append(limiter)
+        if s.listen and not s.burst:
+            services.append(
+                Listener(
+                    dsn=s.listen_dsn or self._dsn,
+                    queries=self._queries,
+                    queues=s.queues,
+                    wake=self._wakeups.wakeup.set,
+                    swept=self._swept,
+                )
+            )
+        if scheduler is not None:
+            services.append(scheduler)
+        return services
+
+    async def _claim_until_stopped(self) -> None:
+        try:
+            await self._claim_loop()
+        except Exception as exc:
+            # A claim error that retrying cannot cure: stop, but hand back what we hold
+            # first, so those events run elsewhere now rather than when their leases end.
+            log.error("claiming failed (%s); stopping the worker", describe_error(exc))
+            self._fatal = exc
+            self.request_stop()
+            self.request_stop()
+
+    async def _stop(self, parts: _Parts) -> None:
+        """Cancel the tasks, then close what this run opened (whatever got opened)."""
+        for task in parts.tasks:
+            task.cancel()
+        await asyncio.gather(*parts.tasks, return_exceptions=True)
+        if parts.threads is not None:
+            parts.threads.close()
+        if parts.presence is not None:
+            await parts.presence.leave()
+        if self.metrics is not None:
+            await self.metrics.stop()
+        if parts.relays is not None:
+            await parts.relays.close()
+        await self._close()
 
     def _stall_grace(self) -> float:
         """How long a blocked event loop may keep its leases (see _stallguard.py): twice the
@@ -363,13 +392,13 @@ class Worker:
             return None
         assert self._pool is not None
         limiter = Limiter(
-            self._pool,
-            self._queries,
-            limits,
-            self.worker_id,
-            self.settings.lease_seconds,
-            runners.submit,
-            self._intake.record,
+            pool=self._pool,
+            queries=self._queries,
+            limits=limits,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            submit=runners.submit,
+            record=self._intake.record,
         )
         async with self._pool.acquire() as conn:
             log.info("concurrency limits: %s", await limiter.setup(conn))
@@ -480,7 +509,7 @@ class Worker:
         try:
             async with self._pool.acquire() as conn:
                 for queue in self._claimable():
-                    due = await self._queries.seconds_until_due(conn, queue, self._event_types)
+                    due = await self._queries.core.next_due(conn, queue, self._event_types)
                     if due is not None:
                         timeout = min(timeout, max(due, 0.0) + 0.001)
         except Exception as exc:
@@ -503,7 +532,7 @@ class Worker:
         async with self._claim_pool.acquire() as conn:
             for queue in self._claimable():
                 token = uuid.uuid4()
-                rows = await self._queries.claim_batch(
+                rows = await self._queries.core.claim(
                     conn,
                     queue,
                     self._event_types,

@@ -97,7 +97,7 @@ def _from_row(row: Any) -> EventResult:
 async def _all(source: Source, event_type: str | None, schema: str) -> list[EventResult]:
     if isinstance(source, InProcess):
         return source.events(event_type)
-    rows = await queries_for(schema).events_for_tests(source, event_type)
+    rows = await queries_for(schema).admin.test_events(source, event_type)
     return [_from_row(row) for row in rows]
 
 
@@ -274,7 +274,7 @@ async def _drain(
             return total
         conn = await asyncpg.connect(dsn)
         try:
-            advanced = await queries_for(settings.schema_name).advance_scheduled(
+            advanced = await queries_for(settings.schema_name).admin.test_advance(
                 conn, registry.event_types, settings.queues
             )
         finally:

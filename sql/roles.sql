@@ -98,7 +98,7 @@ GRANT SELECT, UPDATE (lease_token, leased_by, lease_expires_at) ON :"schema".han
 -- Worker presence (migration 0013): each worker upserts and deletes its own row, and deletes
 -- rows of workers dead for over an hour. Every column is its own presence data.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".workers TO pgqueue_worker;
--- Paused queues (migration 0017): workers read them to skip those queues when claiming.
+-- Paused queues (migration 0015): workers read them to skip those queues when claiming.
 GRANT SELECT ON :"schema".queue_pauses TO pgqueue_worker;
 
 -- Ops: read only.

@@ -29,28 +29,31 @@ Fixtures:
   ``WITH (FORCE)`` in the background after the test (the session's end waits for them).
 - ``db_dsn`` (function, str): one fresh migrated database.
 - ``conn`` (function, asyncpg.Connection): a connection to ``db_dsn``, closed after the test.
+- ``shared_dsn`` (module, str) and ``tx`` (function, asyncpg.Connection): one database per
+  test module, and a connection in a transaction rolled back after each test.
+- An autouse check fails any test that leaves an asyncio task running.
+
+The databases come from ``pgqueue._scratchdb.ScratchDatabases``, the harness that
+``pgqueue.testing`` gives users: this file keeps only the search for a server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import itertools
 import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
-from pgqueue._migrate import migrate
-from pgqueue._scratchdb import run_sync, with_database
+from pgqueue._scratchdb import ScratchDatabases, run_sync
 from pgqueue._settings import mask_dsn
 
 _DSN_KEY = "pgqueue_test_dsn"
@@ -301,76 +304,13 @@ def pg_bindir(pytestconfig: pytest.Config) -> Path | None:
     return server.bindir if server is not None else None
 
 
-class Databases:
-    """Creates and drops this worker's databases; names never collide across runs."""
-
-    def __init__(self, admin_dsn: str) -> None:
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        self.admin_dsn = admin_dsn
-        self.prefix = f"pgq_{worker}_{os.getpid()}_{secrets.token_hex(3)}"
-        self.template = f"{self.prefix}_tpl"
-        self._numbers = itertools.count(1)
-        # PostgreSQL 15 makes every DROP DATABASE wait for a checkpoint (about 1 s here) and
-        # concurrent drops share one: test databases are dropped in the background.
-        self._dropper = ThreadPoolExecutor(4, thread_name_prefix="test-db-drop")
-        self._drops: list[Future[None]] = []
-
-    async def _admin(self, *statements: str) -> None:
-        conn = await asyncpg.connect(self.admin_dsn, timeout=10)
-        try:
-            for statement in statements:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    async def create_template(self) -> None:
-        await self._admin(f'CREATE DATABASE "{self.template}"')
-        conn = await asyncpg.connect(with_database(self.admin_dsn, self.template), timeout=10)
-        try:
-            await migrate(conn, "pgqueue")
-        finally:
-            await conn.close()
-
-    def create(self, *, migrated: bool = True) -> str:
-        name = f"{self.prefix}_{next(self._numbers)}"
-        source = self.template if migrated else "template0"
-        run_sync(self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
-        return with_database(self.admin_dsn, name)
-
-    def drop(self, *names: str) -> None:
-        drops = [f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names]
-        if drops:
-            run_sync(self._admin(*drops))
-
-    def drop_later(self, *names: str) -> None:
-        """Drop in the background; :meth:`close` waits for every such drop."""
-        self._drops.append(self._dropper.submit(self.drop, *names))
-
-    def close(self) -> None:
-        """Wait for the background drops, then drop whatever this process left."""
-        wait(self._drops)  # a failed drop is swept up by the leftovers below
-        self._dropper.shutdown()
-        self.drop(*self.leftovers())
-
-    def leftovers(self) -> list[str]:
-        async def query() -> list[str]:
-            conn = await asyncpg.connect(self.admin_dsn, timeout=10)
-            try:
-                rows = await conn.fetch(
-                    "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
-                    self.prefix + "_",
-                )
-            finally:
-                await conn.close()
-            return [row["datname"] for row in rows]
-
-        return run_sync(query())
-
-
 @pytest.fixture(scope="session")
-def _databases(admin_dsn: str) -> Iterator[Databases]:
-    databases = Databases(admin_dsn)
-    run_sync(databases.create_template())
+def _databases(admin_dsn: str) -> Iterator[ScratchDatabases]:
+    """This process's migrated template and its clones (pgqueue/_scratchdb.py: the harness
+    pgqueue.testing gives users), all dropped at the end; names never collide across runs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    databases = ScratchDatabases(admin_dsn, f"pgq_{worker}_{os.getpid()}_{secrets.token_hex(3)}")
+    run_sync(databases.create_template("pgqueue", None))
     try:
         yield databases
     finally:
@@ -378,25 +318,26 @@ def _databases(admin_dsn: str) -> Iterator[Databases]:
 
 
 @pytest.fixture(scope="session")
-def template_db(_databases: Databases) -> str:
+def template_db(_databases: ScratchDatabases) -> str:
     """Name of this worker's migrated template database."""
     return _databases.template
 
 
 @pytest.fixture
-def database_factory(_databases: Databases) -> Iterator[Callable[..., str]]:
+def database_factory(_databases: ScratchDatabases) -> Iterator[Callable[..., str]]:
     """``create(*, migrated=True) -> dsn``: fresh databases, all dropped after the test."""
     created: list[str] = []
 
     def create(*, migrated: bool = True) -> str:
-        dsn = _databases.create(migrated=migrated)
-        created.append(urlsplit(dsn).path.lstrip("/"))
+        name, dsn = run_sync(_databases.clone(migrated=migrated))
+        created.append(name)
         return dsn
 
     try:
         yield create
     finally:
-        _databases.drop_later(*created)
+        for name in created:
+            _databases.drop_later(name)
 
 
 @pytest.fixture
@@ -413,3 +354,45 @@ async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def shared_dsn(_databases: ScratchDatabases) -> Iterator[str]:
+    """One migrated database for a whole module; tests use it only through ``tx``."""
+    name, dsn = run_sync(_databases.clone())
+    try:
+        yield dsn
+    finally:
+        _databases.drop_later(name)
+
+
+@pytest.fixture
+async def tx(shared_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection inside a transaction that is rolled back at the end of the test: the cheap
+    choice for a test that only runs queries (no CREATE DATABASE per test; no commit, LISTEN
+    or worker). A statement expected to fail must run in a savepoint (``async with
+    tx.transaction()``) so the test can keep querying afterwards."""
+    connection = await asyncpg.connect(shared_dsn)
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        yield connection
+    finally:
+        await transaction.rollback()
+        await connection.close(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+async def _no_task_outlives_its_test() -> AsyncIterator[None]:
+    """Fail a test that leaves an asyncio task running (a worker, a server, a loop) after its
+    fixtures are torn down: nothing may outlive its test."""
+    yield
+    me = asyncio.current_task()
+    for _ in range(3):  # tasks finishing their cancellation need a turn of the loop
+        left = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not left:
+            return
+        await asyncio.sleep(0)
+    for task in left:
+        task.cancel()
+    pytest.fail(f"{len(left)} asyncio task(s) outlived the test: {left[:3]}", pytrace=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._settings import DEFAULT_SCHEMA
-from ._config import DashboardSettings
+from ._config import REFRESH_SECONDS, DashboardSettings
 
 __all__ = ["DashboardSettings", "pgqueue_dashboard"]
 
@@ -27,7 +27,7 @@ def pgqueue_dashboard(
     token: str | None = None,
     basic_auth: tuple[str, str] | None = None,
     show_payloads: bool = False,
-    refresh_seconds: float = 5.0,
+    refresh_seconds: float = REFRESH_SECONDS,
 ) -> Any:
     """The dashboard as an ASGI app (a Starlette application).
 

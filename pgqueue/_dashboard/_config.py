@@ -10,6 +10,9 @@ from .._settings import validate_schema
 
 #: Live-refresh intervals offered on every page (seconds; 0 = off).
 REFRESH_CHOICES = (0.0, 2.0, 5.0, 10.0, 30.0)
+#: The default live-refresh interval, and its bounds (seconds; 0 = off).
+REFRESH_SECONDS = 5.0
+MAX_REFRESH_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class DashboardSettings:
     token: str | None = None
     basic_auth: tuple[str, str] | None = None
     show_payloads: bool = False
-    refresh_seconds: float = 5.0
+    refresh_seconds: float = REFRESH_SECONDS
     csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     def __post_init__(self) -> None:
@@ -47,9 +50,10 @@ class DashboardSettings:
                 "PGQUEUE_DASHBOARD_USER and PGQUEUE_DASHBOARD_PASSWORD (or pass token= / "
                 "basic_auth=), or leave the dashboard read-only"
             )
-        if not 0 <= self.refresh_seconds <= 3600:
+        if not 0 <= self.refresh_seconds <= MAX_REFRESH_SECONDS:
             raise ConfigurationError(
-                f"refresh interval must be between 0 (off) and 3600 s, not {self.refresh_seconds}"
+                f"refresh interval must be between 0 (off) and {MAX_REFRESH_SECONDS:g} s, "
+                f"not {self.refresh_seconds}"
             )
 
     @property

@@ -22,9 +22,8 @@ from .._limits import list_limits
 from .._models import EventState, HandlerState
 from .._pauses import list_paused
 from .._presence import list_workers
-from .._queries import database_now, schedule_queries_for
-from .._queries.dashboard import dashboard_queries_for
-from .._scheduler import schedule_status
+from .._queries import database_now, queries_for
+from .._schedule import schedule_status
 from .._settings import validate_queue
 from ._chart import backlog_line, chart_svg, minute_counts
 from ._context import Dashboard
@@ -55,11 +54,11 @@ class QueueTypeRow:
 async def overview(dash: Dashboard, request: Request) -> Response:
     """Per queue and type: pending, running, dead, done in the last minute, oldest ready age;
     the chart; how many workers are alive."""
-    queries = dashboard_queries_for(dash.settings.schema)
+    queries = queries_for(dash.settings.schema).dashboard
     pool = await dash.pool()
     async with pool.acquire() as conn:
-        counts = await queries.overview_rows(conn)
-        minutes = await queries.throughput_rows(conn, CHART_CAP)
+        counts = await queries.overview_counts(conn)
+        minutes = await queries.throughput(conn, CHART_CAP)
         first_ids, next_id = await _created_ids(dash, conn, [r["start"] for r in minutes])
         paused = await list_paused(conn, schema=dash.settings.schema)
         workers = await list_workers(conn, schema=dash.settings.schema)
@@ -115,7 +114,7 @@ async def _created_ids(
     known = dash.created_ids
     missing = [s for s in starts if s not in known]
     before = [known[s] for s in starts if s in known and (not missing or s < missing[0])]
-    found, next_id = await dashboard_queries_for(dash.settings.schema).created_bounds(
+    found, next_id = await queries_for(dash.settings.schema).dashboard.created_bounds(
         conn, missing, max(before, default=1)
     )
     known.update(found)
@@ -185,7 +184,7 @@ class EventFilters:
         )
 
     def list_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`pgqueue.list_events`."""
+        """Keyword arguments of :func:`pgqueue.admin.list_events`."""
         return {
             "event_types": self.types,
             "states": self.states,
@@ -286,11 +285,11 @@ async def event(dash: Dashboard, request: Request) -> Response:
 
 async def dead(dash: Dashboard, request: Request) -> Response:
     """Dead events grouped by type and dead handler, with the newest error of each group."""
-    queries = dashboard_queries_for(dash.settings.schema)
+    queries = queries_for(dash.settings.schema).dashboard
     pool = await dash.pool()
     async with pool.acquire() as conn:
         totals = await queries.dead_totals(conn)
-        groups = await queries.dead_group_rows(conn, DEAD_GROUP_ROWS)
+        groups = await queries.dead_groups(conn, DEAD_GROUP_ROWS)
     total = sum(totals.values())
     return dash.render(
         request,
@@ -308,7 +307,7 @@ async def schedules(dash: Dashboard, request: Request) -> Response:
     """The schedules, next and last tick, late ones flagged (as `pgqueue schedules`)."""
     pool = await dash.pool()
     async with pool.acquire() as conn:
-        rows = await schedule_queries_for(dash.settings.schema).schedule_rows(conn)
+        rows = await queries_for(dash.settings.schema).schedule.list_schedules(conn)
     now = rows[0]["db_now"] if rows else None
     return dash.render(
         request,

@@ -10,20 +10,23 @@ Each statement reads a bounded number of index entries or rows, whatever the tab
 from __future__ import annotations
 
 import datetime as dt
-from functools import lru_cache
 from typing import Any
 
 import asyncpg
 
-from .._settings import quote_ident
+from ._base import Area
 
-# Per queue and event type: pending (with the oldest ready age), running and dead events, and
-# events done in the last minute. Each arm reads one partial index (ready, lease, dead,
-# processed) and, for pending events, the rows it points at; dead ones are counted from
-# outbox_dead_list_idx alone (it carries queue and type). The cost follows the active sets,
-# never the done rows kept: 28 ms of backend CPU with 100,000 dead and 18,000 pending among
-# 1,000,000 rows (with the chart's statement; bin/bench --only dashboard).
-OVERVIEW_COUNTS = """
+
+class DashboardQueries(Area):
+    """The dashboard's own statements, for one schema."""
+
+    # Per queue and event type: pending (with the oldest ready age), running and dead events, and
+    # events done in the last minute. Each arm reads one partial index (ready, lease, dead,
+    # processed) and, for pending events, the rows it points at; dead ones are counted from
+    # outbox_dead_list_idx alone (it carries queue and type). The cost follows the active sets,
+    # never the done rows kept: 28 ms of backend CPU with 100,000 dead and 18,000 pending among
+    # 1,000,000 rows (with the chart's statement; bin/bench --only dashboard).
+    OVERVIEW_COUNTS = """
 SELECT queue, event_type, 'pending' AS state, count(*) AS events,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
            AS oldest_ready_age
@@ -40,12 +43,17 @@ WHERE state = 'done' AND processed_at > now() - interval '1 minute'
 GROUP BY queue, event_type
 """
 
-# $1 cap per minute. Events done per minute over the last hour (60 buckets, the current
-# minute last). Each bucket reads at most $1 entries of outbox_processed_idx in processed_at
-# order; a bucket that hits the cap reports the time of its last entry read, from which the
-# caller estimates the minute's total (cap x 60 s / time covered), so the chart costs at most
-# 60 x $1 index entries at any throughput.
-THROUGHPUT = """
+    async def overview_counts(self, conn: asyncpg.Connection) -> list[Any]:
+        """(queue, event_type, state, events, oldest_ready_age) rows; state 'done' counts
+        the last minute."""
+        return list(await conn.fetch(self.OVERVIEW_COUNTS))
+
+    # $1 cap per minute. Events done per minute over the last hour (60 buckets, the current
+    # minute last). Each bucket reads at most $1 entries of outbox_processed_idx in processed_at
+    # order; a bucket that hits the cap reports the time of its last entry read, from which the
+    # caller estimates the minute's total (cap x 60 s / time covered), so the chart costs at most
+    # 60 x $1 index entries at any throughput.
+    THROUGHPUT = """
 SELECT m.start, t.events, t.last_at
 FROM generate_series(date_trunc('minute', now()) - interval '59 minutes',
                      date_trunc('minute', now()), interval '1 minute') AS m(start)
@@ -59,18 +67,22 @@ CROSS JOIN LATERAL (
 ORDER BY m.start
 """
 
-# $1 minute starts, $2 an id at or below each one's answer (1 when unknown). For each minute
-# start, the first event id created at or after it; and, in a row with a NULL start, the next
-# id to be used. Ids rise with creation, so the events created in a minute are about the ids
-# between two boundaries (rolled-back inserts leave gaps, counted as created; a transaction
-# that commits long after it began lands late): the chart needs no index on created_at
-# (sql/0003 explains why there is none). Each boundary is a binary search over the primary
-# key, all at once, one probe of outbox_pkey per boundary and round. All 60 minutes of a
-# million ids: 20 rounds, 4,800 buffer hits, 12 ms of backend CPU (the overview's other
-# statements: about 37 ms); so the dashboard keeps the boundaries of past minutes
-# (Dashboard.created_ids) and asks only for new minutes, from the last known boundary on:
-# a refresh costs a few probes.
-CREATED_BOUNDS = """
+    async def throughput(self, conn: asyncpg.Connection, cap: int) -> list[Any]:
+        """(start, events, last_at) per minute of the last hour, each counted up to ``cap``."""
+        return list(await conn.fetch(self.THROUGHPUT, cap))
+
+    # $1 minute starts, $2 an id at or below each one's answer (1 when unknown). For each minute
+    # start, the first event id created at or after it; and, in a row with a NULL start, the next
+    # id to be used. Ids rise with creation, so the events created in a minute are about the ids
+    # between two boundaries (rolled-back inserts leave gaps, counted as created; a transaction
+    # that commits long after it began lands late): the chart needs no index on created_at
+    # (sql/0003 explains why there is none). Each boundary is a binary search over the primary
+    # key, all at once, one probe of outbox_pkey per boundary and round. All 60 minutes of a
+    # million ids: 20 rounds, 4,800 buffer hits, 12 ms of backend CPU (the overview's other
+    # statements: about 37 ms); so the dashboard keeps the boundaries of past minutes
+    # (Dashboard.created_ids) and asks only for new minutes, from the last known boundary on:
+    # a refresh costs a few probes.
+    CREATED_BOUNDS = """
 WITH RECURSIVE top AS (
     SELECT COALESCE(max(id), 0) + 1 AS next_id FROM {s}.outbox
 ), search AS (
@@ -96,11 +108,25 @@ UNION ALL
 SELECT NULL, next_id FROM top
 """
 
-# $1 rows. Dead events grouped by event type and dead handler, over the newest $1 dead events
-# (outbox_dead_idx, then the rows for their handler records): the newest error of each group,
-# its event, and how many distinct errors the group has. Events dead without a handler record
-# (their error is the event's own) form the group with handler NULL.
-DEAD_GROUPS = """
+    async def created_bounds(
+        self, conn: asyncpg.Connection, starts: list[dt.datetime], low: int
+    ) -> tuple[dict[dt.datetime, int], int]:
+        """The first id created at or after each of ``starts`` (each at least ``low``), and
+        the next id to be used: see CREATED_BOUNDS."""
+        found: dict[dt.datetime, int] = {}
+        next_id = 1
+        for row in await conn.fetch(self.CREATED_BOUNDS, starts, low):
+            if row["start"] is None:
+                next_id = row["first_id"]
+            else:
+                found[row["start"]] = row["first_id"]
+        return found, next_id
+
+    # $1 rows. Dead events grouped by event type and dead handler, over the newest $1 dead events
+    # (outbox_dead_idx, then the rows for their handler records): the newest error of each group,
+    # its event, and how many distinct errors the group has. Events dead without a handler record
+    # (their error is the event's own) form the group with handler NULL.
+    DEAD_GROUPS = """
 WITH recent AS (
     SELECT id, event_type, handlers, last_error FROM {s}.outbox
     WHERE state = 'dead' ORDER BY id DESC LIMIT $1
@@ -120,55 +146,15 @@ GROUP BY event_type, handler
 ORDER BY event_type, handler NULLS FIRST
 """
 
-# Dead events per type, exact: an index-only count of outbox_dead_idx (event_type).
-DEAD_TOTALS = """
+    async def dead_groups(self, conn: asyncpg.Connection, rows: int) -> list[Any]:
+        """Dead (event type, handler) groups over the newest ``rows`` dead events."""
+        return list(await conn.fetch(self.DEAD_GROUPS, rows))
+
+    # Dead events per type, exact: an index-only count of outbox_dead_idx (event_type).
+    DEAD_TOTALS = """
 SELECT event_type, count(*) AS events FROM {s}.outbox WHERE state = 'dead' GROUP BY event_type
 """
 
-@lru_cache(maxsize=32)
-def dashboard_queries_for(schema: str) -> DashboardQueries:
-    """The dashboard's statements for ``schema``."""
-    return DashboardQueries(schema)
-
-
-class DashboardQueries:
-    """The statements above, with the schema filled in."""
-
-    def __init__(self, schema: str) -> None:
-        s = quote_ident(schema)
-        self.overview_sql = OVERVIEW_COUNTS.format(s=s)
-        self.throughput_sql = THROUGHPUT.format(s=s)
-        self.created_bounds_sql = CREATED_BOUNDS.format(s=s)
-        self.dead_groups_sql = DEAD_GROUPS.format(s=s)
-        self.dead_totals_sql = DEAD_TOTALS.format(s=s)
-
-    async def overview_rows(self, conn: asyncpg.Connection) -> list[Any]:
-        """(queue, event_type, state, events, oldest_ready_age) rows; state 'done' counts
-        the last minute."""
-        return list(await conn.fetch(self.overview_sql))
-
-    async def throughput_rows(self, conn: asyncpg.Connection, cap: int) -> list[Any]:
-        """(start, events, last_at) per minute of the last hour, each counted up to ``cap``."""
-        return list(await conn.fetch(self.throughput_sql, cap))
-
-    async def created_bounds(
-        self, conn: asyncpg.Connection, starts: list[dt.datetime], low: int
-    ) -> tuple[dict[dt.datetime, int], int]:
-        """The first id created at or after each of ``starts`` (each at least ``low``), and
-        the next id to be used: see CREATED_BOUNDS."""
-        found: dict[dt.datetime, int] = {}
-        next_id = 1
-        for row in await conn.fetch(self.created_bounds_sql, starts, low):
-            if row["start"] is None:
-                next_id = row["first_id"]
-            else:
-                found[row["start"]] = row["first_id"]
-        return found, next_id
-
-    async def dead_group_rows(self, conn: asyncpg.Connection, rows: int) -> list[Any]:
-        """Dead (event type, handler) groups over the newest ``rows`` dead events."""
-        return list(await conn.fetch(self.dead_groups_sql, rows))
-
     async def dead_totals(self, conn: asyncpg.Connection) -> dict[str, int]:
         """Exact dead events per type."""
-        return {r["event_type"]: r["events"] for r in await conn.fetch(self.dead_totals_sql)}
+        return {r["event_type"]: r["events"] for r in await conn.fetch(self.DEAD_TOTALS)}

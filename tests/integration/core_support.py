@@ -1,7 +1,6 @@
 """Helpers shared by the test_core_* integration tests: counting registries, burst runs, rows.
 
-Fixtures here are registered under their ``name=``; a test module imports the function
-(``shared_dsn_fixture``, ``tx_fixture``) to make the fixture available.
+The rolled-back-transaction fixture ``tx`` these tests use is in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -9,18 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
-import pytest
 from tenacity import stop_after_attempt, wait_none
 
 import pgqueue
-
-if TYPE_CHECKING:
-    from tests.conftest import Databases
 
 Calls = Counter[tuple[int, str]]
 QUICK = pgqueue.RetryPolicy(stop=stop_after_attempt(3), wait=wait_none(), inline_max_wait=1.0)
@@ -71,33 +65,3 @@ async def handler_states(conn: asyncpg.Connection, event_id: int) -> dict[str, A
         event_id,
     )
     return {r["handler"]: dict(r) for r in rows}
-
-
-# -- a shared database for tests that only run queries (rolled back after each test) ---------
-
-
-@pytest.fixture(scope="module", name="shared_dsn")
-def shared_dsn_fixture(_databases: Databases) -> Iterator[str]:
-    """One migrated database for a whole module; tests use it only through ``tx``."""
-    dsn = _databases.create()
-    try:
-        yield dsn
-    finally:
-        _databases.drop(urlsplit(dsn).path.lstrip("/"))
-
-
-@pytest.fixture(name="tx")
-async def tx_fixture(shared_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection inside a transaction that is rolled back at the end of the test.
-
-    A statement expected to fail must run in a savepoint (``async with tx.transaction()``) so
-    the test can keep querying afterwards.
-    """
-    connection = await asyncpg.connect(shared_dsn)
-    transaction = connection.transaction()
-    await transaction.start()
-    try:
-        yield connection
-    finally:
-        await transaction.rollback()
-        await connection.close(timeout=5)

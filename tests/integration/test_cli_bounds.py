@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.admin
 from tests.integration.test_core_cli import assert_one_line_error, cli
 
 HUGE_INT = "9" * 5000  # json.loads: "Exceeds the limit (4300 digits)"
@@ -39,7 +40,7 @@ async def test_events_show_gives_the_raw_text_of_a_payload_python_cannot_decode(
         assert detail["payload"] is None and detail["payload_text"] == stored
         assert ("RecursionError" if name == "deep" else "4300") in detail["payload_note"]
 
-    detail = await pgqueue.get_event(conn, ids["huge"])
+    detail = await pgqueue.admin.get_event(conn, ids["huge"])
     assert detail is not None and detail.payload is None and detail.payload_note
 
 

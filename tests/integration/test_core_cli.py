@@ -13,7 +13,7 @@ import pytest
 import pgqueue
 from pgqueue._migrate import latest_version
 from tests.helpers import run_cli
-from tests.integration.core_support import outbox_row, shared_dsn_fixture  # noqa: F401
+from tests.integration.core_support import outbox_row
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = "tests.integration.sample_handlers"

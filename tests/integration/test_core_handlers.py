@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from tenacity import stop_after_attempt, wait_fixed, wait_none
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._queries import queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import (
@@ -224,7 +225,7 @@ async def test_always_failing_handler_ends_dead_with_its_last_error(
     assert states["poison"]["attempts"] == 3
     assert states["poison"]["last_error"] == "RuntimeError: poison pill 3"
     assert (states["ok"]["state"], states["ok"]["attempts"]) == ("done", 1)
-    report = await pgqueue.status(conn)
+    report = await pgqueue.admin.status(conn)
     assert report.dead_handlers == [("order.placed", "poison", 1)]
 
 
@@ -241,7 +242,7 @@ async def test_retry_by_id_reruns_only_the_dead_handler(
     other = await pgqueue.enqueue(conn, "unrelated", {})
     await conn.execute("UPDATE pgqueue.outbox SET state = 'dead' WHERE id = $1", other)
 
-    assert await pgqueue.retry(conn, ids=[event_id]) == [event_id]
+    assert await pgqueue.admin.retry(conn, ids=[event_id]) == [event_id]
 
     row = await outbox_row(conn, event_id)
     assert (row["state"], row["last_error"]) == ("pending", None)
@@ -263,8 +264,8 @@ async def test_retry_of_an_event_that_is_not_dead_changes_nothing(
     conn: asyncpg.Connection,
 ) -> None:
     event_id = await pgqueue.enqueue(conn, "t", {})
-    assert await pgqueue.retry(conn, ids=[event_id]) == []
-    assert await pgqueue.retry(conn) == []
+    assert await pgqueue.admin.retry(conn, ids=[event_id]) == []
+    assert await pgqueue.admin.retry(conn) == []
     assert (await outbox_row(conn, event_id))["state"] == "pending"
 
 
@@ -313,7 +314,7 @@ async def test_retry_of_one_handler_leaves_other_dead_handlers_dead(
     assert (await outbox_row(conn, event_id))["state"] == "dead"
 
     cured.update({"a", "b"})
-    assert await pgqueue.retry(conn, handler="a") == [event_id]
+    assert await pgqueue.admin.retry(conn, handler="a") == [event_id]
     await run_burst(db_dsn, registry)
 
     assert calls == {(event_id, "a"): 2, (event_id, "b"): 1}
@@ -499,7 +500,7 @@ async def test_handler_added_later_starts_at_its_first_attempt(
 
     counting(new, calls, "t", "c", behaviour=remember, retry=durable)
     broken["yes"] = False
-    await pgqueue.retry(conn, ids=[event_id])
+    await pgqueue.admin.retry(conn, ids=[event_id])
     await run_burst(db_dsn, new)
 
     assert calls == {(event_id, "a"): 1, (event_id, "b"): 4, (event_id, "c"): 1}
@@ -585,7 +586,7 @@ async def test_handler_raising_cancelled_error_fails_like_any_error(
 async def _claimed_by_a_dead_worker(conn: asyncpg.Connection) -> int:
     """An event claimed under a 0.05 s lease by a 'worker' that then vanished."""
     event_id = await pgqueue.enqueue(conn, "t", {})
-    rows = await queries_for("pgqueue").claim_batch(
+    rows = await queries_for("pgqueue").core.claim(
         conn, "default", ["t"], 10, uuid.uuid4(), "ghost-worker", 0.05
     )
     assert [r.id for r in rows] == [event_id]

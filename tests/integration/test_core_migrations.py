@@ -14,6 +14,7 @@ import pytest
 from tenacity import stop_after_attempt
 
 import pgqueue
+import pgqueue.admin
 from pgqueue import _migrate
 from pgqueue._embedded import bundled_binaries
 from pgqueue._migrate import latest_version, load_migrations
@@ -90,7 +91,7 @@ async def test_custom_schema_works_end_to_end(db_dsn: str, conn: asyncpg.Connect
     assert calls == {(python_id, "h"): 1, (sql_id, "h"): 1}
     assert (await outbox_row(conn, sql_id, schema="other_q"))["state"] == "done"
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox") == 0
-    report = await pgqueue.status(conn, schema="other_q")
+    report = await pgqueue.admin.status(conn, schema="other_q")
     assert [(r.event_type, r.state, r.events) for r in report.counts] == [
         ("order.placed", "done", 2)
     ]
@@ -290,7 +291,7 @@ async def test_upgrade_to_domains_keeps_the_roles_working(
             line
             for line in _migrate.roles_sql("pgqueue").splitlines()
             if '"pgqueue".workers ' not in line  # 0013
-            and '"pgqueue".queue_pauses ' not in line  # 0017
+            and '"pgqueue".queue_pauses ' not in line  # 0015
         )
         await conn.execute(deployed)
         await conn.execute(

@@ -14,14 +14,13 @@ import pytest
 from pydantic import BaseModel
 
 import pgqueue
+import pgqueue.admin
 from tests.helpers import wait_for
-from tests.integration.core_support import (  # noqa: F401 (fixtures)
+from tests.integration.core_support import (
     Calls,
     counting,
     outbox_row,
     run_burst,
-    shared_dsn_fixture,
-    tx_fixture,
 )
 
 
@@ -432,7 +431,7 @@ async def test_unknown_event_type_stays_pending_and_visible(
     assert stats.claimed == 1
     row = await outbox_row(conn, orphan)
     assert (row["state"], row["attempt"], row["lease_token"]) == ("pending", 0, None)
-    report = await pgqueue.status(conn)
+    report = await pgqueue.admin.status(conn)
     counts = {(r.event_type, r.state): r.events for r in report.counts}
     assert counts == {("nobody.listens", "pending"): 1, ("order.placed", "done"): 1}
     ages = {r.event_type: r.oldest_ready_age for r in report.counts}

@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import expect
 
 import pgqueue
+import pgqueue.admin
 from tests.helpers import wait_for
 from tests.integration.core_support import outbox_row, run_burst
 from tests.integration.dashboard_handlers import registry, seed
@@ -79,7 +80,7 @@ async def live_worker(db_dsn: str) -> AsyncIterator[pgqueue.Worker]:
     try:
 
         async def listed() -> bool:
-            return len(await pgqueue.list_workers(conn)) == 1
+            return len(await pgqueue.admin.list_workers(conn)) == 1
 
         await wait_for(listed, message="the worker never registered")
         yield worker
@@ -179,7 +180,7 @@ async def test_every_page_against_real_data_read_only(
         )
         assert refused.status == 403 and "read-only" in await refused.text()
     assert (await outbox_row(conn, seeded["dead"][0]))["state"] == "dead"
-    assert await pgqueue.list_paused(conn) == []
+    assert await pgqueue.admin.list_paused(conn) == []
 
 
 async def test_live_refresh_updates_the_page_without_a_reload(
@@ -287,11 +288,11 @@ async def test_cancel_pause_replay_and_limit_override(
         await page.click("#pause-reports")
         await expect(page.locator("#notice")).to_have_text("queue reports paused")
         assert "paused" in await page.locator("#queues tr", has_text="reports").inner_text()
-        paused = await pgqueue.list_paused(conn)
+        paused = await pgqueue.admin.list_paused(conn)
         assert [(p.queue, p.paused_by) for p in paused] == [("reports", "dashboard:bob (token)")]
         await page.click("#resume-reports")
         await expect(page.locator("#notice")).to_have_text("queue reports resumed")
-        assert await pgqueue.list_paused(conn) == []
+        assert await pgqueue.admin.list_paused(conn) == []
 
         await page.goto(f"{url}/events/{done_report}")
         await page.fill("#replay-handler", "archive")
@@ -422,7 +423,7 @@ async def test_mounted_under_a_prefix_in_a_starlette_app(
     async def home(request: Any) -> PlainTextResponse:
         return PlainTextResponse("the host application")
 
-    dashboard = pgqueue.pgqueue_dashboard(db_dsn)
+    dashboard = pgqueue.admin.pgqueue_dashboard(db_dsn)
     app = Starlette(routes=[Route("/", home), Mount("/pgqueue", app=dashboard)])
     port = free_port()
     server = uvicorn.Server(

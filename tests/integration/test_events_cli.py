@@ -21,6 +21,7 @@ import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._migrate import roles_sql
 from pgqueue._queries import queries_for
 from tests.integration.core_support import QUICK, Calls, counting, run_burst
@@ -366,28 +367,28 @@ async def test_an_ops_role_may_inspect_and_a_producer_gets_one_error_line(
 async def test_api_returns_typed_models(db_dsn: str, conn: asyncpg.Connection) -> None:
     s = await seed(db_dsn, conn)
 
-    page = await pgqueue.list_events(
+    page = await pgqueue.admin.list_events(
         conn, states=[pgqueue.EventState.DEAD], since=dt.timedelta(hours=1), limit=1
     )
     assert [e.id for e in page.events] == [s.dead2]
     assert page.next_before_id == s.dead2
-    rest = await pgqueue.list_events(conn, states=["dead"], before_id=page.next_before_id)
+    rest = await pgqueue.admin.list_events(conn, states=["dead"], before_id=page.next_before_id)
     assert [e.id for e in rest.events] == [s.dead1] and rest.next_before_id is None
     assert rest.events[0].handlers == {
         "crm": pgqueue.HandlerState.DEAD,
         "email": pgqueue.HandlerState.DONE,
     }
 
-    detail = await pgqueue.get_event(conn, s.dead1)
+    detail = await pgqueue.admin.get_event(conn, s.dead1)
     assert detail is not None and detail.payload == {"order_id": 1, "email": SECRET}
     crm = next(h for h in detail.handler_records if h.name == "crm")
     assert (crm.state, crm.attempts) == (pgqueue.HandlerState.DEAD, 3)
     assert crm.updated_at is not None and abs(crm.updated_at - detail.db_now) < dt.timedelta(
         minutes=1
     )
-    assert await pgqueue.get_event(conn, 10**12) is None
+    assert await pgqueue.admin.get_event(conn, 10**12) is None
     with pytest.raises(ValueError, match="time zone"):
-        await pgqueue.list_events(conn, since=dt.datetime(2026, 1, 1))
+        await pgqueue.admin.list_events(conn, since=dt.datetime(2026, 1, 1))
 
 
 async def test_live_status_counts_active_states_and_recent_throughput(
@@ -403,7 +404,7 @@ async def test_live_status_counts_active_states_and_recent_throughput(
         "SELECT 'user.signup', 'done', now() - interval '10 s' FROM generate_series(1, 30)"
     )
 
-    live = await pgqueue.live_status(conn, window=60)
+    live = await pgqueue.admin.live_status(conn, window=60)
 
     by_type = {t.event_type: t for t in live.types}
     assert by_type["order.placed"].model_dump(exclude={"oldest_ready_age"}) == {
@@ -440,8 +441,8 @@ async def test_status_estimates_done_counts_above_the_exact_limit(
 ) -> None:
     await _seed_done(conn, 5000)
 
-    exact = await pgqueue.status(conn)
-    sampled = await pgqueue.status(conn, exact_limit=1000)
+    exact = await pgqueue.admin.status(conn)
+    sampled = await pgqueue.admin.status(conn, exact_limit=1000)
 
     assert [(r.state, r.events, r.estimated) for r in exact.counts] == [
         ("done", 5000, False),
@@ -606,15 +607,15 @@ async def test_list_and_live_queries_use_indexes(conn: asyncpg.Connection) -> No
             values[names.index(name)] = value
         return values
 
-    by_handler = await _plan(conn, q.list_events, *args(handler="crm", hstate="dead"))
+    by_handler = await _plan(conn, q.steer.LIST_EVENTS, *args(handler="crm", hstate="dead"))
     assert any(n.get("Index Name") == "outbox_handlers_idx" for n in by_handler), by_handler
-    dead = await _plan(conn, q.list_events, *args(states=["dead"]))
+    dead = await _plan(conn, q.steer.LIST_EVENTS, *args(states=["dead"]))
     assert any(n.get("Index Name") == "outbox_dead_list_idx" for n in dead), dead
     assert not any(n["Node Type"] == "Sort" for n in dead), dead
-    unfiltered = await _plan(conn, q.list_events, *args())
+    unfiltered = await _plan(conn, q.steer.LIST_EVENTS, *args())
     assert any(n.get("Index Name") == "outbox_pkey" for n in unfiltered), unfiltered
     assert not any(n["Node Type"] == "Sort" for n in unfiltered), unfiltered
-    for statement, extra in [(q.live_counts, (5.0,)), (q.live_handlers, ())]:
+    for statement, extra in [(q.steer.LIVE_COUNTS, (5.0,)), (q.steer.LIVE_HANDLERS, ())]:
         nodes = await _plan(conn, statement, *extra)
         assert not [n for n in nodes if n["Node Type"] == "Seq Scan"], nodes
 

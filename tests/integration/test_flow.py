@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.admin
 from tests.faults.conftest import Workers
 from tests.helpers import run_cli, wait_for
 from tests.integration.flow_handlers import create_tables
@@ -103,7 +104,7 @@ async def test_cancel_pending_events_then_wait_status_list_and_prune_see_them(
     assert listed.returncode == 0, listed.stderr
     assert {str(first), str(second)} <= {ln.split()[0] for ln in listed.stdout.splitlines()[1:]}
 
-    assert await pgqueue.prune(conn, dt.timedelta(0)) == 1  # the done one
+    assert await pgqueue.admin.prune(conn, dt.timedelta(0)) == 1  # the done one
     pruned = cli(db_dsn, "prune", "--older-than", "0s", "--cancelled", "--yes")
     assert pruned.returncode == 0, pruned.stderr
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox") == 0
@@ -174,11 +175,11 @@ async def test_wait_exits_with_a_code_per_final_state(
     assert (done.returncode, done.stdout.strip()) == (0, f"event {quick}: done")
     dead = cli(db_dsn, "wait", str(poison), "--timeout", "30")
     assert dead.returncode == 3 and "poisoned on purpose" in dead.stdout
-    assert await pgqueue.discard(conn, ids=[poison]) == [poison]
+    assert await pgqueue.admin.discard(conn, ids=[poison]) == [poison]
     discarded = cli(db_dsn, "wait", str(poison))
     assert discarded.returncode == 4
     cancelled = await enqueue(conn, "flow.quick", later=True)
-    await pgqueue.cancel(conn, ids=[cancelled], reason="not needed")
+    await pgqueue.admin.cancel(conn, ids=[cancelled], reason="not needed")
     # Reschedule moves only pending events; a due time in the past means now.
     moved = cli(db_dsn, "reschedule", str(later), str(quick), "--delay", "0s")
     assert moved.returncode == 0, moved.stderr
@@ -186,7 +187,7 @@ async def test_wait_exits_with_a_code_per_final_state(
         "1 pending event(s) rescheduled", f"not pending (left alone): {quick}"
     ]
     assert (await pgqueue.wait(conn, later, timeout=30)).state == "done"
-    assert await pgqueue.reschedule(conn, [later], dt.timedelta(hours=1)) == []
+    assert await pgqueue.admin.reschedule(conn, [later], dt.timedelta(hours=1)) == []
     waited = cli(db_dsn, "wait", str(cancelled))
     assert (waited.returncode, waited.stdout.strip()) == (
         5, f"event {cancelled}: cancelled (not needed)"
@@ -212,7 +213,7 @@ async def test_wait_api_polls_outside_a_transaction(fconn: asyncpg.Connection) -
             await pgqueue.wait(conn, event, timeout=1)
     with pytest.raises(pgqueue.EventNotFound):
         await pgqueue.wait(conn, event + 1000)
-    await pgqueue.cancel(conn, ids=[event], reason="test")
+    await pgqueue.admin.cancel(conn, ids=[event], reason="test")
     result = await pgqueue.wait(conn, event, timeout=5)
     assert (result.state, result.last_error) == (pgqueue.EventState.CANCELLED, "test")
 
@@ -232,7 +233,7 @@ async def test_pause_stops_claiming_running_events_finish_and_resume_restarts(
 
     paused = cli(db_dsn, "pause", "default", "--reason", "deploy")
     assert (paused.returncode, paused.stdout.strip()) == (0, "queue default paused")
-    assert not await pgqueue.pause_queue(conn, "default")  # already paused
+    assert not await pgqueue.admin.pause_queue(conn, "default")  # already paused
     # The worker reads pauses once per poll interval (0.2 s here) and says so when it does.
     await wait_for(
         lambda: _said(worker.stderr(), "queue default is paused"),
@@ -250,13 +251,13 @@ async def test_pause_stops_claiming_running_events_finish_and_resume_restarts(
 
     status = cli(db_dsn, "status")
     assert "paused queue" in status.stdout and "deploy" in status.stdout
-    assert [p.queue for p in await pgqueue.list_paused(conn)] == ["default"]
+    assert [p.queue for p in await pgqueue.admin.list_paused(conn)] == ["default"]
 
     resumed = cli(db_dsn, "resume", "default")
     assert (resumed.returncode, resumed.stdout.strip()) == (0, "queue default resumed")
     assert (await pgqueue.wait(conn, held, timeout=30)).state == "done"
-    assert not await pgqueue.resume_queue(conn, "default")  # not paused any more
-    assert (await pgqueue.status(conn)).paused == []
+    assert not await pgqueue.admin.resume_queue(conn, "default")  # not paused any more
+    assert (await pgqueue.admin.status(conn)).paused == []
 
 
 async def _said(text: str, line: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -13,7 +12,7 @@ import pytest
 from tests.helpers import run_cli, wait_for
 
 if TYPE_CHECKING:
-    from tests.conftest import Databases
+    from pgqueue._scratchdb import ScratchDatabases
 
 
 async def test_cloned_database_has_the_migrated_outbox(conn: asyncpg.Connection) -> None:
@@ -53,12 +52,11 @@ async def test_unmigrated_database_is_empty(database_factory: Callable[..., str]
         await c.close()
 
 
-async def test_drop_survives_open_connections(_databases: Databases, admin_dsn: str) -> None:
-    dsn = _databases.create()
-    name = dsn.rsplit("/", 1)[1].split("?")[0]
+async def test_drop_survives_open_connections(_databases: ScratchDatabases, admin_dsn: str) -> None:
+    name, dsn = await _databases.clone()
     leaked = await asyncpg.connect(dsn)  # a test that forgets to close must not block the drop
     try:
-        await asyncio.to_thread(_databases.drop, name)
+        await _databases.drop(name)
         admin = await asyncpg.connect(admin_dsn)
         try:
             assert not await admin.fetchval(

@@ -347,19 +347,22 @@ async def test_queue_depth_statements_use_the_partial_indexes(conn: asyncpg.Conn
     await pgqueue.enqueue_many(conn, [pgqueue.Event(event_type="t", payload={})] * 500)
     await conn.execute("ANALYZE pgqueue.outbox")
     q = queries_for("pgqueue")
-    for statement, args in [(q.depths, (["default"], 100_000)), (q.dead_by_type, (100_000,))]:
+    for statement, args in [
+        (q.admin.QUEUE_DEPTHS, (["default"], 100_000)),
+        (q.admin.DEAD_COUNTS, (100_000,)),
+    ]:
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {statement}", *args)
         text = json.dumps(plan)
         assert "Seq Scan" not in text, plan
         # Dead rows: either partial index of them (outbox_dead_list_idx carries the type too).
         partial = ("outbox_ready_idx", "outbox_dead_idx", "outbox_dead_list_idx")
         assert any(name in text for name in partial), plan
-    rows = await q.queue_depths(conn, ["default", "empty"], 100)
+    rows = await q.admin.queue_depths(conn, ["default", "empty"], 100)
     assert [(r["queue"], r["ready"], r["scheduled"]) for r in rows] == [
         ("default", 100, 0),
         ("empty", 0, 0),
     ]
-    assert [tuple(r) for r in await q.dead_counts(conn, 10)] == [("x", 1)]
+    assert [tuple(r) for r in await q.admin.dead_counts(conn, 10)] == [("x", 1)]
 
 
 async def test_shutdown_counts_interrupted_runs_and_handed_back_events(

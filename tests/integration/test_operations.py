@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._db import pool_options
 from pgqueue._queries import queries_for
 from tests.helpers import run_cli
@@ -44,13 +45,15 @@ async def test_prune_deletes_old_done_events_in_batches(conn: asyncpg.Connection
         "SELECT id, 'h' FROM pgqueue.outbox WHERE state = 'done'"
     )
     seen: list[int] = []
-    deleted = await pgqueue.prune(conn, dt.timedelta(days=7), batch_size=10, progress=seen.append)
+    deleted = await pgqueue.admin.prune(
+        conn, dt.timedelta(days=7), batch_size=10, progress=seen.append
+    )
     assert deleted == 25
     assert seen == [10, 20, 25]
     counts = dict(await conn.fetch("SELECT state, count(*) FROM pgqueue.outbox GROUP BY state"))
     assert counts == {"done": 3, "dead": 4, "pending": 1}
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.effects") == 3  # ledger follows
-    assert await pgqueue.prune(conn, dt.timedelta(days=7), include_dead=True) == 4
+    assert await pgqueue.admin.prune(conn, dt.timedelta(days=7), include_dead=True) == 4
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE id = $1", pending) == 1
 
 
@@ -144,7 +147,7 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
     # planned for the parameters and as the claim connection's one generic plan.
     for floor, mode in itertools.product((-math.inf, time.time() - 60), ("custom", "generic")):
         await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
-        claim = await _explain(conn, q.claim, "default", ["t"], 500, token, "w", 30.0, floor)
+        claim = await _explain(conn, q.core.CLAIM, "default", ["t"], 500, token, "w", 30.0, floor)
         picks = [n for n in claim if n.get("Index Name") == "outbox_ready_idx" and
                  "run_at <= now()" in _bare(n.get("Index Cond", ""))]  # fmt: skip
         assert picks and "priority = " in _bare(picks[0]["Index Cond"]), claim
@@ -152,10 +155,10 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
         assert not [n for n in claim if n["Node Type"] == "Seq Scan"], claim
     await conn.execute("RESET plan_cache_mode")
     for statement, args in [
-        (q.complete_done, ([1, 2], token)),
-        (q.heartbeat, ([1, 2], [token, token], 30.0)),
-        (q.rescue, (1000, [token])),
-        (q.next_due, ("default", ["t"])),
+        (q.core.COMPLETE_DONE, ([1, 2], token)),
+        (q.core.HEARTBEAT, ([1, 2], [token, token], 30.0)),
+        (q.core.RESCUE, (1000, [token])),
+        (q.core.NEXT_DUE, ("default", ["t"])),
     ]:
         nodes = await _explain(conn, statement, *args)
         scans = [
@@ -173,7 +176,7 @@ async def test_claim_generic_plan_made_on_an_empty_outbox_still_uses_the_index(
     conn = await asyncpg.connect(db_dsn, server_settings=settings)
     try:
         q = queries_for("pgqueue")
-        await conn.execute(f"PREPARE claim AS {q.claim}")
+        await conn.execute(f"PREPARE claim AS {q.core.CLAIM}")
         args = "('default', '{t}', 500, gen_random_uuid(), 'w', 30.0, '-Infinity')"
         await conn.execute(f"EXECUTE claim {args}")  # planned now, on an empty table
         await _seed(conn, "done", 50_000, "1 day")
@@ -209,9 +212,9 @@ async def test_completion_and_heartbeat_find_rows_by_key_not_by_the_lease_index(
     n = len(batch)
     outcomes = ([token] * n, ["done"] * n, [0.0] * n, [0] * n, [None] * n, [None] * n)
     for statement, args in [
-        (q.complete_done, (batch, token)),
-        (q.complete, (batch, *outcomes)),
-        (q.heartbeat, (batch, [token] * n, 30.0)),
+        (q.core.COMPLETE_DONE, (batch, token)),
+        (q.core.COMPLETE, (batch, *outcomes)),
+        (q.core.HEARTBEAT, (batch, [token] * n, 30.0)),
     ]:
         nodes = await _explain(conn, statement, *args)
         indexes = {n.get("Index Name") for n in nodes} - {None}
@@ -239,11 +242,11 @@ async def test_rescue_walks_the_lease_index_and_marks_finished_rows_dead(
     # the table's size (and picked the bitmap scan before RESCUE_PLAN).
     q = queries_for("pgqueue")
     async with conn.transaction():
-        await conn.execute(q.rescue_plan)
-        nodes = await _explain(conn, q.rescue, 1000, [uuid.uuid4()])
+        await conn.execute(q.core.RESCUE_PLAN)
+        nodes = await _explain(conn, q.core.RESCUE, 1000, [uuid.uuid4()])
     scans = {(n["Node Type"], n.get("Index Name")) for n in nodes if "Scan" in n["Node Type"]}
     assert ("Index Scan", "outbox_lease_idx") in scans, nodes
     assert not [s for s in scans if s[0].startswith("Bitmap")], nodes
-    rescued = await q.rescue_expired(conn, [])
+    rescued = await q.core.rescue(conn, [])
     assert sorted(r["id"] for r in rescued) == list(range(1, 21))
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.outbox WHERE state = 'pending'") == 20

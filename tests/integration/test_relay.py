@@ -14,6 +14,7 @@ import pytest
 import tenacity
 
 import pgqueue
+import pgqueue.admin
 from pgqueue import NatsRelay, RabbitMQRelay, RedisRelay, Registry, Worker, WorkerSettings
 from tests.helpers import run_cli, wait_for
 from tests.integration.relay_support import (
@@ -85,7 +86,7 @@ async def test_nats_replay_publishes_again_under_the_same_id(
         registry = Registry()
         registry.relay("order.placed", to=NatsRelay(NATS_URL, subject=prefix + ".{event_type}"))
         await Worker(db_dsn, registry, burst()).run()
-        result = await pgqueue.replay(conn, handler="relay-nats", event_type="order.placed")
+        result = await pgqueue.admin.replay(conn, handler="relay-nats", event_type="order.placed")
         assert result.replayed == 20
         await Worker(db_dsn, registry, burst()).run()
         assert await counts(conn) == {"done": 20}
@@ -118,7 +119,7 @@ async def test_redis_relays_every_event_once_byte_equal(
         key = stream + ":order.placed"
         check_exactly(await read_redis(REDIS_URL, key), await stored(conn, "order.placed"))
         # replay: the dedupe script drops the copies (one entry per id stays)
-        await pgqueue.replay(conn, handler="relay-redis", event_type="order.placed")
+        await pgqueue.admin.replay(conn, handler="relay-redis", event_type="order.placed")
         await Worker(db_dsn, registry, burst()).run()
         check_exactly(await read_redis(REDIS_URL, key), await stored(conn, "order.placed"))
     finally:

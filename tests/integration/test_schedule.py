@@ -20,7 +20,7 @@ import pytest
 
 import pgqueue
 from pgqueue._migrate import latest_version, roles_sql
-from pgqueue._queries import database_now, schedule_queries_for
+from pgqueue._queries import database_now, queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import run_burst
 
@@ -192,7 +192,7 @@ async def test_a_tick_is_emitted_once_even_when_its_event_is_gone(
 ) -> None:
     """The schedule row decides, not only the idempotency key: a tick whose event was already
     deleted (pruned) is not emitted again by a late worker."""
-    queries = schedule_queries_for("pgqueue")
+    queries = queries_for("pgqueue").schedule
     await queries.upsert_schedule(conn, "s", "* * * * *", "UTC", "t", "{}", "default", 0)
     tick = (await database_now(conn)).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
     first = await queries.emit_tick(conn, "s", tick, "* * * * *", "UTC")
@@ -415,7 +415,7 @@ async def test_upgrade_from_0001_keeps_the_roles_privileges(
         await conn.fetchval("SELECT pgqueue.enqueue('a.b', '{}', priority => 2)")
         await conn.execute("INSERT INTO pgqueue.outbox (event_type, priority) VALUES ('a.b', 1)")
         await conn.execute("SET ROLE pgqueue_worker")
-        queries = schedule_queries_for("pgqueue")
+        queries = queries_for("pgqueue").schedule
         await queries.upsert_schedule(conn, "s", "* * * * *", "UTC", "t", "{}", "default", 0)
         await conn.execute("SET ROLE pgqueue_ops")
         assert await conn.fetchval("SELECT count(*) FROM pgqueue.schedules") == 1

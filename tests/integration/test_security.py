@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._migrate import roles_sql
 from tests.helpers import run_cli
 
@@ -84,7 +85,7 @@ async def test_ops_role_reads_but_cannot_write(with_roles: asyncpg.Connection) -
     conn = with_roles
     await pgqueue.enqueue(conn, "order.placed", {})
     await conn.execute("SET ROLE pgqueue_ops")
-    report = await pgqueue.status(conn)
+    report = await pgqueue.admin.status(conn)
     assert [r.events for r in report.counts] == [1]
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await conn.execute("UPDATE pgqueue.outbox SET state = 'dead'")

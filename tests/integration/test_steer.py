@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.admin
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import handler_states, outbox_row, run_burst
 
@@ -79,7 +80,7 @@ async def test_replay_to_every_handler_runs_all_again_and_clears_their_ledger(
     other = await pgqueue.enqueue(conn, "other", {})
     assert await conn.fetchval("SELECT count(*) FROM pgqueue.effects") == 3
 
-    result = await pgqueue.replay(conn, "t")
+    result = await pgqueue.admin.replay(conn, "t")
 
     assert (result.replayed, result.total, result.resumed) == (3, 3, False)
     row = await outbox_row(conn, ids[0])
@@ -103,7 +104,7 @@ async def test_replay_to_one_handler_runs_only_it_and_clears_only_its_ledger(
     registry = recording("a", "b", "c", once=("a", "b"))
     ids = await processed(conn, db_dsn, registry, 2)
 
-    result = await pgqueue.replay(conn, "t", handler="a", ids=[ids[0]])
+    result = await pgqueue.admin.replay(conn, "t", handler="a", ids=[ids[0]])
 
     assert result.replayed == 1
     ledger = await conn.fetch("SELECT event_id, handler FROM pgqueue.effects ORDER BY 1, 2")
@@ -129,7 +130,7 @@ async def test_replay_to_a_handler_registered_after_the_events_ran(
     await run_burst(db_dsn, newer)  # deploying a handler does not reach done events ...
     assert await runs(conn) == Counter({(i, "a"): 1 for i in ids})
 
-    await pgqueue.replay(
+    await pgqueue.admin.replay(
         conn, "t", handler="late", ids=[range(ids[1], ids[2] + 1)]
     )  # ...replay does
     await run_burst(db_dsn, newer)
@@ -150,21 +151,21 @@ async def test_interrupted_replay_resumes_without_replaying_twice(
         raise KeyboardInterrupt  # what Ctrl-C does between two batches
 
     with pytest.raises(KeyboardInterrupt):
-        await pgqueue.replay(conn, "t", batch_size=2, progress=stop_after_first_batch)
+        await pgqueue.admin.replay(conn, "t", batch_size=2, progress=stop_after_first_batch)
     assert list((await states(conn)).values()) == ["pending"] * 2 + ["done"] * 3
     # Meanwhile a worker finishes the first batch and a new event: both processed after the
     # replay started, so the resumed replay picks neither.
     newer = await pgqueue.enqueue(conn, "t", {})
     await run_burst(db_dsn, registry)
 
-    preview = await pgqueue.preview_replay(conn, "t")
+    preview = await pgqueue.admin.preview_replay(conn, "t")
     assert (preview.id, preview.replayed_before, preview.to_replay) == (1, 2, 3)
-    result = await pgqueue.replay(conn, "t", batch_size=2)
+    result = await pgqueue.admin.replay(conn, "t", batch_size=2)
     assert (result.id, result.replayed, result.total, result.resumed) == (1, 3, 5, True)
     await run_burst(db_dsn, registry)
     assert await runs(conn) == Counter({**{(i, "a"): 2 for i in ids}, (newer, "a"): 1})
     # Finished: the same command now starts a new replay of everything.
-    assert (await pgqueue.preview_replay(conn, "t")).id is None
+    assert (await pgqueue.admin.preview_replay(conn, "t")).id is None
 
 
 async def test_replay_skips_events_that_are_not_done_and_refuses_a_transaction(
@@ -174,13 +175,13 @@ async def test_replay_skips_events_that_are_not_done_and_refuses_a_transaction(
     dead = (await processed(conn, db_dsn, registry, 1))[0]
     pending = await pgqueue.enqueue(conn, "t", {})
 
-    preview = await pgqueue.preview_replay(conn, "t")
+    preview = await pgqueue.admin.preview_replay(conn, "t")
     assert (preview.to_replay, preview.skipped) == (0, {"dead": 1, "pending": 1})
-    assert (await pgqueue.replay(conn, "t")).replayed == 0
+    assert (await pgqueue.admin.replay(conn, "t")).replayed == 0
     assert await states(conn) == {dead: "dead", pending: "pending"}
     async with conn.transaction():
         with pytest.raises(pgqueue.ConfigurationError, match="outside a transaction"):
-            await pgqueue.replay(conn, "t")
+            await pgqueue.admin.replay(conn, "t")
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.admin
 from tests.helpers import run_cli
 from tests.integration.core_support import outbox_row, run_burst
 from tests.integration.test_core_cli import assert_one_line_error
@@ -81,13 +82,13 @@ async def test_retry_by_creation_time_with_the_api(db_dsn: str, conn: asyncpg.Co
         "UPDATE pgqueue.outbox SET created_at = now() - interval '3 hours' WHERE id = $1", ids[0]
     )
     seen: list[int] = []
-    assert await pgqueue.count_dead(conn, since=TWO_HOURS) == 2
-    assert await pgqueue.retry(conn, since=TWO_HOURS, batch_size=1, progress=seen.append) == [
+    assert await pgqueue.admin.count_dead(conn, since=TWO_HOURS) == 2
+    assert await pgqueue.admin.retry(conn, since=TWO_HOURS, batch_size=1, progress=seen.append) == [
         ids[1],
         ids[2],
     ]
     assert seen == [1, 2]
-    assert await pgqueue.retry(conn, until=TWO_HOURS) == [ids[0]]
+    assert await pgqueue.admin.retry(conn, until=TWO_HOURS) == [ids[0]]
 
 
 async def test_discarded_event_is_never_run_again_shown_and_pruned(
@@ -127,9 +128,9 @@ async def test_discarding_one_of_two_dead_handlers(db_dsn: str, conn: asyncpg.Co
     broken = {"a", "b"}
     [event] = await processed(conn, db_dsn, recording("a", "b", broken=broken), 1)
 
-    assert await pgqueue.discard(conn, handler="a") == [event]
+    assert await pgqueue.admin.discard(conn, handler="a") == [event]
     assert await states(conn) == {event: "dead"}  # b is still dead: retry can still reach it
-    assert await pgqueue.retry(conn) == [event]
+    assert await pgqueue.admin.retry(conn) == [event]
     broken.clear()
     await run_burst(db_dsn, recording("a", "b", broken=broken))
 

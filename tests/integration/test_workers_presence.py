@@ -13,6 +13,7 @@ import sys
 import asyncpg
 
 import pgqueue
+import pgqueue.admin
 from tests.helpers import run_cli, wait_for
 from tests.integration.dashboard_handlers import registry
 from tests.integration.dashboard_support import ROOT
@@ -21,7 +22,7 @@ _CLI = "from pgqueue._cli import main; main()"
 
 
 async def _pids(conn: asyncpg.Connection) -> list[int]:
-    return [w.pid for w in await pgqueue.list_workers(conn)]
+    return [w.pid for w in await pgqueue.admin.list_workers(conn)]
 
 
 async def test_a_running_worker_is_listed_and_a_stopped_one_is_gone(
@@ -32,7 +33,7 @@ async def test_a_running_worker_is_listed_and_a_stopped_one_is_gone(
     task = asyncio.create_task(worker.run())
     try:
         await wait_for(lambda: _pids_match(conn, [os.getpid()]), message="worker not listed")
-        (info,) = await pgqueue.list_workers(conn)
+        (info,) = await pgqueue.admin.list_workers(conn)
         assert info.worker_id == worker.worker_id
         assert info.queues == ["default", "reports"]
         assert set(info.event_types) == {"order.paid", "report.built"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+import pytest
 from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
@@ -117,3 +118,53 @@ def test_reconnect_delay_doubles_up_to_five_seconds() -> None:
     assert reconnect_delay(7) == 5.0
     assert reconnect_delay(100) == 5.0
     assert reconnect_delay(0) == 0.1
+
+
+# -- run_with_backoff (pgqueue/_loop.py) ------------------------------------------------------
+
+
+async def test_run_with_backoff_retries_with_growing_waits_until_the_step_is_done() -> None:
+    from pgqueue._loop import run_with_backoff
+
+    waits: list[float] = []
+    errors: list[str] = []
+    results: list[float | None] = [0.5, None]
+    failures = [ConnectionResetError(), OSError()]
+
+    async def step() -> float | None:
+        if failures:
+            raise failures.pop(0)
+        return results.pop(0)
+
+    async def on_error(exc: BaseException) -> None:
+        errors.append(type(exc).__name__)
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    await run_with_backoff(step, "testing", on_error=on_error, sleep=sleep)
+    assert waits == [0.1, 0.2, 0.5]  # two backoffs, then the step's own wait; None ends it
+    assert errors == ["ConnectionResetError", "OSError"]
+
+
+async def test_run_with_backoff_raises_what_no_retry_cures_and_caps_its_waits() -> None:
+    from pgqueue._loop import run_with_backoff
+
+    waits: list[float] = []
+    calls = 0
+
+    async def step() -> float | None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise ConnectionResetError()
+        raise ValueError("a bug")
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    with pytest.raises(ValueError, match="a bug"):
+        await run_with_backoff(
+            step, "testing", fatal=lambda exc: isinstance(exc, ValueError), cap=0.3, sleep=sleep
+        )
+    assert waits == [0.1, 0.2, 0.3, 0.3, 0.3]

@@ -10,19 +10,19 @@ from pgqueue._queries import queries_for
 from pgqueue._queries.plans import by_name, named, pyformat
 
 PLANNED = (
-    "insert_one",
-    "insert_one_headers",
-    "ids_by_keys",
-    "insert_many",
-    "insert_many_headers",
-    "insert_plain",
-    "record_effect",
+    "INSERT_ONE",
+    "INSERT_ONE_HEADERS",
+    "IDS_BY_KEYS",
+    "INSERT_MANY",
+    "INSERT_MANY_HEADERS",
+    "INSERT_PLAIN",
+    "RECORD_EFFECT",
 )
 
 
 @pytest.mark.parametrize("name", PLANNED)
 def test_every_placeholder_is_rewritten_and_nothing_else(name: str) -> None:
-    statement = getattr(queries_for("pgqueue"), name)
+    statement = getattr(queries_for("pgqueue").core, name)
     numbers = sorted({int(n) for n in re.findall(r"\$(\d+)", statement)})
     assert numbers == list(range(1, len(numbers) + 1))
     assert "'" not in statement  # no literal that could hold a '$' or ':' of its own

@@ -15,22 +15,22 @@ from pgqueue._settings import check_listen
 
 def test_pooled_listen_needs_a_listen_dsn() -> None:
     with pytest.raises(ConfigurationError, match=r"--listen-dsn .* or --poll-only"):
-        check_listen(WorkerSettings(pooled=True), None)
+        check_listen(WorkerSettings(pooled=True))
 
 
 @pytest.mark.parametrize(
-    ("settings", "listen_dsn"),
+    "settings",
     [
-        (WorkerSettings(pooled=True), "postgresql://direct/db"),
-        (WorkerSettings(pooled=True, listen=False), None),
-        (WorkerSettings(pooled=True, burst=True), None),  # a burst run never listens
-        (WorkerSettings(), None),
+        WorkerSettings(pooled=True, listen_dsn="postgresql://direct/db"),
+        WorkerSettings(pooled=True, listen=False),
+        WorkerSettings(pooled=True, burst=True),  # a burst run never listens
+        WorkerSettings(),
     ],
 )
 def test_pooled_listen_is_accepted_with_a_direct_connection_or_without_listen(
-    settings: WorkerSettings, listen_dsn: str | None
+    settings: WorkerSettings,
 ) -> None:
-    check_listen(settings, listen_dsn)
+    check_listen(settings)
 
 
 def test_pooled_pools_keep_nothing_in_the_session() -> None:

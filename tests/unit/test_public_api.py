@@ -6,71 +6,77 @@ import re
 from pathlib import Path
 
 import pgqueue
+import pgqueue.admin
 from pgqueue import EventState, HandlerState
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 EXPECTED_ALL = [
-    "CancelCount",
     "ConfigurationError",
     "Context",
     "DatabaseUnavailableError",
     "Discard",
     "Event",
-    "EventDetail",
     "EventNotFound",
-    "EventPage",
     "EventResult",
     "EventState",
-    "EventSummary",
-    "HandlerDetail",
     "HandlerResult",
     "HandlerState",
     "InProcess",
-    "LiveHandlerCount",
-    "LiveStatus",
-    "LiveTypeCounts",
     "Metrics",
     "NatsRelay",
     "PayloadError",
     "PgQueueError",
-    "QueuePause",
     "RabbitMQRelay",
     "RedisRelay",
     "Registry",
     "RegistryError",
     "Relay",
     "RelayMessage",
-    "ReplayPreview",
-    "ReplayResult",
     "RetryPolicy",
     "Schedule",
     "SchemaError",
-    "StatusReport",
     "WaitResult",
     "WaitTimeout",
     "Worker",
-    "WorkerInfo",
     "WorkerSettings",
     "WorkerStats",
+    "enqueue",
+    "enqueue_many",
+    "enqueue_many_sync",
+    "enqueue_sync",
+    "load_registry",
+    "migrate",
+    "once",
+    "once_sync",
+    "wait",
+]
+
+# The operator API (pgqueue.admin): moved out of pgqueue in 0.1.x (CHANGELOG.md).
+EXPECTED_ADMIN = [
+    "CancelCount",
+    "EventDetail",
+    "EventPage",
+    "EventSummary",
+    "HandlerDetail",
+    "LiveHandlerCount",
+    "LiveStatus",
+    "LiveTypeCounts",
+    "QueuePause",
+    "ReplayPreview",
+    "ReplayResult",
+    "StatusReport",
+    "WorkerInfo",
     "cancel",
     "count_cancellable",
     "count_dead",
     "count_prunable",
     "discard",
-    "enqueue",
-    "enqueue_many",
-    "enqueue_many_sync",
-    "enqueue_sync",
     "get_event",
     "list_events",
     "list_paused",
     "list_workers",
     "live_status",
-    "load_registry",
-    "migrate",
-    "once",
-    "once_sync",
     "pause_queue",
     "pgqueue_dashboard",
     "preview_replay",
@@ -80,22 +86,29 @@ EXPECTED_ALL = [
     "resume_queue",
     "retry",
     "status",
-    "wait",
 ]
+MODULES = [(pgqueue, EXPECTED_ALL), (pgqueue.admin, EXPECTED_ADMIN)]
 
 
 def test_public_names_are_exactly_these() -> None:
     assert pgqueue.__all__ == EXPECTED_ALL
+    assert pgqueue.admin.__all__ == EXPECTED_ADMIN
 
 
 def test_public_names_are_sorted_and_unique() -> None:
-    assert pgqueue.__all__ == sorted(set(pgqueue.__all__))
+    for module, _ in MODULES:
+        assert module.__all__ == sorted(set(module.__all__))
 
 
 def test_every_public_name_exists_and_has_a_docstring() -> None:
-    for name in pgqueue.__all__:
-        obj = getattr(pgqueue, name)
-        assert (obj.__doc__ or "").strip(), f"pgqueue.{name} has no docstring"
+    for module, _ in MODULES:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            assert (obj.__doc__ or "").strip(), f"{module.__name__}.{name} has no docstring"
+
+
+def test_no_name_is_public_twice() -> None:
+    assert not set(EXPECTED_ALL) & set(EXPECTED_ADMIN)
 
 
 def test_library_errors_share_one_base() -> None:

@@ -49,7 +49,9 @@ async def test_cancel_runs_cancels_the_call_skips_the_rest_and_the_runner_goes_o
         if d.row.id == 2:
             done.set()
 
-    runners = Runners(1, record, lambda: False, None, "pgqueue")
+    runners = Runners(
+        concurrency=1, record=record, stopping=lambda: False, pool=None, schema="pgqueue"
+    )
     tasks = runners.start()
     try:
         blocked = _delivery(1, "t.slow")

@@ -182,5 +182,47 @@ def test_the_sync_threads_option_reads_its_default_and_bounds_from_the_model() -
     [option] = [p for p in worker_cmd.params if p.name == "sync_threads"]
     field = WorkerSettings.model_fields["sync_threads"]
     assert isinstance(option.type, click.IntRange)
-    assert (option.default, option.type.min, option.type.max) == (field.default, 1, 1000)
+    # Not given (None): the model's default applies, and --help shows it.
+    assert (option.default, option.type.min, option.type.max) == (None, 1, 1000)
+    assert f"[default: {field.default}]" in (option.help or "")
     assert WorkerSettings().sync_threads == 10
+
+
+# Fields with no option of their own: --schema (every command's) sets schema_name, --poll-only
+# sets listen; worker_id is for embedding (each process makes its own).
+NOT_OPTIONS = {"schema_name", "listen", "worker_id"}
+
+
+def test_every_worker_setting_is_a_worker_option_with_the_models_bounds() -> None:
+    """The worker command restates no default and no bound: each setting's option is "not
+    given" by default and its range is the model's (--poll-interval was >= 0.001 against the
+    model's > 0, --lease >= 0.1, --heartbeat <= 86,400 before)."""
+    import click
+
+    from pgqueue._cli_worker import worker_cmd
+
+    options = {p.name: p for p in worker_cmd.params}
+    for name, field in WorkerSettings.model_fields.items():
+        if name in NOT_OPTIONS:
+            continue
+        option = options[name]
+        assert option.default in (None, False), name  # flags are off unless given
+        bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt")
+                  if hasattr(m, k)}  # fmt: skip
+        if bounds:
+            assert isinstance(option.type, (click.IntRange, click.FloatRange)), name
+            assert option.type.min == bounds.get("ge", bounds.get("gt")), name
+            assert option.type.max == bounds.get("le", bounds.get("lt")), name
+            assert option.type.min_open == ("gt" in bounds), name
+
+
+def test_worker_options_not_given_leave_the_models_defaults() -> None:
+    from pgqueue._cli_worker import split_options, worker_cmd
+
+    ctx = worker_cmd.make_context("worker", [])
+    settings, run = split_options({k: v for k, v in ctx.params.items() if k != "handlers_path"})
+    assert settings == WorkerSettings()
+    assert (run.dsn, run.processes) == (None, 1)
+    ctx = worker_cmd.make_context("worker", ["--poll-only", "--batch-size", "5", "--queue", "a"])
+    settings, _ = split_options({k: v for k, v in ctx.params.items() if k != "handlers_path"})
+    assert (settings.listen, settings.batch_size, settings.queues) == (False, 5, ("a",))

@@ -1,4 +1,4 @@
--- pgqueue migration 0016: a final 'cancelled' state.
+-- pgqueue migration 0014: a final 'cancelled' state.
 --
 -- `pgqueue cancel` (and pgqueue.admin.cancel) moves pending and running events to
 -- 'cancelled': never claimed again (the claim reads only 'pending'), kept for audit with the
@@ -20,4 +20,4 @@ ALTER DOMAIN event_state ADD CONSTRAINT outbox_state_check
 -- nothing (a partial index whose predicate a row fails costs one predicate evaluation).
 CREATE INDEX outbox_cancelled_idx ON outbox (event_type) WHERE state = 'cancelled';
 
-INSERT INTO migrations (version, name) VALUES (16, 'cancel');
+INSERT INTO migrations (version, name) VALUES (14, 'cancel');

@@ -1,4 +1,4 @@
--- pgqueue migration 0017: paused queues.
+-- pgqueue migration 0015: paused queues.
 --
 -- `pgqueue pause QUEUE` inserts a row, `pgqueue resume QUEUE` deletes it. Workers read the
 -- rows of their own queues once per poll interval (pgqueue/_pauses.py) and skip the paused
@@ -14,4 +14,4 @@ CREATE TABLE queue_pauses (
     CONSTRAINT queue_pauses_reason_length CHECK (reason IS NULL OR char_length(reason) <= 500)
 );
 
-INSERT INTO migrations (version, name) VALUES (17, 'pause');
+INSERT INTO migrations (version, name) VALUES (15, 'pause');
