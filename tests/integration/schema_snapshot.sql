@@ -7,6 +7,11 @@ CREATE DOMAIN pgqueue.event_attempt AS integer
 
 ALTER DOMAIN pgqueue.event_attempt OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.event_handlers AS jsonb
+	CONSTRAINT outbox_handlers_object CHECK ((jsonb_typeof(VALUE) = 'object'::text));
+
+ALTER DOMAIN pgqueue.event_handlers OWNER TO <owner>;
+
 CREATE DOMAIN pgqueue.event_headers AS jsonb
 	CONSTRAINT outbox_headers_object CHECK ((jsonb_typeof(VALUE) = 'object'::text))
 	CONSTRAINT outbox_headers_size CHECK ((octet_length((VALUE)::text) <= 8192));
@@ -83,17 +88,29 @@ ALTER FUNCTION pgqueue.event_ids_by_keys(keys text[]) OWNER TO <owner>;
 
 CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    channel text := TG_TABLE_SCHEMA || '.outbox';
+    channel pg_catalog.text := TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.outbox';
+    queued pg_catalog.text := NEW.tableoid::pg_catalog.text OPERATOR(pg_catalog.||) ' '
+                              OPERATOR(pg_catalog.||) NEW.queue;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock_shared(hashtext(channel || ' skippers'),
-                                            hashtext(NEW.queue)) THEN
+    -- Once per transaction and queue: the marker is local to the transaction (set_config's
+    -- third argument), so the next transaction notifies again. Rows of a rolled-back
+    -- savepoint never reach this function (their deferred events go with them).
+    IF pg_catalog.current_setting('pgqueue.notify_queued', true)
+           OPERATOR(pg_catalog.=) queued THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.set_config('pgqueue.notify_queued', queued, true);
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(
+            pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' skippers'),
+            pg_catalog.hashtext(NEW.queue)) THEN
         -- Held exclusively by someone: no sweep will wait for us, wake the workers ourselves.
-        PERFORM pg_notify(channel, NEW.queue || '!');
-    ELSIF pg_try_advisory_xact_lock(hashtext(channel || ' gate'), hashtext(NEW.queue)) THEN
-        PERFORM pg_notify(channel, NEW.queue);
+        PERFORM pg_catalog.pg_notify(channel, NEW.queue OPERATOR(pg_catalog.||) '!');
+    ELSIF pg_catalog.pg_try_advisory_xact_lock(
+            pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' gate'),
+            pg_catalog.hashtext(NEW.queue)) THEN
+        PERFORM pg_catalog.pg_notify(channel, NEW.queue);
     END IF;
     RETURN NULL;
 END
@@ -163,12 +180,11 @@ CREATE TABLE pgqueue.outbox (
     lease_token uuid,
     leased_by text,
     lease_expires_at timestamp with time zone,
-    handlers jsonb,
+    handlers pgqueue.event_handlers,
     last_error text,
     processed_at timestamp with time zone,
     priority pgqueue.event_priority DEFAULT 0 NOT NULL,
     headers pgqueue.event_headers,
-    CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
     CONSTRAINT outbox_lease_iff_running CHECK ((((state)::text = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_processed_iff_done CHECK ((((state)::text = 'done'::text) = (processed_at IS NOT NULL)))
 )
@@ -185,7 +201,7 @@ CREATE VIEW pgqueue.handler_states AS
     (h.value ->> 'error'::text) AS last_error,
     to_timestamp(((h.value ->> 'updated_at'::text))::double precision) AS updated_at
    FROM pgqueue.outbox o,
-    LATERAL jsonb_each(o.handlers) h(key, value)
+    LATERAL jsonb_each((o.handlers)::jsonb) h(key, value)
   WHERE (o.handlers IS NOT NULL);
 
 ALTER TABLE pgqueue.handler_states OWNER TO <owner>;
@@ -326,7 +342,7 @@ CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filte
 
 CREATE TRIGGER handler_limits_sync AFTER INSERT OR UPDATE OF concurrency, override ON pgqueue.handler_limits FOR EACH ROW EXECUTE FUNCTION pgqueue.sync_handler_slots();
 
-CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((current_setting('pgqueue.notify_queued'::text, true) IS DISTINCT FROM (((new.tableoid)::text || ' '::text) || (new.queue)::text)) AND (set_config('pgqueue.notify_queued'::text, (((new.tableoid)::text || ' '::text) || (new.queue)::text), true) IS NOT NULL))) EXECUTE FUNCTION pgqueue.notify_outbox();
+CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgqueue.notify_outbox();
 
 ALTER TABLE ONLY pgqueue.handler_slots
     ADD CONSTRAINT handler_slots_handler_fkey FOREIGN KEY (handler) REFERENCES pgqueue.handler_limits(handler) ON DELETE CASCADE;
