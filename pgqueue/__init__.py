@@ -2,7 +2,8 @@
 
 Write events in the same transaction as your data (:func:`enqueue`), register handlers on a
 :class:`Registry`, and run ``pgqueue worker --handlers module:registry``. The operator API
-(status, listings, retry, discard, replay, prune, the dashboard) is :mod:`pgqueue.admin`;
+(status, listings, retry, discard, replay, cancel, pause, prune, the dashboard) is
+:mod:`pgqueue.admin`; :func:`wait` waits for an event's outcome;
 helpers for testing code that uses pgqueue are in :mod:`pgqueue.testing`.
 """
 
@@ -19,10 +20,12 @@ from ._errors import (
     ConfigurationError,
     DatabaseUnavailableError,
     Discard,
+    EventNotFound,
     PayloadError,
     PgQueueError,
     RegistryError,
     SchemaError,
+    WaitTimeout,
 )
 from ._inprocess import EventResult, HandlerResult, InProcess
 from ._metrics import Metrics
@@ -32,6 +35,7 @@ from ._registry import Registry, load_registry
 from ._relay import NatsRelay, RabbitMQRelay, RedisRelay, Relay, RelayMessage
 from ._schedule import Schedule
 from ._settings import WorkerSettings
+from ._wait import WaitResult, wait
 from ._worker import Worker
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "Discard",
     "Event",
+    "EventNotFound",
     "EventResult",
     "EventState",
     "HandlerResult",
@@ -58,6 +63,8 @@ __all__ = [
     "RetryPolicy",
     "Schedule",
     "SchemaError",
+    "WaitResult",
+    "WaitTimeout",
     "Worker",
     "WorkerSettings",
     "WorkerStats",
@@ -69,4 +76,5 @@ __all__ = [
     "migrate",
     "once",
     "once_sync",
+    "wait",
 ]

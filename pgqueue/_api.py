@@ -31,6 +31,7 @@ from ._names import (
     QUEUE_RULE,
     event_type_problem,
 )
+from ._pauses import QueuePause, list_paused
 from ._queries import Queries, queries_for
 from ._queries.plans import Plan, run_async, run_sync
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
@@ -360,6 +361,7 @@ async def status(
         counts=sorted(counts, key=lambda r: (r.event_type, r.state)),
         dead_handlers=[(r["event_type"], r["handler"], r["events"]) for r in dead],
         held_back=await blocked_keys(conn, limit=STATUS_HELD_BACK, schema=schema),
+        paused=await list_paused(conn, schema=schema),
     )
 
 
@@ -382,6 +384,8 @@ class StatusReport:
     dead_handlers: list[tuple[str, str, int]]
     # Ordering keys held back by a dead or retrying event (at most STATUS_HELD_BACK).
     held_back: list[BlockedKey] = field(default_factory=list)
+    #: Queues an operator paused (``pgqueue pause``): workers do not claim from them.
+    paused: list[QueuePause] = field(default_factory=list)
 
 
 async def prune(
@@ -393,19 +397,21 @@ async def prune(
     schema: str = DEFAULT_SCHEMA,
     progress: Callable[[int], None] | None = None,
     include_discarded: bool = False,
+    include_cancelled: bool = False,
 ) -> int:
     """Delete done events processed more than ``older_than`` ago; return how many.
 
     Dead events (created more than ``older_than`` ago) only with ``include_dead``, discarded
-    ones (see :func:`discard`) only with ``include_discarded``. Deletes in
-    batches of ``batch_size``, each its own statement: call it outside a transaction so every
-    batch commits and no lock is held long. Safe to interrupt and run again.
+    ones (see :func:`pgqueue.admin.discard`) only with ``include_discarded``, cancelled ones
+    (see :func:`pgqueue.admin.cancel`) only with ``include_cancelled``. Deletes in batches of
+    ``batch_size``, each its own statement: call it outside a transaction so every batch
+    commits and no lock is held long. Safe to interrupt and run again.
     """
     queries = queries_for(schema)
     total = 0
     while True:
         deleted = await queries.admin.prune_batch(
-            conn, older_than, include_dead, batch_size, include_discarded
+            conn, older_than, include_dead, batch_size, include_discarded, include_cancelled
         )
         total += deleted
         if progress is not None and deleted:
@@ -421,8 +427,9 @@ async def count_prunable(
     include_dead: bool = False,
     schema: str = DEFAULT_SCHEMA,
     include_discarded: bool = False,
+    include_cancelled: bool = False,
 ) -> int:
     """How many events :func:`prune` with the same arguments would delete now."""
     return await queries_for(schema).admin.prune_count(
-        conn, older_than, include_dead, include_discarded
+        conn, older_than, include_dead, include_discarded, include_cancelled
     )

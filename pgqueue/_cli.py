@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (they register their commands)
     _cli_admin,
     _cli_dashboard,
     _cli_events,
+    _cli_flow,
     _cli_limits,
     _cli_relay,
     _cli_schedule,

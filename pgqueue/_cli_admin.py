@@ -39,6 +39,7 @@ from ._cli_progress import preview, progress, run
 from ._cli_watch import watch_status
 from ._migrate import latest_version, migrate, roles_sql
 from ._models import PRIORITY_MAX, PRIORITY_MIN
+from ._pauses import QueuePause
 from ._queries import database_now
 
 
@@ -213,7 +214,7 @@ def print_status(report: StatusReport, top: int | None) -> None:
     """Print the report: the ``top`` event types by backlog (None: all), then a line saying
     how many more. One pass over the counts: grouping by type inside a loop over the types
     was quadratic (20,000 types: 76 s; 100,000 types never finished)."""
-    states = ["pending", "running", "done", "dead", "discarded"]
+    states = ["pending", "running", "done", "dead", "discarded", "cancelled"]
     by_type: dict[str, dict[str, StatusRow]] = {}
     backlog: dict[str, int] = {}
     for row in report.counts:
@@ -238,6 +239,7 @@ def print_status(report: StatusReport, top: int | None) -> None:
             click.echo(line)
     if any(r.estimated for r in report.counts):
         click.echo("~ done counts estimated from a sample of the table; --exact counts all")
+    print_pauses(report.paused)
     if report.dead_handlers:
         dead = heapq.nsmallest(
             len(report.dead_handlers) if top is None else top,
@@ -252,6 +254,23 @@ def print_status(report: StatusReport, top: int | None) -> None:
             click.echo(line)
     if report.held_back:
         print_held_back(report.held_back, more=len(report.held_back) >= STATUS_HELD_BACK)
+
+
+def print_pauses(pauses: list[QueuePause]) -> None:
+    """The paused queues, with who paused them, since when and why (nothing when none)."""
+    if not pauses:
+        return
+    click.echo("")
+    print_table(
+        [
+            ["paused queue", "since", "by", "reason"],
+            *(
+                [p.queue, p.paused_at.isoformat(timespec="seconds"), p.paused_by, p.reason or ""]
+                for p in pauses
+            ),
+        ]
+    )
+    click.echo("workers do not claim from paused queues; 'pgqueue resume QUEUE' resumes one")
 
 
 BACKLOG = ("pending", "running", "dead")
@@ -280,6 +299,12 @@ def _count(row: StatusRow) -> str:
     help="Also delete discarded events created longer ago than --older-than.",
 )
 @click.option(
+    "--cancelled",
+    "include_cancelled",
+    is_flag=True,
+    help="Also delete cancelled events created longer ago than --older-than.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(1, 1_000_000),
     default=10_000,
@@ -294,6 +319,7 @@ def prune_cmd(
     older_than: str,
     include_dead: bool,
     include_discarded: bool,
+    include_cancelled: bool,
     batch_size: int,
     dry_run: bool,
     yes: bool,
@@ -302,9 +328,18 @@ def prune_cmd(
 ) -> None:
     """Delete old processed events in small batches (never holds long locks)."""
     age = dt.timedelta(seconds=parse_duration(older_than))
-    states = ["done"] + ["dead"] * include_dead + ["discarded"] * include_discarded
+    states = (
+        ["done"]
+        + ["dead"] * include_dead
+        + ["discarded"] * include_discarded
+        + ["cancelled"] * include_cancelled
+    )
     what = ", ".join(states[:-1]) + (" and " if len(states) > 1 else "") + states[-1]
-    kinds = {"include_dead": include_dead, "include_discarded": include_discarded}
+    kinds = {
+        "include_dead": include_dead,
+        "include_discarded": include_discarded,
+        "include_cancelled": include_cancelled,
+    }
 
     async def body(conn: asyncpg.Connection) -> None:
         total = await count_prunable(conn, age, schema=schema, **kinds)

@@ -82,7 +82,8 @@ class Completer:
 
     async def _write(self, batch: list[Completion]) -> None:
         happy = [c for c in batch if c.happy]
-        other = [c for c in batch if not c.happy]
+        # A cancelled event's row was written by the cancel itself (pgqueue/_cancel.py).
+        other = [c for c in batch if not c.happy and c.state != "cancelled"]
         written: list[int] = []
         async with self._pool.acquire() as conn:
             by_token: dict[uuid.UUID, list[int]] = {}
@@ -113,7 +114,10 @@ class Completer:
             # claim's entry stopped its heartbeat, so it lost its lease too, and so on.
             if delivery is not None and delivery.token == c.token:
                 del inflight[c.id]
-            if c.id not in written:
+            if c.state == "cancelled":
+                stats.cancelled += 1
+                outcome = "cancelled"
+            elif c.id not in written:
                 stats.lost_leases += 1
                 outcome = "lease_lost"
                 log.warning(

@@ -30,6 +30,7 @@ class Kind(Enum):
     INTERRUPTED = "interrupted"  # cancelled by shutdown: handed back, attempt refunded
     SKIPPED = "skipped"  # not due yet (its own backoff is later than a sibling's)
     DEFERRED = "deferred"  # its concurrency limit was full: back after ``delay``, no attempt
+    CANCELLED = "cancelled"  # an operator cancelled the event: the database already says so
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class Delivery:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     waiting: int = 0
     lost: bool = False
+    cancelled: bool = False  # an operator cancelled it: runners skip or cancel its handlers
     completed: bool = False  # outcome handed to the completer (its fenced write decides)
     queue: str = "default"  # the queue it was claimed from (relay destinations may name it)
 
@@ -188,6 +190,10 @@ def finish(delivery: Delivery, handlers: tuple[Handler, ...]) -> Completion:
     """Fold the outcomes of one claim into the row's new state."""
     row = delivery.row
     outcomes = delivery.outcomes
+    if delivery.cancelled:
+        # The cancel already wrote the row (state 'cancelled', lease cleared): nothing of this
+        # claim is written; the completer only counts it.
+        return Completion(row.id, delivery.token, "cancelled")
     # The happy path: every handler succeeded at its first try of this claim and nothing was
     # recorded before, so the row's state and attempt say everything; no record is written.
     # (A plain loop: cheaper than all() over a generator, on a path every event takes.)

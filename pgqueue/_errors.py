@@ -10,6 +10,9 @@
     +-- SchemaError              the database schema is missing, behind or ahead of the code,
     |                            or the server is older than the supported PostgreSQL range
     +-- PayloadError             a payload that cannot be stored (not a JSON object, too big)
+    +-- EventNotFound            pgqueue.wait: no such event (never enqueued, or pruned)
+    +-- WaitTimeout              pgqueue.wait: no final state within the timeout (also a
+                                 TimeoutError)
 
 Handler signals (raised by handlers, not errors of pgqueue itself):
 
@@ -44,6 +47,22 @@ class SchemaError(PgQueueError):
 
 class PayloadError(PgQueueError):
     """An event payload cannot be stored: not JSON-serialisable, not an object, too large."""
+
+
+class EventNotFound(PgQueueError):
+    """The event waited for does not exist (never enqueued, or pruned since)."""
+
+
+class WaitTimeout(PgQueueError, TimeoutError):
+    """The event did not reach a final state within the timeout; ``state`` is its last one."""
+
+    def __init__(self, event_id: int, timeout: float, state: str) -> None:
+        super().__init__(
+            f"event {event_id} is still {state} after {timeout:g}s; wait longer (--timeout) "
+            "or look at it with 'pgqueue events show'"
+        )
+        self.event_id = event_id
+        self.state = state
 
 
 class Discard(Exception):

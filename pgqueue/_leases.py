@@ -32,6 +32,7 @@ class LeaseKeeper:
         stats: WorkerStats,
         wake: Callable[[], None],
         renew_slots: Callable[[Any], Awaitable[None]] | None = None,
+        cancel_runs: Callable[[], int] | None = None,
     ) -> None:
         self._pool = pool
         self._queries = queries
@@ -40,6 +41,7 @@ class LeaseKeeper:
         self.stats = stats
         self._wake = wake
         self._renew_slots = renew_slots  # concurrency slots (pgqueue/_limits.py), if any
+        self._cancel_runs = cancel_runs  # the runners' (pgqueue/_runner.py)
 
     async def run(self) -> None:
         """Renew leases, rescue expired ones and watch the event loop, until cancelled.
@@ -77,6 +79,10 @@ class LeaseKeeper:
             )
             if self._renew_slots is not None:
                 await self._renew_slots(conn)
+            missed = [d.row.id for d in held if d.row.id not in renewed]
+            # Only when a renewal missed something (rare): which were cancelled.
+            cancelled = await self._queries.flow.cancelled_among(conn, missed) if missed else set()
+        self._cancelled([d for d in held if d.row.id in cancelled])
         # An event whose outcome is already with the completer may be written (done) by
         # now: not renewed, but not lost either; the completer's fenced write tells.
         lost = [
@@ -85,6 +91,7 @@ class LeaseKeeper:
             if d.row.id not in renewed
             and not d.completed
             and not d.lost
+            and not d.cancelled
             and d.row.id in self._inflight
         ]
         for d in lost:
@@ -98,6 +105,23 @@ class LeaseKeeper:
                 " ..." if len(lost) > 10 else "",
                 extra={"count": len(lost), "event_ids": [d.row.id for d in lost[:10]]},
             )
+
+    def _cancelled(self, found: list[Delivery]) -> None:
+        """An operator cancelled these events while we ran them: cancel their handlers."""
+        fresh = [d for d in found if not d.cancelled and self._inflight.get(d.row.id) is d]
+        if not fresh:
+            return
+        for d in fresh:
+            d.cancelled = True
+        calls = self._cancel_runs() if self._cancel_runs is not None else 0
+        log.info(
+            "%d running event(s) cancelled by an operator; %d handler call(s) cancelled: %s%s",
+            len(fresh),
+            calls,
+            ", ".join(str(d.row.id) for d in fresh[:10]),
+            " ..." if len(fresh) > 10 else "",
+            extra={"count": len(fresh), "event_ids": [d.row.id for d in fresh[:10]]},
+        )
 
     async def _rescue(self) -> None:
         async with self._pool.acquire() as conn:

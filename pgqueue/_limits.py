@@ -81,7 +81,7 @@ class HandlerLimit:
     registry: int | None
     override: int | None
     running: int
-    # The rate limit (sql/0015): the registry's, the operator's, per ordering key or not.
+    # The rate limit (sql/0018): the registry's, the operator's, per ordering key or not.
     rate_registry: str | None = None
     rate_override: str | None = None
     rate_per_key: bool = False

@@ -273,7 +273,7 @@ class Metrics:
         events = CounterMetricFamily(
             "pgqueue_events",
             "Event outcomes written by this worker, one per claim: done, retry (rescheduled), "
-            "dead, handed_back (shutdown), lease_lost.",
+            "dead, handed_back (shutdown), lease_lost, cancelled (by an operator while it ran).",
             labels=["event_type", "outcome"],
         )
         for event_type, counts in self._counts():
@@ -281,7 +281,8 @@ class Metrics:
                 events.add_metric([event_type, outcome], n)
         runs = CounterMetricFamily(
             "pgqueue_handler_runs",
-            "Handler runs by outcome: done, retry (failed, will run again), dead, interrupted.",
+            "Handler runs by outcome: done, retry (failed, will run again), dead, interrupted, "
+            "cancelled (its event was cancelled by an operator).",
             labels=["event_type", "handler", "outcome"],
         )
         for (event_type, handler), stats in self._handler_stats():

@@ -18,6 +18,8 @@ class EventState(StrEnum):
     """The states of an outbox row (mirrors the ``outbox_state_check`` constraint).
 
     ``discarded``: a dead event an operator gave up on (``pgqueue discard``); never claimed.
+    ``cancelled``: an operator cancelled it while pending or running (``pgqueue cancel``);
+    never claimed again, its running handlers are cancelled at their worker's next heartbeat.
     """
 
     PENDING = "pending"
@@ -25,6 +27,17 @@ class EventState(StrEnum):
     DONE = "done"
     DEAD = "dead"
     DISCARDED = "discarded"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        """True for the states an event never leaves by itself (what pgqueue.wait waits for)."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset(
+    {EventState.DONE, EventState.DEAD, EventState.DISCARDED, EventState.CANCELLED}
+)
 
 
 class HandlerState(StrEnum):
@@ -34,6 +47,7 @@ class HandlerState(StrEnum):
     DONE = "done"
     DEAD = "dead"
     DISCARDED = "discarded"
+    CANCELLED = "cancelled"  # mirrors EventState; no handler record is written with it
 
 
 # The record key that stands for "every handler without a record of its own". `pgqueue replay
@@ -173,5 +187,6 @@ class WorkerStats:
     handed_back: int = 0
     deferred: int = 0  # back to pending only because a handler's concurrency limit was full
     lost_leases: int = 0
+    cancelled: int = 0  # an operator cancelled them while they ran (pgqueue cancel)
     rescued: int = 0
     loop_stalls: int = 0

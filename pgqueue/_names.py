@@ -14,7 +14,7 @@ import re
 MAX_EVENT_TYPE = 128  # sql/0010 outbox_event_type_length
 MAX_PAYLOAD_BYTES = 1_048_576  # sql/0009 outbox_payload_size: 1 MiB of JSON text
 MAX_IDEMPOTENCY_KEY = 200  # sql/0009 outbox_idempotency_key_length
-MAX_ORDERING_KEY = 200  # sql/0014 outbox_ordering_key_length
+MAX_ORDERING_KEY = 200  # sql/0017 outbox_ordering_key_length
 MAX_HANDLER_NAME = 128  # sql/0006 handler_limits_handler_length
 
 # sql/0010 (domain event_type_name): outbox_event_type_format and outbox_event_type_length.
@@ -84,7 +84,7 @@ def handler_name_problem(name: object) -> str | None:
     return None
 
 
-# A handler's rate limit (sql/0015_rates.sql, domain handler_rate).
+# A handler's rate limit (sql/0018_rates.sql, domain handler_rate).
 RATE_RULE = "N/s, N/m or N/h with 1 <= N <= 999,999,999 (e.g. '100/s')"
 _RATE = re.compile(r"^[1-9][0-9]{0,8}/[smh]$")
 

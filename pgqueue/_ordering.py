@@ -12,7 +12,7 @@ when no earlier event of that key still waits for this handler. The path of an o
   the runners). The others are recorded ``Kind.DEFERRED``, exactly as a full concurrency limit
   defers them: back to pending, no attempt used. How long: until the blocker is due when it
   waits out a retry; the limiter's backoff (0.25 s doubling to 2 s) while it runs; ``PARKED``
-  while it is dead. The trigger of sql/0014 wakes the next event of a key as soon as an event
+  while it is dead. The trigger of sql/0017 wakes the next event of a key as soon as an event
   of the key leaves 'running' or 'dead', so a key's events follow each other without waiting
   out these delays; the delays are the safety net.
 

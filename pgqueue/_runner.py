@@ -10,6 +10,7 @@ past its deadline (precision: ``WATCHDOG_TICK``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -131,6 +132,10 @@ class Runners:
         self._deadlines = [math.inf] * concurrency
         self._timed_out = [False] * concurrency
         self._started = [0.0] * concurrency  # loop time each slot's current call started
+        # The delivery each slot is running, and whether an operator's cancel of its event
+        # cancelled the slot's task (see cancel_runs).
+        self._current: list[Delivery | None] = [None] * concurrency
+        self._cancelled = [False] * concurrency
         self.tasks: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -158,6 +163,19 @@ class Runners:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
+    def cancel_runs(self) -> int:
+        """Cancel the handler calls of deliveries marked ``cancelled`` (an operator cancelled
+        their event); return how many calls. Units of theirs not yet started are skipped when
+        a runner takes them. Like a timeout, a sync handler's thread runs on to its end: only
+        the await on it is cancelled."""
+        hit = 0
+        for slot, d in enumerate(self._current):
+            if d is not None and d.cancelled and not self._cancelled[slot]:
+                self._cancelled[slot] = True
+                self.tasks[slot].cancel()
+                hit += 1
+        return hit
+
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         deadlines, timed_out = self._deadlines, self._timed_out
@@ -176,7 +194,16 @@ class Runners:
             ran = 0
             while units:
                 delivery, handler, prior, payload = units.popleft()
-                await self._run_unit(slot, delivery, handler, prior, payload)
+                if delivery.cancelled:
+                    self._cancelled_unit(delivery, handler, prior)
+                    continue
+                self._current[slot] = delivery
+                try:
+                    await self._run_unit(slot, delivery, handler, prior, payload)
+                finally:
+                    self._current[slot] = None
+                if self._cancelled[slot]:
+                    await self._absorb_cancel(slot)
                 ran += 1
                 if ran % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -221,6 +248,8 @@ class Runners:
                     # it through the loop's signal handlers, never as a handler's exception.
                     if isinstance(exc, asyncio.CancelledError):
                         task = self.tasks[slot]
+                        if self._cancelled[slot]:
+                            raise  # the operator cancelled the event: handled below
                         if not self._timed_out[slot] and task.cancelling():
                             raise  # shutdown: handled below
                         if self._timed_out[slot]:
@@ -231,12 +260,39 @@ class Runners:
                     outcome = await self._failed(d, handler, attempts, exc, started)
                     last_error = failure_text(handler, exc)
         except asyncio.CancelledError:
+            if self._cancelled[slot]:
+                self._cancelled[slot] = False
+                task = self.tasks[slot]
+                task.uncancel()
+                if self._timed_out[slot]:  # its timeout struck too: one cancel for both
+                    self._timed_out[slot] = False
+                    task.uncancel()
+                self._cancelled_unit(d, handler, attempts)
+                if task.cancelling():  # shutdown as well
+                    raise
+                return
             # Shutdown past its drain timeout: hand this attempt back, it did not count.
             if self._observer is not None:
                 self._report(d, handler, "interrupted", None, attempts)
             self._record(d, handler, Outcome(Kind.INTERRUPTED, max(prior, attempts - 1)))
             raise
         self._record(d, handler, outcome)
+
+    def _cancelled_unit(self, d: Delivery, handler: Handler, attempts: int) -> None:
+        """Record a handler whose event an operator cancelled: not a failure, no retry."""
+        if self._observer is not None:
+            self._report(d, handler, "cancelled", None, attempts)
+        self._record(d, handler, Outcome(Kind.CANCELLED, attempts))
+
+    async def _absorb_cancel(self, slot: int) -> None:
+        """The unit ended before our cancel reached it (or its handler swallowed it): take
+        the cancel request back here, so that it cannot hit the slot's next unit."""
+        self._cancelled[slot] = False
+        task = self.tasks[slot]
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        if task.uncancel() > 0:  # shutdown as well
+            raise asyncio.CancelledError
 
     async def _call(
         self,

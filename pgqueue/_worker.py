@@ -54,6 +54,7 @@ from ._metrics import Metrics
 from ._migrate import check_schema
 from ._models import WorkerStats
 from ._ordering import Orderer
+from ._pauses import PausedQueues
 from ._presence import Presence
 from ._queries import Queries, queries_for
 from ._queries.relay import source_identity
@@ -142,6 +143,7 @@ class Worker:
         self._pool: asyncpg.Pool | None = None
         self._claim_pool: asyncpg.Pool | None = None  # one connection: the claim loop's
         self._handler_pool: asyncpg.Pool | None = None
+        self._pauses: PausedQueues | None = None  # read before the first claim
         self.metrics = metrics
         self._tracing = Tracing.for_worker(tracer_provider)
 
@@ -319,6 +321,7 @@ class Worker:
             stats=self.stats,
             wake=self._wakeups.wakeup.set,
             renew_slots=limiter.renew if limiter else None,
+            cancel_runs=runners.cancel_runs,
         )
         guard = StallGuard(
             dsn=self._dsn,
@@ -336,7 +339,15 @@ class Worker:
             event_types=self._event_types,
             in_flight=lambda: self.in_flight,
         )
-        services: list[Service] = [completer, leases, guard, parts.presence]
+        self._pauses = PausedQueues(
+            pool=self._pool,
+            schema=s.schema_name,
+            queues=list(s.queues),
+            interval=s.poll_interval,
+            wake=self._wakeups.wakeup.set,
+        )
+        await self._pauses.refresh()  # before the first claim
+        services: list[Service] = [completer, leases, guard, parts.presence, self._pauses]
         if limiter is not None:
             services.append(limiter)
         services.extend(parts.gates)
@@ -546,7 +557,7 @@ class Worker:
         assert self._pool is not None
         try:
             async with self._pool.acquire() as conn:
-                for queue in self.settings.queues:
+                for queue in self._claimable():
                     due = await self._queries.core.next_due(conn, queue, self._event_types)
                     if due is not None:
                         timeout = min(timeout, max(due, 0.0) + 0.001)
@@ -555,13 +566,20 @@ class Worker:
                 raise
         return timeout
 
+    def _claimable(self) -> Sequence[str]:
+        """Our queues, less those an operator paused (as of the last read, pgqueue/_pauses.py)."""
+        paused = self._pauses.paused if self._pauses is not None else frozenset()
+        if not paused:
+            return self.settings.queues
+        return [q for q in self.settings.queues if q not in paused]
+
     async def _claim(self, limit: int) -> tuple[int, bool]:
         """Claim from each queue; return (events claimed, whether a queue gave a full batch)."""
         assert self._claim_pool is not None
         s = self.settings
         total, full = 0, False
         async with self._claim_pool.acquire() as conn:
-            for queue in s.queues:
+            for queue in self._claimable():
                 token = uuid.uuid4()
                 rows = await self._queries.core.claim(
                     conn,

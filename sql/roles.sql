@@ -59,7 +59,7 @@ GRANT SELECT ON :"schema".migrations TO pgqueue_producer;
 -- The trace context of the producing span (migration 0005), set by Python's enqueue() when
 -- a span is active.
 GRANT INSERT (headers) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;
--- The ordering key (migration 0014).
+-- The ordering key (migration 0017).
 GRANT INSERT (ordering_key) ON :"schema".outbox TO pgqueue_producer, pgqueue_worker;
 GRANT EXECUTE ON FUNCTION :"schema".enqueue(text, jsonb, timestamptz, text, text, integer, text)
     TO pgqueue_producer;
@@ -97,12 +97,14 @@ GRANT INSERT (handler, concurrency), UPDATE (concurrency, updated_at)
 REVOKE UPDATE ON :"schema".handler_slots FROM pgqueue_worker;
 GRANT SELECT, UPDATE (lease_token, leased_by, lease_expires_at) ON :"schema".handler_slots
     TO pgqueue_worker;
--- Rate limits (migration 0015): the registry's rates, and the token buckets.
+-- Rate limits (migration 0018): the registry's rates, and the token buckets.
 GRANT INSERT (rate, rate_per_key), UPDATE (rate, rate_per_key) ON :"schema".handler_limits TO pgqueue_worker;
 GRANT SELECT, INSERT, UPDATE ON :"schema".rate_buckets TO pgqueue_worker;
 -- Worker presence (migration 0013): each worker upserts and deletes its own row, and deletes
 -- rows of workers dead for over an hour. Every column is its own presence data.
 GRANT SELECT, INSERT, UPDATE, DELETE ON :"schema".workers TO pgqueue_worker;
+-- Paused queues (migration 0015): workers read them to skip those queues when claiming.
+GRANT SELECT ON :"schema".queue_pauses TO pgqueue_worker;
 
 -- Ops: read only.
 GRANT SELECT ON ALL TABLES IN SCHEMA :"schema" TO pgqueue_ops;

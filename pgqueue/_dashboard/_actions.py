@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from .. import _steer as steer
-from .._cancel import cancel_pending
+from .._cancel import cancel_pending, count_cancellable
+from .._cancel import reschedule as reschedule_events
 from .._cli_common import parse_time_bound
 from .._cli_steer import parse_ids
 from .._errors import ConfigurationError
-from .._inspect import get_event
 from .._limits import override_limit
+from .._pauses import pause_queue, resume_queue
 from ._context import Dashboard, log
 
 Form = dict[str, list[str]]
@@ -183,30 +184,27 @@ async def replay(dash: Dashboard, request: Request, form: Form) -> Response:
 
 
 async def cancel(dash: Dashboard, request: Request, form: Form) -> Response:
-    """Cancel pending events (they become discarded: there is no 'cancelled' state yet)."""
+    """Cancel pending and running events (final state 'cancelled', pgqueue/_cancel.py)."""
     ids = _ids(form)
     if not ids:
-        raise ConfigurationError("name the pending events to cancel")
+        raise ConfigurationError("name the events to cancel")
     user: str = request.state.user
     pool = await dash.pool()
     async with pool.acquire() as conn:
         if _one(form, "step") != "apply":
-            pending = []
-            for event_id in ids[:100]:
-                found = await get_event(conn, event_id, schema=dash.settings.schema)
-                if found is not None and found.state.value == "pending":
-                    pending.append(event_id)
+            found = await count_cancellable(conn, ids=ids, schema=dash.settings.schema)
             return dash.render(
                 request,
                 "confirm.html",
                 page="events",
-                title="Cancel pending events",
-                message=f"{len(pending)} pending event(s) to cancel: they become 'discarded' "
-                "(kept for audit, never run); running events are left alone",
-                count=len(pending),
+                title="Cancel events",
+                message=f"{found.total} event(s) to cancel ({found.pending} pending, "
+                f"{found.running} running): they become 'cancelled', kept for audit and never "
+                "run; running handlers are cancelled at their worker's next heartbeat",
+                count=found.total,
                 target="/actions/cancel",
                 fields=_hidden(form, ("id",)),
-                button=f"Cancel {len(pending)} event(s)",
+                button=f"Cancel {found.total} event(s)",
             )
         changed = await cancel_pending(
             conn,
@@ -214,21 +212,57 @@ async def cancel(dash: Dashboard, request: Request, form: Form) -> Response:
             reason=f"cancelled from the dashboard by {user}",
             schema=dash.settings.schema,
         )
-    _log(
-        request,
-        f"cancel {len(changed)} pending event(s) ({_describe(ids, {})})",
-        action="cancel",
-        count=len(changed),
-        event_ids=changed[:20],
-    )
+    what = f"cancel {len(changed)} event(s) ({_describe(ids, {})})"
+    return _applied(dash, request, "cancel", what, changed, f"{len(changed)} event(s) cancelled")
+
+
+def _applied(
+    dash: Dashboard, request: Request, action: str, what: str, changed: list[int], message: str
+) -> Response:
+    """Log an applied action on events and show its result page."""
+    _log(request, what, action=action, count=len(changed), event_ids=changed[:20])
     return dash.render(
-        request,
-        "done.html",
-        page="events",
-        message=f"{len(changed)} pending event(s) cancelled (now discarded)",
-        changed=changed,
-        more=False,
+        request, "done.html", page="events", message=message, changed=changed, more=False
     )
+
+
+async def reschedule(dash: Dashboard, request: Request, form: Form) -> Response:
+    """Move pending events to a new due time: ``when`` is a delay from now (10m) or a time."""
+    ids = _ids(form)
+    if not ids:
+        raise ConfigurationError("name the pending events to reschedule")
+    text = _one(form, "when") or "0s"
+    # parse_time_bound reads a duration as "that long ago"; here it is "that long from now".
+    when = parse_time_bound(text)
+    pool = await dash.pool()
+    async with pool.acquire() as conn:
+        moved = await reschedule_events(conn, ids, when, schema=dash.settings.schema)
+    what = f"reschedule {len(moved)} pending event(s) to {text} ({_describe(ids, {})})"
+    return _applied(
+        dash, request, "reschedule", what, moved, f"{len(moved)} pending event(s) rescheduled"
+    )
+
+
+async def pause(dash: Dashboard, request: Request, form: Form) -> Response:
+    """Pause (op=pause) or resume (op=resume) one queue, as ``pgqueue pause`` / ``resume``."""
+    queue = _one(form, "queue")
+    op = _one(form, "op")
+    if op not in ("pause", "resume"):
+        raise ConfigurationError("say whether to pause or resume the queue")
+    user: str = request.state.user
+    pool = await dash.pool()
+    async with pool.acquire() as conn:
+        if op == "pause":
+            changed = await pause_queue(
+                conn, queue, who=f"dashboard:{user}"[:200], schema=dash.settings.schema
+            )
+        else:
+            changed = await resume_queue(conn, queue, schema=dash.settings.schema)
+    done = "paused" if op == "pause" else "resumed"
+    what = f"queue {queue} {done}" if changed else f"queue {queue} was already {done}"
+    _log(request, what, action=op, queue=queue, changed=changed)
+    base = request.scope.get("root_path", "").rstrip("/")
+    return RedirectResponse(f"{base}/?{urlencode({'notice': what})}", status_code=303)
 
 
 async def limit(dash: Dashboard, request: Request, form: Form) -> Response:

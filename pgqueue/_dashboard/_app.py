@@ -143,5 +143,7 @@ def build_app(settings: DashboardSettings) -> _Scoped:
         Route("/actions/replay", _action(_actions.replay), methods=["POST"]),
         Route("/actions/cancel", _action(_actions.cancel), methods=["POST"]),
         Route("/actions/limit", _action(_actions.limit), methods=["POST"]),
+        Route("/actions/pause", _action(_actions.pause), methods=["POST"]),
+        Route("/actions/reschedule", _action(_actions.reschedule), methods=["POST"]),
     ]
     return _Scoped(Starlette(routes=routes, lifespan=lifespan), dash)

@@ -37,6 +37,34 @@ def minute_counts(rows: Sequence[object], cap: int) -> list[Minute]:
     return minutes
 
 
+def backlog_line(
+    minutes: Sequence[Minute],
+    first_ids: Sequence[int | None],
+    next_id: int,
+    backlog_now: int,
+    now: dt.datetime,
+) -> list[tuple[dt.datetime, int]]:
+    """The backlog (pending + running) at the start of each minute of the last hour, walked
+    back from ``backlog_now``: a minute's backlog is the next one's, less the events created
+    in the minute (ids from its ``first_ids`` entry to the next one's, or ``next_id``, see
+    CREATED_BOUNDS), plus those done in it (``minutes``). Events that went dead or were
+    cancelled count as still waiting, so the line is an estimate; its last point, ``now``, is
+    exact."""
+    if len(first_ids) != len(minutes) or None in first_ids:
+        return [(now, backlog_now)]
+    ends = [*first_ids[1:], next_id]
+    created = [
+        max((end or 0) - (first or 0), 0) for first, end in zip(first_ids, ends, strict=True)
+    ]
+    points = [(now, backlog_now)]
+    level = float(backlog_now)
+    for i in range(len(minutes) - 1, 0, -1):
+        # Entering minute i from its end: undo what it created and what it finished.
+        level = max(level - created[i] + minutes[i].events, 0.0)
+        points.append((minutes[i].start, round(level)))
+    return points[::-1]
+
+
 def _nice_max(value: float) -> float:
     """The smallest of 1, 2, 5 x 10^k at or above ``value`` (at least 1)."""
     step = 1.0
@@ -60,8 +88,8 @@ def chart_svg(
     backlog: Sequence[tuple[dt.datetime, int]],
     now: dt.datetime,
 ) -> str:
-    """Bars: events done per minute over the last hour. Line: pending events (the backlog)
-    sampled by this dashboard. Both on one time axis ending at ``now``, each with its own
+    """Bars: events done per minute over the last hour. Line: the backlog (see
+    backlog_line). Both on one time axis ending at ``now``, each with its own
     scale (bars left, line right)."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     start = now - HOUR

@@ -1,5 +1,5 @@
-"""One dashboard instance's state: its settings, database pool, templates, backlog samples,
-and how a page is rendered."""
+"""One dashboard instance's state: its settings, database pool, templates, and how a page is
+rendered."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
-from collections import deque
 from typing import Any
 
 import asyncpg
@@ -21,10 +20,6 @@ from ._config import REFRESH_CHOICES, DashboardSettings
 from ._security import csrf_token, security_headers
 
 log = logging.getLogger("pgqueue.dashboard")
-
-# Backlog samples kept for the chart: one per SAMPLE_EVERY at most, for an hour.
-SAMPLE_EVERY = dt.timedelta(seconds=5)
-SAMPLES = 720
 
 
 def _ago(value: dt.datetime | None, now: dt.datetime) -> str:
@@ -45,8 +40,9 @@ class Dashboard:
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
-        #: (database time, pending events) samples for the backlog line of the chart.
-        self.backlog: deque[tuple[dt.datetime, int]] = deque(maxlen=SAMPLES)
+        #: The first event id created in each minute of the chart (see CREATED_BOUNDS): past
+        #: minutes do not change, so a refresh searches only for the new ones.
+        self.created_ids: dict[dt.datetime, int] = {}
         self.templates = Environment(
             loader=PackageLoader("pgqueue._dashboard", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -79,11 +75,6 @@ class Dashboard:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-
-    def sample_backlog(self, at: dt.datetime, pending: int) -> None:
-        """Keep one backlog sample per SAMPLE_EVERY, for the chart's line."""
-        if not self.backlog or at - self.backlog[-1][0] >= SAMPLE_EVERY:
-            self.backlog.append((at, pending))
 
     def render(
         self, request: Request, template: str, *, status: int = 200, **context: Any

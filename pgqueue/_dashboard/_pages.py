@@ -20,11 +20,12 @@ from .._errors import ConfigurationError
 from .._inspect import get_event, list_events
 from .._limits import list_limits
 from .._models import EventState, HandlerState
+from .._pauses import list_paused
 from .._presence import list_workers
 from .._queries import database_now, queries_for
 from .._schedule import schedule_status
 from .._settings import validate_queue
-from ._chart import chart_svg, minute_counts
+from ._chart import backlog_line, chart_svg, minute_counts
 from ._context import Dashboard
 
 # Events counted per minute of the chart before the rest of the minute is estimated from the
@@ -58,6 +59,8 @@ async def overview(dash: Dashboard, request: Request) -> Response:
     async with pool.acquire() as conn:
         counts = await queries.overview_counts(conn)
         minutes = await queries.throughput(conn, CHART_CAP)
+        first_ids, next_id = await _created_ids(dash, conn, [r["start"] for r in minutes])
+        paused = await list_paused(conn, schema=dash.settings.schema)
         workers = await list_workers(conn, schema=dash.settings.schema)
         now: dt.datetime = await database_now(conn)
     rows: dict[tuple[str, str], QueueTypeRow] = {}
@@ -71,8 +74,9 @@ async def overview(dash: Dashboard, request: Request) -> Response:
             row.oldest_ready_age = r["oldest_ready_age"]
     table = [rows[k] for k in sorted(rows)]
     pending = sum(r.pending for r in table)
-    dash.sample_backlog(now, pending)
     per_minute = minute_counts(minutes, CHART_CAP)
+    running = sum(r.running for r in table)
+    backlog = backlog_line(per_minute, first_ids, next_id, pending + running, now)
     ages = [r.oldest_ready_age for r in table if r.oldest_ready_age is not None]
     return dash.render(
         request,
@@ -83,12 +87,15 @@ async def overview(dash: Dashboard, request: Request) -> Response:
             "all",
             "all",
             pending,
-            sum(r.running for r in table),
+            running,
             sum(r.dead for r in table),
             sum(r.done_last_minute for r in table),
             max(ages) if ages else None,
         ),
-        chart=chart_svg(per_minute, list(dash.backlog), now),
+        chart=chart_svg(per_minute, backlog, now),
+        queues=sorted({r.queue for r in table} | {p.queue for p in paused}),
+        request_notice=request.query_params.get("notice", "")[:200],
+        paused={p.queue: p for p in paused},
         done_last_hour=sum(m.events for m in per_minute),
         estimated=any(m.estimated for m in per_minute),
         chart_cap=CHART_CAP,
@@ -96,6 +103,24 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         in_flight=sum(w.in_flight for w in workers),
         now=now,
     )
+
+
+async def _created_ids(
+    dash: Dashboard, conn: Any, starts: list[dt.datetime]
+) -> tuple[list[int | None], int]:
+    """The first id created in each minute of ``starts``, and the next id: the boundaries of
+    minutes seen before come from ``dash.created_ids``, the others from CREATED_BOUNDS, each
+    searched from the newest known boundary before it."""
+    known = dash.created_ids
+    missing = [s for s in starts if s not in known]
+    before = [known[s] for s in starts if s in known and (not missing or s < missing[0])]
+    found, next_id = await queries_for(dash.settings.schema).dashboard.created_bounds(
+        conn, missing, max(before, default=1)
+    )
+    known.update(found)
+    for old in [s for s in known if not starts or s < starts[0]]:
+        del known[old]
+    return [known.get(s) for s in starts], next_id
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """Every runtime SQL statement (DML), each directly above the one typed method that runs it.
 
 One module per area: ``core`` (producer and worker), ``admin`` (status, prune, metrics'
-depths, pgqueue.testing), ``steer`` (retry, discard, replay, events list / show), ``limits``,
-``ordering`` (ordered handlers' gate, held-back keys), ``rates`` (rate limits' token buckets),
-``schedule``, ``presence`` and ``dashboard``. A statement has one name end to end: the
-constant ``CLAIM`` is run by ``CoreQueries.claim``. ``Area`` (``_base``) fills the schema in
-once per schema (the only identifier, validated and quoted), so the text stays fixed and
-asyncpg's statement cache prepares each statement once per connection. Values are always bound
-parameters. ``queries_for`` builds every area for one schema, once.
+depths, pgqueue.testing), ``steer`` (retry, discard, replay, events list / show), ``flow``
+(cancel, reschedule, wait, pause), ``limits``, ``ordering`` (ordered handlers' gate, held-back
+keys), ``rates`` (rate limits' token buckets), ``schedule``, ``presence`` and ``dashboard``.
+A statement has one name end to end: the constant ``CLAIM`` is run by ``CoreQueries.claim``.
+``Area`` (``_base``) fills the schema in once per schema (the only identifier, validated and
+quoted), so the text stays fixed and asyncpg's statement cache prepares each statement once
+per connection. Values are always bound parameters. ``queries_for`` builds every area for one
+schema, once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from functools import lru_cache
 from .admin import AdminQueries, scratch_databases
 from .core import PRIORITY_LEVELS, ClaimedRow, CoreQueries, database_now
 from .dashboard import DashboardQueries
+from .flow import FlowQueries
 from .limits import LimitQueries
 from .ordering import OrderingQueries
 from .presence import PresenceQueries
@@ -31,6 +33,7 @@ __all__ = [
     "ClaimedRow",
     "CoreQueries",
     "DashboardQueries",
+    "FlowQueries",
     "LimitQueries",
     "OrderingQueries",
     "PresenceQueries",
@@ -52,6 +55,7 @@ class Queries:
     core: CoreQueries
     admin: AdminQueries
     steer: SteerQueries
+    flow: FlowQueries
     limits: LimitQueries
     ordering: OrderingQueries
     rates: RateQueries
@@ -67,6 +71,7 @@ def queries_for(schema: str) -> Queries:
         core=CoreQueries(schema),
         admin=AdminQueries(schema),
         steer=SteerQueries(schema),
+        flow=FlowQueries(schema),
         limits=LimitQueries(schema),
         ordering=OrderingQueries(schema),
         rates=RateQueries(schema),

@@ -24,8 +24,9 @@ class AdminQueries(Area):
     """Status, prune, pgqueue.testing and metrics' statements, for one schema."""
 
     # Exact counts of the active states, each arm read through its partial index
-    # (outbox_ready_idx, outbox_lease_idx, outbox_dead_idx, outbox_discarded_idx): these sets stay
-    # small in a healthy queue, so this costs the same with 1,000 or 100,000,000 done events kept.
+    # (outbox_ready_idx, outbox_lease_idx, outbox_dead_idx, outbox_discarded_idx,
+    # outbox_cancelled_idx): these sets stay small in a healthy queue, so this costs the same
+    # with 1,000 or 100,000,000 done events kept.
     ACTIVE_COUNTS = """
 SELECT event_type, 'pending' AS state, count(*) AS events,
        extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now()))::float8
@@ -40,6 +41,9 @@ WHERE state = 'dead' GROUP BY event_type
 UNION ALL
 SELECT event_type, 'discarded', count(*), NULL FROM {s}.outbox
 WHERE state = 'discarded' GROUP BY event_type
+UNION ALL
+SELECT event_type, 'cancelled', count(*), NULL FROM {s}.outbox
+WHERE state = 'cancelled' GROUP BY event_type
 """
 
     async def active_counts(self, conn: asyncpg.Connection) -> list[Any]:
@@ -93,13 +97,14 @@ ORDER BY o.event_type, h.key
         """Dead counts per event type and handler."""
         return list(await conn.fetch(self.DEAD_HANDLERS))
 
-    # $1 age (interval), $2 include dead events, $3 include discarded events. What prune would
-    # delete.
+    # $1 age (interval), $2 include dead events, $3 include discarded events, $4 include
+    # cancelled events. What prune would delete.
     PRUNE_COUNT = """
 SELECT count(*) FROM {s}.outbox
 WHERE (state = 'done' AND processed_at < now() - $1::interval)
    OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
    OR ($3::boolean AND state = 'discarded' AND created_at < now() - $1::interval)
+   OR ($4::boolean AND state = 'cancelled' AND created_at < now() - $1::interval)
 """
 
     async def prune_count(
@@ -108,14 +113,18 @@ WHERE (state = 'done' AND processed_at < now() - $1::interval)
         age: dt.timedelta,
         include_dead: bool,
         include_discarded: bool = False,
+        include_cancelled: bool = False,
     ) -> int:
         """How many events a prune with these settings would delete now."""
-        count: int = await conn.fetchval(self.PRUNE_COUNT, age, include_dead, include_discarded)
+        count: int = await conn.fetchval(
+            self.PRUNE_COUNT, age, include_dead, include_discarded, include_cancelled
+        )
         return count
 
-    # $1 age (interval), $2 include dead events, $3 include discarded events, $4 batch size. One
-    # batch, in its own transaction: short transactions keep locks and the xmin horizon short on a
-    # busy queue. The effects ledger rows of the deleted events go with them.
+    # $1 age (interval), $2 include dead events, $3 include discarded events, $4 batch size,
+    # $5 include cancelled events. One batch, in its own transaction: short transactions keep
+    # locks and the xmin horizon short on a busy queue. The effects ledger rows of the deleted
+    # events go with them.
     PRUNE_BATCH = """
 WITH gone AS (
     DELETE FROM {s}.outbox
@@ -124,6 +133,7 @@ WITH gone AS (
         WHERE (state = 'done' AND processed_at < now() - $1::interval)
            OR ($2::boolean AND state = 'dead' AND created_at < now() - $1::interval)
            OR ($3::boolean AND state = 'discarded' AND created_at < now() - $1::interval)
+           OR ($5::boolean AND state = 'cancelled' AND created_at < now() - $1::interval)
         LIMIT $4
         FOR UPDATE SKIP LOCKED)
     RETURNING id
@@ -140,10 +150,11 @@ SELECT count(*) FROM gone
         include_dead: bool,
         limit: int,
         include_discarded: bool = False,
+        include_cancelled: bool = False,
     ) -> int:
         """Delete one batch of old events (and their ledger rows); return how many."""
         deleted: int = await conn.fetchval(
-            self.PRUNE_BATCH, age, include_dead, include_discarded, limit
+            self.PRUNE_BATCH, age, include_dead, include_discarded, limit, include_cancelled
         )
         return deleted
 

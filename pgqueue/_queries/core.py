@@ -54,7 +54,7 @@ class ClaimedRow(NamedTuple):
     db_now: float
     age: float
     headers: str | None = None  # JSON text: the producer's trace context, if any
-    ordering_key: str | None = None  # the producer's ordering key (sql/0014), if any
+    ordering_key: str | None = None  # the producer's ordering key (sql/0017), if any
     behind: bool = False  # an earlier event of its key is unfinished (see CLAIM)
 
 
@@ -239,7 +239,7 @@ RETURNING true
     # claim, never claimed twice. `o.state = 'pending'` is the belt to those braces: only a pending
     # row becomes running.
     #
-    # `behind` (sql/0014_ordering.sql, pgqueue/_ordering.py): whether a keyed event has an
+    # `behind` (sql/0017_ordering.sql, pgqueue/_ordering.py): whether a keyed event has an
     # earlier unfinished event of its key. Only such events ask the ordering gate's HEADS
     # statement which handlers may run; the others are their key's head for every handler. One
     # probe of outbox_ordering_idx per keyed row, none for an unkeyed one (the CASE). Measured

@@ -122,7 +122,7 @@ WHERE lease_token = $1
         await conn.execute(self.SLOTS_RELEASE_ALL, token)
 
     # For `pgqueue limits`: every limit with the slots held now (a slot whose lease expired is
-    # free), and the rates (sql/0015).
+    # free), and the rates (sql/0018).
     LIMITS_LIST = """
 SELECT l.handler, l.concurrency, l.override,
        (SELECT count(*) FROM {s}.handler_slots AS s

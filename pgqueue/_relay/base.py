@@ -46,7 +46,7 @@ class RelayMessage(NamedTuple):
     payload: str
     trace: dict[str, str]
     destination: str
-    # The event's ordering key (sql/0014): the message key, as the header / field
+    # The event's ordering key (sql/0017): the message key, as the header / field
     # ORDERING_KEY_FIELD (only when the event has one).
     ordering_key: str | None = None
 

@@ -104,13 +104,17 @@ class Workers:
     def start(self, dsn: str, **options: Any) -> WorkerProcess:
         """Start ``pgqueue worker --dsn DSN`` with DEFAULTS overridden by ``options``.
 
-        Option names are the CLI's with ``_`` for ``-``; True is a bare flag, None drops it.
+        Option names are the CLI's with ``_`` for ``-``; True is a bare flag, None drops it, a
+        list repeats the option.
         """
         args = ["worker", "--dsn", dsn, "--handlers", self.handlers]
         for name, value in {**DEFAULTS, **options}.items():
             flag = "--" + name.replace("_", "-")
             if value is True:
                 args.append(flag)
+            elif isinstance(value, list):
+                for item in value:
+                    args += [flag, str(item)]
             elif value is not None and value is not False:
                 args += [flag, str(value)]
         log = self.logdir / f"worker-{len(self.started) + 1}.log"
@@ -126,6 +130,16 @@ class Workers:
         process = WorkerProcess(popen, log, args)
         self.started.append(process)
         return process
+
+    @classmethod
+    @contextlib.contextmanager
+    def killed_after(cls, logdir: Path, handlers: str) -> Iterator[Workers]:
+        """The body of a ``workers`` fixture: every process started is killed at the end."""
+        started = cls(logdir, handlers)
+        try:
+            yield started
+        finally:
+            started.kill_all()
 
     def kill_all(self) -> None:
         for process in self.started:

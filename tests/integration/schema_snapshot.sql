@@ -7,6 +7,11 @@ CREATE DOMAIN pgqueue.event_attempt AS integer
 
 ALTER DOMAIN pgqueue.event_attempt OWNER TO <owner>;
 
+CREATE DOMAIN pgqueue.event_handlers AS jsonb
+	CONSTRAINT outbox_handlers_object CHECK ((jsonb_typeof(VALUE) = 'object'::text));
+
+ALTER DOMAIN pgqueue.event_handlers OWNER TO <owner>;
+
 CREATE DOMAIN pgqueue.event_headers AS jsonb
 	CONSTRAINT outbox_headers_object CHECK ((jsonb_typeof(VALUE) = 'object'::text))
 	CONSTRAINT outbox_headers_size CHECK ((octet_length((VALUE)::text) <= 8192));
@@ -29,8 +34,7 @@ CREATE DOMAIN pgqueue.event_run_at AS timestamp with time zone
 
 ALTER DOMAIN pgqueue.event_run_at OWNER TO <owner>;
 
-CREATE DOMAIN pgqueue.event_state AS text
-	CONSTRAINT outbox_state_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text])));
+CREATE DOMAIN pgqueue.event_state AS text;
 
 ALTER DOMAIN pgqueue.event_state OWNER TO <owner>;
 
@@ -95,17 +99,29 @@ ALTER FUNCTION pgqueue.event_ids_by_keys(keys text[]) OWNER TO <owner>;
 
 CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     LANGUAGE plpgsql
-    SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    channel text := TG_TABLE_SCHEMA || '.outbox';
+    channel pg_catalog.text := TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.outbox';
+    queued pg_catalog.text := NEW.tableoid::pg_catalog.text OPERATOR(pg_catalog.||) ' '
+                              OPERATOR(pg_catalog.||) NEW.queue;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock_shared(hashtext(channel || ' skippers'),
-                                            hashtext(NEW.queue)) THEN
+    -- Once per transaction and queue: the marker is local to the transaction (set_config's
+    -- third argument), so the next transaction notifies again. Rows of a rolled-back
+    -- savepoint never reach this function (their deferred events go with them).
+    IF pg_catalog.current_setting('pgqueue.notify_queued', true)
+           OPERATOR(pg_catalog.=) queued THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.set_config('pgqueue.notify_queued', queued, true);
+    IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(
+            pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' skippers'),
+            pg_catalog.hashtext(NEW.queue)) THEN
         -- Held exclusively by someone: no sweep will wait for us, wake the workers ourselves.
-        PERFORM pg_notify(channel, NEW.queue || '!');
-    ELSIF pg_try_advisory_xact_lock(hashtext(channel || ' gate'), hashtext(NEW.queue)) THEN
-        PERFORM pg_notify(channel, NEW.queue);
+        PERFORM pg_catalog.pg_notify(channel, NEW.queue OPERATOR(pg_catalog.||) '!');
+    ELSIF pg_catalog.pg_try_advisory_xact_lock(
+            pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' gate'),
+            pg_catalog.hashtext(NEW.queue)) THEN
+        PERFORM pg_catalog.pg_notify(channel, NEW.queue);
     END IF;
     RETURN NULL;
 END
@@ -220,13 +236,12 @@ CREATE TABLE pgqueue.outbox (
     lease_token uuid,
     leased_by text,
     lease_expires_at timestamp with time zone,
-    handlers jsonb,
+    handlers pgqueue.event_handlers,
     last_error text,
     processed_at timestamp with time zone,
     priority pgqueue.event_priority DEFAULT 0 NOT NULL,
     headers pgqueue.event_headers,
     ordering_key pgqueue.ordering_key,
-    CONSTRAINT outbox_handlers_object CHECK (((handlers IS NULL) OR (jsonb_typeof(handlers) = 'object'::text))),
     CONSTRAINT outbox_lease_iff_running CHECK ((((state)::text = 'running'::text) = ((lease_token IS NOT NULL) AND (lease_expires_at IS NOT NULL)))),
     CONSTRAINT outbox_processed_iff_done CHECK ((((state)::text = 'done'::text) = (processed_at IS NOT NULL)))
 )
@@ -243,7 +258,7 @@ CREATE VIEW pgqueue.handler_states AS
     (h.value ->> 'error'::text) AS last_error,
     to_timestamp(((h.value ->> 'updated_at'::text))::double precision) AS updated_at
    FROM pgqueue.outbox o,
-    LATERAL jsonb_each(o.handlers) h(key, value)
+    LATERAL jsonb_each((o.handlers)::jsonb) h(key, value)
   WHERE (o.handlers IS NOT NULL);
 
 ALTER TABLE pgqueue.handler_states OWNER TO <owner>;
@@ -264,6 +279,17 @@ ALTER TABLE pgqueue.outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+CREATE TABLE pgqueue.queue_pauses (
+    queue pgqueue.queue_name NOT NULL,
+    paused_at timestamp with time zone DEFAULT now() NOT NULL,
+    paused_by text DEFAULT CURRENT_USER NOT NULL,
+    reason text,
+    CONSTRAINT queue_pauses_paused_by_length CHECK (((char_length(paused_by) >= 1) AND (char_length(paused_by) <= 200))),
+    CONSTRAINT queue_pauses_reason_length CHECK (((reason IS NULL) OR (char_length(reason) <= 500)))
+);
+
+ALTER TABLE pgqueue.queue_pauses OWNER TO <owner>;
 
 CREATE TABLE pgqueue.rate_buckets (
     handler text NOT NULL,
@@ -346,6 +372,12 @@ ALTER TABLE ONLY pgqueue.migrations
 ALTER TABLE ONLY pgqueue.outbox
     ADD CONSTRAINT outbox_pkey PRIMARY KEY (id);
 
+ALTER DOMAIN pgqueue.event_state
+    ADD CONSTRAINT outbox_state_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'dead'::text, 'discarded'::text, 'cancelled'::text]))) NOT VALID;
+
+ALTER TABLE ONLY pgqueue.queue_pauses
+    ADD CONSTRAINT queue_pauses_pkey PRIMARY KEY (queue);
+
 ALTER TABLE ONLY pgqueue.rate_buckets
     ADD CONSTRAINT rate_buckets_pkey PRIMARY KEY (handler, key);
 
@@ -357,6 +389,8 @@ ALTER TABLE ONLY pgqueue.schedules
 
 ALTER TABLE ONLY pgqueue.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
+
+CREATE INDEX outbox_cancelled_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'cancelled'::text);
 
 CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'dead'::text);
 
@@ -382,7 +416,7 @@ CREATE UNIQUE INDEX replays_unfinished_idx ON pgqueue.replays USING btree (filte
 
 CREATE TRIGGER handler_limits_sync AFTER INSERT OR UPDATE OF concurrency, override ON pgqueue.handler_limits FOR EACH ROW EXECUTE FUNCTION pgqueue.sync_handler_slots();
 
-CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((current_setting('pgqueue.notify_queued'::text, true) IS DISTINCT FROM (((new.tableoid)::text || ' '::text) || (new.queue)::text)) AND (set_config('pgqueue.notify_queued'::text, (((new.tableoid)::text || ' '::text) || (new.queue)::text), true) IS NOT NULL))) EXECUTE FUNCTION pgqueue.notify_outbox();
+CREATE CONSTRAINT TRIGGER outbox_notify AFTER INSERT ON pgqueue.outbox DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pgqueue.notify_outbox();
 
 CREATE TRIGGER outbox_ordering_wake AFTER UPDATE OF state ON pgqueue.outbox FOR EACH ROW WHEN (((new.ordering_key IS NOT NULL) AND ((old.state)::text IS DISTINCT FROM (new.state)::text) AND ((old.state)::text = ANY (ARRAY['running'::text, 'dead'::text])))) EXECUTE FUNCTION pgqueue.ordering_wake();
 

@@ -288,12 +288,13 @@ async def test_upgrade_to_domains_keeps_the_roles_working(
         await pgqueue.migrate(conn)
         # roles.sql as deployed at 0008: without the grants on tables of later migrations.
         deployed = "\n".join(
-            line.replace("integer, text)", "integer)")  # enqueue() before 0014
+            line.replace("integer, text)", "integer)")  # enqueue() before 0017
             for line in _migrate.roles_sql("pgqueue").splitlines()
-            if '"pgqueue".workers ' not in line  # 0011
-            and "(ordering_key)" not in line  # 0014
-            and "rate_per_key" not in line  # 0015
-            and "rate_buckets" not in line  # 0015
+            if '"pgqueue".workers ' not in line  # 0013
+            and '"pgqueue".queue_pauses ' not in line  # 0015
+            and "(ordering_key)" not in line  # 0017
+            and "rate_per_key" not in line  # 0018
+            and "rate_buckets" not in line  # 0018
         )
         await conn.execute(deployed)
         await conn.execute(

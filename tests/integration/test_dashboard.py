@@ -175,7 +175,12 @@ async def test_every_page_against_real_data_read_only(
             form={"action": "retry", "id": str(seeded["dead"][0]), "step": "apply"},
         )
         assert response.status == 403 and "read-only" in await response.text()
+        refused = await page.request.post(
+            url + "/actions/pause", form={"queue": "default", "op": "pause"}
+        )
+        assert refused.status == 403 and "read-only" in await refused.text()
     assert (await outbox_row(conn, seeded["dead"][0]))["state"] == "dead"
+    assert await pgqueue.admin.list_paused(conn) == []
 
 
 async def test_live_refresh_updates_the_page_without_a_reload(
@@ -241,7 +246,7 @@ async def test_retry_a_dead_event_end_to_end(
     assert f"dashboard action by {USER} from 127.0.0.1: retry 5 dead event(s)" in logged
 
 
-async def test_cancel_replay_and_limit_override(
+async def test_cancel_pause_replay_and_limit_override(
     db_dsn: str, conn: asyncpg.Connection, seeded: dict[str, Any], tmp_path: Path
 ) -> None:
     done_report = seeded["done"][0]
@@ -258,13 +263,36 @@ async def test_cancel_replay_and_limit_override(
     ):
         await page.goto(f"{url}/events/{seeded['pending']}")
         assert "later@example.com" in await page.inner_text("#payload")
+        await page.fill("#reschedule-when", "2h")
+        await page.click("#reschedule-event")
+        assert await page.inner_text("#result") == "1 pending event(s) rescheduled"
+        due = await conn.fetchval(
+            "SELECT run_at - now() FROM pgqueue.outbox WHERE id = $1", seeded["pending"]
+        )
+        assert dt.timedelta(minutes=110) < due <= dt.timedelta(hours=2)
+        await page.goto(f"{url}/events/{seeded['pending']}")
         await page.click("#cancel-event")
-        assert (await page.inner_text("#preview")).startswith("1 pending event(s) to cancel")
+        assert (await page.inner_text("#preview")).startswith(
+            "1 event(s) to cancel (1 pending, 0 running)"
+        )
         await page.click("#confirm")
-        assert await page.inner_text("#result") == "1 pending event(s) cancelled (now discarded)"
+        assert await page.inner_text("#result") == "1 event(s) cancelled"
         row = await outbox_row(conn, seeded["pending"])
-        assert row["state"] == "discarded"
+        assert row["state"] == "cancelled"
         assert row["last_error"] == "cancelled from the dashboard by bob (token)"
+        await page.goto(f"{url}/events?state=cancelled")
+        assert str(seeded["pending"]) in await page.locator("#events").inner_text()
+
+        # Pause a queue from the overview, see it listed as paused, resume it.
+        await page.goto(url + "/")
+        await page.click("#pause-reports")
+        await expect(page.locator("#notice")).to_have_text("queue reports paused")
+        assert "paused" in await page.locator("#queues tr", has_text="reports").inner_text()
+        paused = await pgqueue.admin.list_paused(conn)
+        assert [(p.queue, p.paused_by) for p in paused] == [("reports", "dashboard:bob (token)")]
+        await page.click("#resume-reports")
+        await expect(page.locator("#notice")).to_have_text("queue reports resumed")
+        assert await pgqueue.admin.list_paused(conn) == []
 
         await page.goto(f"{url}/events/{done_report}")
         await page.fill("#replay-handler", "archive")

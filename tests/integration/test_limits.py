@@ -32,11 +32,8 @@ FREE_SLOTS = "SELECT count(*) FROM pgqueue.handler_slots WHERE handler = $1 AND 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     """``pgqueue worker`` processes on the limit handlers; all SIGKILLed and reaped after."""
-    started = Workers(tmp_path, HANDLERS)
-    try:
+    with Workers.killed_after(tmp_path, HANDLERS) as started:
         yield started
-    finally:
-        started.kill_all()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from pgqueue import ConfigurationError
-from pgqueue._dashboard._chart import Minute, chart_svg, minute_counts
+from pgqueue._dashboard._chart import Minute, backlog_line, chart_svg, minute_counts
 from pgqueue._dashboard._config import DashboardSettings
 from pgqueue._dashboard._security import authenticate, csrf_refusal, csrf_token
 
@@ -105,3 +105,17 @@ def test_the_chart_is_svg_with_a_bar_per_busy_minute_and_the_backlog_line() -> N
     assert svg.count('fill="#4299e1"') == 60
     assert "<polyline" in svg and "backlog max 500" in svg
     assert "1k/min" in svg and "500/min" in svg  # 600 a minute at most, rounded up to 1k
+
+
+def test_the_backlog_line_is_worked_back_from_now_with_created_and_done_per_minute() -> None:
+    start = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    now = start + dt.timedelta(minutes=2, seconds=30)
+    minutes = [Minute(start + dt.timedelta(minutes=m), done, False) for m, done in enumerate(
+        [5.0, 10.0, 20.0]
+    )]  # fmt: skip
+    # ids 1-29 created in minute 0, 30-79 in minute 1, 80-89 so far in minute 2.
+    line = backlog_line(minutes, [1, 30, 80], 90, 15, now)
+    # Before minute 2: 15 - 10 created + 20 done = 25; before minute 1: 25 - 50 + 10 -> 0.
+    assert line == [(minutes[1].start, 0), (minutes[2].start, 25), (now, 15)]
+    assert backlog_line(minutes, [1, 30], 90, 15, now) == [(now, 15)]  # misaligned: now only
+    assert backlog_line(minutes, [1, None, 80], 90, 15, now) == [(now, 15)]

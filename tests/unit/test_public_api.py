@@ -17,6 +17,7 @@ EXPECTED_ALL = [
     "DatabaseUnavailableError",
     "Discard",
     "Event",
+    "EventNotFound",
     "EventResult",
     "EventState",
     "HandlerResult",
@@ -35,6 +36,8 @@ EXPECTED_ALL = [
     "RetryPolicy",
     "Schedule",
     "SchemaError",
+    "WaitResult",
+    "WaitTimeout",
     "Worker",
     "WorkerSettings",
     "WorkerStats",
@@ -46,11 +49,13 @@ EXPECTED_ALL = [
     "migrate",
     "once",
     "once_sync",
+    "wait",
 ]
 
 # The operator API (pgqueue.admin): moved out of pgqueue in 0.1.x (CHANGELOG.md).
 EXPECTED_ADMIN = [
     "BlockedKey",
+    "CancelCount",
     "EventDetail",
     "EventPage",
     "EventSummary",
@@ -58,23 +63,30 @@ EXPECTED_ADMIN = [
     "LiveHandlerCount",
     "LiveStatus",
     "LiveTypeCounts",
+    "QueuePause",
     "ReplayPreview",
     "ReplayResult",
     "StatusReport",
     "WorkerInfo",
     "blocked_keys",
+    "cancel",
+    "count_cancellable",
     "count_dead",
     "count_prunable",
     "discard",
     "get_event",
     "list_events",
+    "list_paused",
     "list_workers",
     "live_status",
     "override_rate",
+    "pause_queue",
     "pgqueue_dashboard",
     "preview_replay",
     "prune",
     "replay",
+    "reschedule",
+    "resume_queue",
     "retry",
     "status",
 ]
@@ -109,6 +121,8 @@ def test_library_errors_share_one_base() -> None:
         "DatabaseUnavailableError",
         "SchemaError",
         "PayloadError",
+        "EventNotFound",
+        "WaitTimeout",
     ):
         assert issubclass(getattr(pgqueue, name), pgqueue.PgQueueError)
     assert not issubclass(pgqueue.Discard, pgqueue.PgQueueError)
@@ -127,7 +141,7 @@ def _check_values(constraint: str) -> list[str]:
 
 def test_event_states_mirror_the_sql_check_constraint() -> None:
     allowed = _check_values("outbox_state_check")
-    assert allowed == ["pending", "running", "done", "dead", "discarded"]
+    assert allowed == ["pending", "running", "done", "dead", "discarded", "cancelled"]
     assert [s.value for s in EventState] == allowed
 
 

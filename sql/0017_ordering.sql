@@ -1,4 +1,4 @@
--- pgqueue migration 0014: ordering keys (issue 15 part 1).
+-- pgqueue migration 0017: ordering keys (issue 15 part 1).
 --
 -- An event may carry an `ordering_key`. A handler registered with ordered=True runs the events
 -- of one key one at a time, in id order, across every worker (pgqueue/_ordering.py). The
@@ -139,4 +139,4 @@ BEGIN
 END $$;
 DROP FUNCTION enqueue(text, jsonb, timestamptz, text, text, integer);
 
-INSERT INTO migrations (version, name) VALUES (14, 'ordering');
+INSERT INTO migrations (version, name) VALUES (17, 'ordering');

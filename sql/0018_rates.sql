@@ -1,4 +1,4 @@
--- pgqueue migration 0015: per-handler rate limits (issue 15 part 2).
+-- pgqueue migration 0018: per-handler rate limits (issue 15 part 2).
 --
 -- A handler registered with rate="100/s" (or "/m", "/h") runs at most that often across every
 -- worker and host, optionally per ordering key (rate_per_key). A token bucket per (handler,
@@ -70,4 +70,4 @@ BEGIN
     END LOOP;
 END $$;
 
-INSERT INTO migrations (version, name) VALUES (15, 'rates');
+INSERT INTO migrations (version, name) VALUES (18, 'rates');
