@@ -4,7 +4,8 @@ is planning.
 ``python -m bench.claim_probe [--dsn DSN] [--claims 300] [--rounds 3]``
 
 The worker's control connections plan every statement with its actual parameters
-(``plan_cache_mode = force_custom_plan``, see pgqueue/_worker.py). For an idle worker woken for
+(``plan_cache_mode = force_custom_plan``, see pgqueue/_worker/worker.py). For an idle worker woken
+for
 one event, the claim's planning is then a large part of the commit-to-handler latency. This
 inserts one event and claims it, ``--claims`` times per round, under force_custom_plan and
 force_generic_plan, and prints the median microseconds per claim of each round.

@@ -3,7 +3,7 @@ ordered handler, against 100,000 events without a key and the same handler unord
 plain drain of bench/s3_drain.py), alternately, on fresh databases.
 
 Distinct keys never wait for each other, so the difference is the price of the order itself:
-one HEADS statement per claimed batch (pgqueue/_ordering.py) and the keyed rows' entries in
+one HEADS statement per claimed batch (pgqueue/_worker/ordering.py) and the keyed rows' entries in
 outbox_ordering_idx. ``ordering.ratio`` = keyed / unkeyed events/s of the same run.
 """
 

@@ -26,12 +26,12 @@ import time
 import asyncpg
 
 from pgqueue._api import StatusReport
-from pgqueue._cli_admin import print_status
+from pgqueue._cli.admin import print_status
 from pgqueue.admin import status
 
 from ._db import DEFAULT_ADMIN_DSN, Databases
 
-CLI = [sys.executable, "-c", "from pgqueue._cli import main; main()"]
+CLI = [sys.executable, "-c", "from pgqueue._cli.main import main; main()"]
 OLD_UP_TO = 20_000
 
 

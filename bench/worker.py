@@ -135,7 +135,7 @@ async def run_minimal(args: argparse.Namespace, rec: Recorder) -> dict[str, Any]
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder(args.record, args.mark_at)
     # As `pgqueue worker` does before its first claim (freeze_startup_heap in
-    # pgqueue/_cli_worker.py): what the process imported stays out of the collector's full
+    # pgqueue/_cli/worker.py): what the process imported stays out of the collector's full
     # passes. Done for every system alike, so no queue gets a process the others do not.
     gc.collect()
     gc.freeze()

@@ -36,7 +36,7 @@ from ._relay import NatsRelay, RabbitMQRelay, RedisRelay, Relay, RelayMessage
 from ._schedule import Schedule
 from ._settings import WorkerSettings
 from ._wait import WaitResult, wait
-from ._worker import Worker
+from ._worker.worker import Worker
 
 __all__ = [
     "ConfigurationError",

@@ -42,8 +42,8 @@ from ._errors import ConfigurationError, PayloadError
 from ._models import Context, EventState, HandlerState
 from ._names import MAX_IDEMPOTENCY_KEY, MAX_PAYLOAD_BYTES, event_type_ok
 from ._registry import Handler, Registry
-from ._runner import invalid_text, judge
 from ._settings import DEFAULT_QUEUE, DEFAULT_SCHEMA, validate_queue
+from ._worker.runner import invalid_text, judge
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -1,7 +1,7 @@
-"""Paused queues: operators pause and resume a queue; workers skip paused queues when claiming.
+"""Paused queues, the operator side: pause and resume a queue, list the paused ones.
 
 A pause is a row in ``queue_pauses`` (sql/0015_pause.sql). Each worker reads the rows of its
-own queues once per poll interval (:class:`PausedQueues`), so a pause takes effect within a
+own queues once per poll interval (``_worker/pauses.py``), so a pause takes effect within a
 poll interval and costs no statement on the claim path; events already running finish, and
 producers keep enqueueing (their events wait as pending). A resume is seen within a poll
 interval too, and the worker then claims at once.
@@ -9,17 +9,13 @@ interval too, and the worker then claims at once.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
 from ._errors import ConfigurationError
-from ._loop import run_with_backoff
 from ._names import QUEUE_RULE, queue_ok
 from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA
@@ -79,51 +75,3 @@ async def list_paused(
     """Every paused queue, by name."""
     rows = await queries_for(schema).flow.list_pauses(conn)
     return [QueuePause(**dict(r)) for r in rows]
-
-
-class PausedQueues:
-    """A worker's view of which of its queues are paused, read once per ``interval``: a
-    service (``run()``) of the worker, which reads :attr:`paused` before each claim."""
-
-    name = "paused queues"
-
-    def __init__(
-        self,
-        *,
-        pool: Any,
-        schema: str,
-        queues: list[str],
-        interval: float,
-        wake: Callable[[], None],
-    ) -> None:
-        self._pool = pool
-        self._wake = wake  # a resumed queue is claimed at once, not at the next poll
-        self._queries = queries_for(schema).flow
-        self._queues = queues
-        self._interval = interval
-        self.paused: frozenset[str] = frozenset()
-
-    async def refresh(self) -> None:
-        """Read the pauses of our queues now; log what changed."""
-        async with self._pool.acquire() as conn:
-            paused = frozenset(await self._queries.paused_among(conn, self._queues))
-        for queue in sorted(paused - self.paused):
-            log.info("queue %s is paused: not claiming from it", queue, extra={"queue": queue})
-        resumed = self.paused - paused
-        for queue in sorted(resumed):
-            log.info("queue %s is resumed", queue, extra={"queue": queue})
-        self.paused = paused
-        if resumed:
-            self._wake()
-
-    async def run(self) -> None:
-        """Refresh every interval until cancelled (the worker read them once before its first
-        claim); a failed read keeps the last view and is retried sooner than the interval,
-        never later."""
-
-        async def step() -> float:
-            await self.refresh()
-            return self._interval
-
-        await asyncio.sleep(self._interval)
-        await run_with_backoff(step, "reading paused queues", cap=self._interval)

@@ -23,7 +23,7 @@ from ._schedule import Schedule
 if typing.TYPE_CHECKING:
     from ._relay.base import Relay
 
-# An async function, or a plain one (run in the worker's thread pool: see _threads.py).
+# An async function, or a plain one (run in the worker's thread pool: see _worker/threads.py).
 HandlerFn = Callable[..., Awaitable[None]] | Callable[..., None]
 DEFAULT_TIMEOUT = 60.0
 
@@ -63,11 +63,11 @@ class Handler:
     policy: RetryPolicy
     timeout: float | None
     takes_context: bool
-    # At most this many runs at once across every worker (None: unlimited); see _limits.py.
+    # At most this many runs at once across every worker (None: unlimited); see _worker/limits.py.
     concurrency: int | None = None
-    # Runs one ordering key's events one at a time, in id order (see _ordering.py).
+    # Runs one ordering key's events one at a time, in id order (see _worker/ordering.py).
     ordered: bool = False
-    # At most this often across every worker ('100/s', '/m', '/h'; see _rates.py), per
+    # At most this often across every worker ('100/s', '/m', '/h'; see _worker/rates.py), per
     # ordering key when rate_per_key.
     rate: str | None = None
     rate_per_key: bool = False

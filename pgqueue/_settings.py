@@ -118,7 +118,7 @@ class WorkerSettings(BaseModel):
     # Proxy): no statement cache, no startup parameters, nothing kept in the session.
     pooled: bool = False
     worker_id: str | None = None
-    # Threads for plain-def (sync) handlers, per worker process (see _threads.py): at most
+    # Threads for plain-def (sync) handlers, per worker process (see _worker/threads.py): at most
     # this many sync handlers run at once; the rest wait for a thread, not on their timeout.
     # Sized for I/O-bound work (an HTTP call, a Django query), like Dramatiq's 8 per process;
     # each thread that uses Django's ORM holds a database connection of its own.

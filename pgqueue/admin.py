@@ -31,8 +31,6 @@ from ._inspect import (
     live_status,
 )
 from ._pauses import QueuePause, list_paused, pause_queue, resume_queue
-from ._presence import WorkerInfo, list_workers
-from ._rates import override_rate
 from ._steer import (
     ReplayPreview,
     ReplayResult,
@@ -42,6 +40,8 @@ from ._steer import (
     replay,
     retry,
 )
+from ._worker.presence import WorkerInfo, list_workers
+from ._worker.rates import override_rate
 
 __all__ = [
     "BlockedKey",

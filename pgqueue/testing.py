@@ -42,7 +42,7 @@ from ._queries import queries_for
 from ._registry import Registry
 from ._scratchdb import ScratchDatabases, run_sync
 from ._settings import DEFAULT_SCHEMA, WorkerSettings
-from ._worker import Worker
+from ._worker.worker import Worker
 
 __all__ = [
     "assert_dead",

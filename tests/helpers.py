@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-# -c rather than ``-m pgqueue._cli`` (runs the module a second time as __main__) or the
+# -c rather than ``-m pgqueue._cli.main`` (runs the module a second time as __main__) or the
 # ``pgqueue`` console script (may be missing or stale on PATH).
-_CLI = "from pgqueue._cli import main; main()"
+_CLI = "from pgqueue._cli.main import main; main()"
 
 
 async def wait_for(

@@ -15,16 +15,16 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._cli_common import parse_time_bound
+from .._cli.common import parse_time_bound
 from .._errors import ConfigurationError
 from .._inspect import get_event, list_events
-from .._limits import list_limits
 from .._models import EventState, HandlerState
 from .._pauses import list_paused
-from .._presence import list_workers
 from .._queries import database_now, queries_for
 from .._schedule import schedule_status
 from .._settings import validate_queue
+from .._worker.limits import list_limits
+from .._worker.presence import list_workers
 from ._chart import backlog_line, chart_svg, minute_counts
 from ._context import Dashboard
 

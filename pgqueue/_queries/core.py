@@ -24,7 +24,7 @@ from .plans import Plan
 # claim probe each level directly: `priority = p AND run_at BETWEEN floor AND now()` is then one
 # bounded range of outbox_ready_idx per level. A loose index scan over the priorities present
 # (the first version) had to land at each level's oldest entry, which is where the claimed
-# rows' entries pile up until VACUUM (see _floor.py), so every claim walked them again.
+# rows' entries pile up until VACUUM (see _worker/floor.py), so every claim walked them again.
 PRIORITY_LEVELS = f"generate_series({PRIORITY_MAX}, {PRIORITY_MIN}, -1) AS p(priority)"
 
 # The database clock: relative --since / --until are resolved on it, and ages shown next to
@@ -222,11 +222,11 @@ RETURNING true
     # -- worker ---------------------------------------------------------------------------------
 
     # $1 queue, $2 event types this worker handles, $3 batch size, $4 lease token, $5 worker id, $6
-    # lease seconds, $7 the lowest run_at to read (epoch seconds; -Infinity = all; see _floor.py).
-    # One statement claims a batch of ready events, the highest priority first, then by (run_at,
-    # id); it skips rows another worker has locked, and the UPDATE counts the attempt at claim time
-    # (so a handler that kills its worker still uses up attempts). now() is the database clock,
-    # returned for the worker's retry arithmetic.
+    # lease seconds, $7 the lowest run_at to read (epoch seconds; -Infinity = all; see
+    # _worker/floor.py). One statement claims a batch of ready events, the highest priority first,
+    # then by (run_at, id); it skips rows another worker has locked, and the UPDATE counts the
+    # attempt at claim time (so a handler that kills its worker still uses up attempts). now() is
+    # the database clock, returned for the worker's retry arithmetic.
     #
     # Shape: `ctid = ANY(ARRAY(subquery))` makes the pick an InitPlan run once, and the UPDATE a TID
     # scan straight to the row versions the pick locked. The first version joined a CTE instead; the
@@ -239,7 +239,7 @@ RETURNING true
     # claim, never claimed twice. `o.state = 'pending'` is the belt to those braces: only a pending
     # row becomes running.
     #
-    # `behind` (sql/0017_ordering.sql, pgqueue/_ordering.py): whether a keyed event has an
+    # `behind` (sql/0017_ordering.sql, pgqueue/_worker/ordering.py): whether a keyed event has an
     # earlier unfinished event of its key. Only such events ask the ordering gate's HEADS
     # statement which handlers may run; the others are their key's head for every handler. One
     # probe of outbox_ordering_idx per keyed row, none for an unkeyed one (the CASE). Measured
@@ -428,8 +428,8 @@ RETURNING o.id, o.event_type, e.leased_by
     # $1 queue, $2 event types. Seconds until the next pending event of these types falls due
     # (NULL when none), so an idle worker wakes exactly when a delayed retry is due. Only future
     # rows: a row due now that the claim did not take is locked by someone else (or below the
-    # claim's floor, see _floor.py), and answering "due now" for it made an idle worker claim in
-    # a tight loop. Per priority level the first future row: `run_at > now()` starts each index
+    # claim's floor, see _worker/floor.py), and answering "due now" for it made an idle worker claim
+    # in a tight loop. Per priority level the first future row: `run_at > now()` starts each index
     # range past the claimed rows' entries.
     NEXT_DUE = (
         """

@@ -96,8 +96,8 @@ SELECT id FROM {s}.outbox WHERE id = ANY($1::bigint[]) AND state = 'cancelled'
         return {r[0] for r in await conn.fetch(self.CANCELLED_AMONG, ids)}
 
     # $1 event ids, $2 the new run_at. Pending events only (a running one is under way; others
-    # are final). Never earlier than now(): the claim's ready floor (pgqueue/_floor.py) relies on
-    # rows that turn due getting run_at >= now(), so "run it now" is exactly now().
+    # are final). Never earlier than now(): the claim's ready floor (pgqueue/_worker/floor.py)
+    # relies on rows that turn due getting run_at >= now(), so "run it now" is exactly now().
     RESCHEDULE = """
 UPDATE {s}.outbox SET run_at = GREATEST($2::timestamptz, now())
 WHERE id = ANY($1::bigint[]) AND state = 'pending'

@@ -1,4 +1,4 @@
-"""Statements of ordered handlers (issue 15; sql/0017_ordering.sql, pgqueue/_ordering.py)."""
+"""Statements of ordered handlers (issue 15; sql/0017_ordering.sql, pgqueue/_worker/ordering.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Statements of per-handler rate limits (sql/0018_rates.sql, pgqueue/_rates.py)."""
+"""Statements of per-handler rate limits (sql/0018_rates.sql, pgqueue/_worker/rates.py)."""
 
 from __future__ import annotations
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .._backoff import decide
-from .._dispatch import Delivery, Kind, Outcome, error_text
 from .._registry import Handler
+from .._worker.dispatch import Delivery, Kind, Outcome, error_text
 from .base import Breaker, BrokerUnavailable, Relay, RelayMessage, iso_utc, trace_context
 
 if TYPE_CHECKING:
     from .._metrics import Metrics
-    from .._runner import Unit
+    from .._worker.runner import Unit
 
 log = logging.getLogger("pgqueue.relay")
 

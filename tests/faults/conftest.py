@@ -31,7 +31,7 @@ from pgqueue._embedded import EmbeddedPostgres, _alive
 from tests.faults.fault_handlers import create_tables
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = "from pgqueue._cli import main; main()"
+CLI = "from pgqueue._cli.main import main; main()"
 HANDLERS = "tests.faults.fault_handlers:registry"
 
 # Short enough that a lost lease is rescued within ~1.5 s: the suite stays fast on 2 cores.

@@ -34,7 +34,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TOKEN = "test-token-0123456789abcdef"
-_CLI = "from pgqueue._cli import main; main()"
+_CLI = "from pgqueue._cli.main import main; main()"
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -1,4 +1,4 @@
-"""The claim's lower bound on run_at (pgqueue/_floor.py) never strands an event.
+"""The claim's lower bound on run_at (pgqueue/_worker/floor.py) never strands an event.
 
 A running worker reads the ready index from (last short claim's time - FLOOR_MARGIN) on; the
 rows that bound can miss (a past run_at, a producer transaction open longer than the margin)
@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 import pgqueue
-from pgqueue._floor import FLOOR_MARGIN
+from pgqueue._worker.floor import FLOOR_MARGIN
 from tests.helpers import wait_for
 
 

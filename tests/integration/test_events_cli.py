@@ -29,7 +29,7 @@ from tests.integration.test_core_cli import ROOT, assert_one_line_error, cli
 
 SECRET = "pii-jane.doe@example.com"  # in every payload; a listing must never show it
 HEADER = ["event", "type", "pending"]
-CLI = [sys.executable, "-c", "from pgqueue._cli import main; main()"]
+CLI = [sys.executable, "-c", "from pgqueue._cli.main import main; main()"]
 
 
 @dataclass(frozen=True)

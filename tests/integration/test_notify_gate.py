@@ -1,4 +1,5 @@
-"""The notify gate (sql/0011_producer_commit.sql) and the worker's sweep (pgqueue/_listener.py).
+"""The notify gate (sql/0011_producer_commit.sql) and the worker's sweep
+(pgqueue/_worker/listener.py).
 
 At commit, one producer transaction per queue at a time notifies; the others skip NOTIFY so
 that their commits do not queue behind PostgreSQL's notify lock. A running worker must still

@@ -33,7 +33,7 @@ from tests.helpers import run_cli, wait_for
 from tests.integration.observe_handlers import registry as observe_registry
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = "from pgqueue._cli import main; main()"
+CLI = "from pgqueue._cli.main import main; main()"
 HANDLERS = "tests.integration.observe_handlers:registry"
 MARKER = "s3cr3t-marker-0b5e"
 

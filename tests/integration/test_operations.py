@@ -143,8 +143,9 @@ async def test_claim_and_completion_use_their_indexes(conn: asyncpg.Connection) 
     await conn.execute("ANALYZE pgqueue.outbox")
     q = queries_for("pgqueue")
     token = uuid.uuid4()
-    # Unbounded (the periodic full read) and bounded below by a floor (see pgqueue/_floor.py),
-    # planned for the parameters and as the claim connection's one generic plan.
+    # Unbounded (the periodic full read) and bounded below by a floor (see
+    # pgqueue/_worker/floor.py), planned for the parameters and as the claim connection's one
+    # generic plan.
     for floor, mode in itertools.product((-math.inf, time.time() - 60), ("custom", "generic")):
         await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
         claim = await _explain(conn, q.core.CLAIM, "default", ["t"], 500, token, "w", 30.0, floor)

@@ -80,7 +80,12 @@ async def test_the_wheel_installs_and_its_cli_runs_outside_the_checkout(
     assert shipped - set(names) == set()
     with tarfile.open(sdist) as archive:
         members = "\n".join(archive.getnames())
-    for needed in ("/sql/0001_outbox.sql", "/pgqueue/_cli.py", "/README.md", "/pyproject.toml"):
+    for needed in (
+        "/sql/0001_outbox.sql",
+        "/pgqueue/_cli/main.py",
+        "/README.md",
+        "/pyproject.toml",
+    ):
         assert needed in members, needed
 
     elsewhere = tmp_path / "app"

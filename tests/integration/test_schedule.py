@@ -25,7 +25,7 @@ from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import run_burst
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = "from pgqueue._cli import main; main()"
+CLI = "from pgqueue._cli.main import main; main()"
 HANDLERS = "tests.integration.schedule_handlers:registry"
 
 

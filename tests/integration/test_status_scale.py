@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import pgqueue
 from pgqueue._api import StatusReport, StatusRow
-from pgqueue._cli_admin import print_status
-from pgqueue._cli_watch import render
+from pgqueue._cli.admin import print_status
+from pgqueue._cli.watch import render
 from pgqueue._inspect import LiveStatus, LiveTypeCounts
 from pgqueue._metrics import DEAD_TYPES, OTHER_TYPES
 from tests.helpers import wait_for

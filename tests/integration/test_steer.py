@@ -21,7 +21,7 @@ from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import handler_states, outbox_row, run_burst
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLI = [sys.executable, "-c", "from pgqueue._cli import main; main()"]
+CLI = [sys.executable, "-c", "from pgqueue._cli.main import main; main()"]
 
 
 def recording(

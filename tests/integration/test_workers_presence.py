@@ -18,7 +18,7 @@ from tests.helpers import run_cli, wait_for
 from tests.integration.dashboard_handlers import registry
 from tests.integration.dashboard_support import ROOT
 
-_CLI = "from pgqueue._cli import main; main()"
+_CLI = "from pgqueue._cli.main import main; main()"
 
 
 async def _pids(conn: asyncpg.Connection) -> list[int]:

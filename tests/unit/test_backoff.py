@@ -120,11 +120,11 @@ def test_reconnect_delay_doubles_up_to_five_seconds() -> None:
     assert reconnect_delay(0) == 0.1
 
 
-# -- run_with_backoff (pgqueue/_loop.py) ------------------------------------------------------
+# -- run_with_backoff (pgqueue/_worker/loop.py) ----------------------------------------------------
 
 
 async def test_run_with_backoff_retries_with_growing_waits_until_the_step_is_done() -> None:
-    from pgqueue._loop import run_with_backoff
+    from pgqueue._worker.loop import run_with_backoff
 
     waits: list[float] = []
     errors: list[str] = []
@@ -148,7 +148,7 @@ async def test_run_with_backoff_retries_with_growing_waits_until_the_step_is_don
 
 
 async def test_run_with_backoff_raises_what_no_retry_cures_and_caps_its_waits() -> None:
-    from pgqueue._loop import run_with_backoff
+    from pgqueue._worker.loop import run_with_backoff
 
     waits: list[float] = []
     calls = 0

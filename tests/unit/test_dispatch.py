@@ -1,4 +1,4 @@
-"""Per-event bookkeeping in pgqueue._dispatch: attempts, plans and the row's next state."""
+"""Per-event bookkeeping in pgqueue._worker.dispatch: attempts, plans and the row's next state."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 from tenacity import stop_after_attempt, wait_none
 
 from pgqueue import Registry, RetryPolicy
-from pgqueue._dispatch import (
+from pgqueue._models import HandlerRecord, HandlerState
+from pgqueue._queries import ClaimedRow
+from pgqueue._registry import Handler
+from pgqueue._worker.dispatch import (
     MAX_ERROR_CHARS,
     Delivery,
     Kind,
@@ -24,9 +27,6 @@ from pgqueue._dispatch import (
     prior_attempts,
     unrecorded,
 )
-from pgqueue._models import HandlerRecord, HandlerState
-from pgqueue._queries import ClaimedRow
-from pgqueue._registry import Handler
 
 NOW = 1_800_000_000.0
 TOKEN = uuid.UUID(int=7)
@@ -298,8 +298,8 @@ def test_handler_without_a_record_among_recorded_siblings_has_no_prior_attempts(
 
 
 def test_decode_payload_reads_jsonb_output_and_refuses_anything_else() -> None:
-    """The worker's payload decoder (pgqueue/_intake.py) takes jsonb's canonical text."""
-    from pgqueue._intake import decode_payload
+    """The worker's payload decoder (pgqueue/_worker/intake.py) takes jsonb's canonical text."""
+    from pgqueue._worker.intake import decode_payload
 
     assert decode_payload('{"n": 1, "s": "x", "a": [1, {"b": null}]}') == {
         "n": 1,

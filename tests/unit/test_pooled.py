@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pgqueue import ConfigurationError, WorkerSettings
-from pgqueue._cli_worker import _child_args
+from pgqueue._cli.worker import _child_args
 from pgqueue._db import CONTROL_SETTINGS, pool_options
 from pgqueue._settings import check_listen
 

@@ -11,10 +11,10 @@ import uuid
 from typing import Any
 
 import pgqueue
-from pgqueue._dispatch import Delivery, Kind, Outcome, finish
 from pgqueue._queries import ClaimedRow
 from pgqueue._registry import Handler
-from pgqueue._runner import Runners
+from pgqueue._worker.dispatch import Delivery, Kind, Outcome, finish
+from pgqueue._worker.runner import Runners
 
 
 def _delivery(event_id: int, event_type: str) -> Delivery:

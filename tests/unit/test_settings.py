@@ -177,7 +177,7 @@ def test_mask_dsn_of_an_unparseable_url_reveals_nothing() -> None:
 def test_the_sync_threads_option_reads_its_default_and_bounds_from_the_model() -> None:
     import click
 
-    from pgqueue._cli_worker import worker_cmd
+    from pgqueue._cli.worker import worker_cmd
 
     [option] = [p for p in worker_cmd.params if p.name == "sync_threads"]
     field = WorkerSettings.model_fields["sync_threads"]
@@ -199,7 +199,7 @@ def test_every_worker_setting_is_a_worker_option_with_the_models_bounds() -> Non
     model's > 0, --lease >= 0.1, --heartbeat <= 86,400 before)."""
     import click
 
-    from pgqueue._cli_worker import worker_cmd
+    from pgqueue._cli.worker import worker_cmd
 
     options = {p.name: p for p in worker_cmd.params}
     for name, field in WorkerSettings.model_fields.items():
@@ -217,7 +217,7 @@ def test_every_worker_setting_is_a_worker_option_with_the_models_bounds() -> Non
 
 
 def test_worker_options_not_given_leave_the_models_defaults() -> None:
-    from pgqueue._cli_worker import split_options, worker_cmd
+    from pgqueue._cli.worker import split_options, worker_cmd
 
     ctx = worker_cmd.make_context("worker", [])
     settings, run = split_options({k: v for k, v in ctx.params.items() if k != "handlers_path"})

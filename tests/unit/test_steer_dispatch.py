@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pgqueue._dispatch import Kind, Outcome, finish, lost_claims, plan
+from pgqueue._worker.dispatch import Kind, Outcome, finish, lost_claims, plan
 from tests.unit.test_dispatch import _delivery, _handlers, _stored
 
 DONE_REST = {"state": "done", "attempts": 0, "seen": 1}
