@@ -24,8 +24,8 @@ class AdminQueries(Area):
     """Status, prune, pgqueue.testing and metrics' statements, for one schema."""
 
     # Exact counts of the active states, each arm read through its partial index
-    # (outbox_ready_idx, outbox_lease_idx, outbox_dead_idx, outbox_discarded_idx,
-    # outbox_cancelled_idx): these sets stay small in a healthy queue, so this costs the same
+    # (outbox_ready_idx, outbox_lease_idx, and outbox_final_type_idx for dead, discarded and
+    # cancelled): these sets stay small in a healthy queue, so this costs the same
     # with 1,000 or 100,000,000 done events kept.
     ACTIVE_COUNTS = """
 SELECT event_type, 'pending' AS state, count(*) AS events,
@@ -232,7 +232,7 @@ GROUP BY q.queue
         the oldest ready age in seconds (None when nothing is ready)."""
         return list(await conn.fetch(self.QUEUE_DEPTHS, list(queues), limit))
 
-    # $1 limit. Dead events per type, from outbox_dead_idx; at most $1 rows are read.
+    # $1 limit. Dead events per type, from outbox_final_type_idx; at most $1 rows are read.
     DEAD_COUNTS = """
 SELECT event_type, count(*) AS events
 FROM (SELECT event_type FROM {s}.outbox WHERE state = 'dead' LIMIT $1) AS d

@@ -123,9 +123,9 @@ SELECT NULL, next_id FROM top
         return found, next_id
 
     # $1 rows. Dead events grouped by event type and dead handler, over the newest $1 dead events
-    # (outbox_dead_idx, then the rows for their handler records): the newest error of each group,
-    # its event, and how many distinct errors the group has. Events dead without a handler record
-    # (their error is the event's own) form the group with handler NULL.
+    # (outbox_final_type_idx, then the rows for their handler records): the newest error of each
+    # group, its event, and how many distinct errors the group has. Events dead without a handler
+    # record (their error is the event's own) form the group with handler NULL.
     DEAD_GROUPS = """
 WITH recent AS (
     SELECT id, event_type, handlers, last_error FROM {s}.outbox
@@ -150,7 +150,8 @@ ORDER BY event_type, handler NULLS FIRST
         """Dead (event type, handler) groups over the newest ``rows`` dead events."""
         return list(await conn.fetch(self.DEAD_GROUPS, rows))
 
-    # Dead events per type, exact: an index-only count of outbox_dead_idx (event_type).
+    # Dead events per type, exact: an index-only count of outbox_final_type_idx
+    # (state, event_type; 0019).
     DEAD_TOTALS = """
 SELECT event_type, count(*) AS events FROM {s}.outbox WHERE state = 'dead' GROUP BY event_type
 """

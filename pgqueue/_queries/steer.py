@@ -66,7 +66,7 @@ _DEAD_BATCH = (
 # planner: it then reads the partial index and sorts the few rows found. Measured on 1,000,000
 # rows whose 1,000 dead ones are all older than the newest 900,000: `--state dead` walked the
 # primary key through 900,000 rows in 311 ms (the planner assumes dead rows are spread evenly);
-# through outbox_dead_idx and a sort it took 3 ms (35-55 ms with a cold cache), but 500 ms
+# through a per-type dead index and a sort it took 3 ms (35-55 ms with a cold cache), but 500 ms
 # with 100,000 dead spread over the table, so dead events now have their own id-ordered index
 # (0011) and take the usual plan. Pending events keep the key walk: a backlog can be large, and
 # it is the newest events anyway.

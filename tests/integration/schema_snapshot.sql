@@ -102,17 +102,9 @@ CREATE FUNCTION pgqueue.notify_outbox() RETURNS trigger
     AS $$
 DECLARE
     channel pg_catalog.text := TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.outbox';
-    queued pg_catalog.text := NEW.tableoid::pg_catalog.text OPERATOR(pg_catalog.||) ' '
-                              OPERATOR(pg_catalog.||) NEW.queue;
 BEGIN
-    -- Once per transaction and queue: the marker is local to the transaction (set_config's
-    -- third argument), so the next transaction notifies again. Rows of a rolled-back
-    -- savepoint never reach this function (their deferred events go with them).
-    IF pg_catalog.current_setting('pgqueue.notify_queued', true)
-           OPERATOR(pg_catalog.=) queued THEN
-        RETURN NULL;
-    END IF;
-    PERFORM pg_catalog.set_config('pgqueue.notify_queued', queued, true);
+    -- Every row of the transaction comes here at COMMIT; only locks it already holds or a
+    -- notification it already sent repeat for the second and later rows of a queue.
     IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(
             pg_catalog.hashtext(channel OPERATOR(pg_catalog.||) ' skippers'),
             pg_catalog.hashtext(NEW.queue)) THEN
@@ -390,13 +382,9 @@ ALTER TABLE ONLY pgqueue.schedules
 ALTER TABLE ONLY pgqueue.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
 
-CREATE INDEX outbox_cancelled_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'cancelled'::text);
-
-CREATE INDEX outbox_dead_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'dead'::text);
-
 CREATE INDEX outbox_dead_list_idx ON pgqueue.outbox USING btree (id) INCLUDE (queue, event_type) WHERE ((state)::text = 'dead'::text);
 
-CREATE INDEX outbox_discarded_idx ON pgqueue.outbox USING btree (event_type) WHERE ((state)::text = 'discarded'::text);
+CREATE INDEX outbox_final_type_idx ON pgqueue.outbox USING btree (state, event_type) WHERE ((state)::text = ANY (ARRAY['dead'::text, 'discarded'::text, 'cancelled'::text]));
 
 CREATE INDEX outbox_handlers_idx ON pgqueue.outbox USING btree (id) WHERE (handlers IS NOT NULL);
 
