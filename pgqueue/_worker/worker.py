@@ -17,6 +17,8 @@ Tasks of one worker (all in one event loop):
   (``_worker/limits.py``).
 - scheduler (only when the registry has schedules, and not in burst mode): emits cron ticks
   (``_worker/scheduler.py``).
+- relay lanes (only when a handler is a relay): one per relay publishes its units in
+  batches (``_relay/batches.py``).
 
 Each claimed event then passes through the intake (``_worker/intake.py``: suspects, planning,
 outcomes). Shutdown (``_worker/shutdown.py``): the first stop request stops claiming and waits up to
@@ -188,11 +190,10 @@ class Worker:
             scheduler = await self._open()
             intake, services = await self._build(parts, scheduler)
             route = intake.route
-            # Every service alike: one task each, supervised; runner slots and relay lanes are
-            # work pools that the shutdown drains (see _worker/shutdown.py), not services.
+            # Every service alike: one task each, supervised; runner slots are a work pool that
+            # the shutdown drains (see _worker/shutdown.py), not services.
             parts.tasks = [
                 *route.runners.start(),
-                *(route.relays.start() if route.relays else []),
                 *(asyncio.create_task(svc.run(), name=f"pgqueue {svc.name}") for svc in services),
             ]
             for task in parts.tasks:
@@ -343,6 +344,8 @@ class Worker:
         for gate in (route.limiter, route.orderer, route.rates):
             if gate is not None:
                 services.append(gate)
+        if route.relays is not None:
+            services.extend(route.relays.lanes)  # each publishes its relay's units in batches
         if s.listen and not s.burst:
             services.append(
                 Listener(
