@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pgqueue
+import pgqueue.relay
 
 from ._systems import EVENT_TYPE
 
@@ -31,12 +32,12 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def relay(broker: str, target: str) -> pgqueue.Relay:
+def relay(broker: str, target: str) -> pgqueue.relay.Relay:
     if broker == "nats":
-        return pgqueue.NatsRelay(NATS_URL, subject=target)
+        return pgqueue.relay.NatsRelay(NATS_URL, subject=target)
     if broker == "redis":
-        return pgqueue.RedisRelay(REDIS_URL, stream=target)
-    return pgqueue.RabbitMQRelay(AMQP_URL, routing_key=target)
+        return pgqueue.relay.RedisRelay(REDIS_URL, stream=target)
+    return pgqueue.relay.RabbitMQRelay(AMQP_URL, routing_key=target)
 
 
 async def per_event(broker: str, target: str, registry: pgqueue.Registry) -> Any:

@@ -16,6 +16,8 @@ MAX_PAYLOAD_BYTES = 1_048_576  # sql/0009 outbox_payload_size: 1 MiB of JSON tex
 MAX_IDEMPOTENCY_KEY = 200  # sql/0009 outbox_idempotency_key_length
 MAX_ORDERING_KEY = 200  # sql/0017 outbox_ordering_key_length
 MAX_HANDLER_NAME = 128  # sql/0006 handler_limits_handler_length
+# outbox.id is a bigint: a larger id would overflow in the driver instead of saying "not found".
+MAX_EVENT_ID = 2**63 - 1
 
 # sql/0010 (domain event_type_name): outbox_event_type_format and outbox_event_type_length.
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}")

@@ -260,8 +260,8 @@ class Registry:
         ordered: bool = False,
     ) -> tuple[Handler, ...]:
         """Forward every event of ``event_types`` to a broker: ``to`` is a
-        :class:`pgqueue.NatsRelay`, :class:`pgqueue.RabbitMQRelay` or
-        :class:`pgqueue.RedisRelay`.
+        :class:`pgqueue.relay.NatsRelay`, :class:`pgqueue.relay.RabbitMQRelay` or
+        :class:`pgqueue.relay.RedisRelay`.
 
         The relay is a handler named ``name`` (default ``relay-<broker>``) on each type: it
         has its own state, retries, dead state, ``retry --handler`` and ``replay --handler``,

@@ -33,13 +33,13 @@ import asyncpg
 
 from ._errors import ConfigurationError, EventNotFound, WaitTimeout
 from ._models import EventState
+from ._names import MAX_EVENT_ID
 from ._queries import queries_for
 from ._settings import DEFAULT_SCHEMA
 
 POLL_MIN = 0.05
 POLL_GROWTH = 1.5
 DEFAULT_POLL_MAX = 1.0
-MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,9 @@ async def wait(
     after ``timeout`` seconds (None: wait for ever) and :class:`EventNotFound` when there is
     no such event.
     """
-    if isinstance(event_id, bool) or not isinstance(event_id, int) or not 1 <= event_id <= MAX_ID:
-        raise ConfigurationError(f"event ids are between 1 and {MAX_ID}, got {event_id!r}")
+    is_int = isinstance(event_id, int) and not isinstance(event_id, bool)
+    if not is_int or not 1 <= event_id <= MAX_EVENT_ID:
+        raise ConfigurationError(f"event ids are between 1 and {MAX_EVENT_ID}, got {event_id!r}")
     if timeout is not None and not timeout >= 0:
         raise ConfigurationError(f"timeout must be zero or more seconds, got {timeout}")
     if not poll_max >= POLL_MIN:

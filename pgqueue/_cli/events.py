@@ -20,6 +20,7 @@ from .._inspect import (
     list_events,
 )
 from .._models import EventState, HandlerState
+from .._names import MAX_EVENT_ID
 from .._settings import validate_queue
 from .common import (
     database,
@@ -32,7 +33,6 @@ from .common import (
     with_conn,
 )
 
-MAX_ID = 2**63 - 1  # bigint: a larger id would overflow in the driver, not say "not found"
 ERROR_WIDTH = 60
 
 
@@ -97,7 +97,7 @@ def events_group() -> None:
 @click.option(
     "--before-id",
     metavar="ID",
-    type=click.IntRange(1, MAX_ID),
+    type=click.IntRange(1, MAX_EVENT_ID),
     default=None,
     help="Only events with a smaller id: the next (older) page.",
 )
@@ -236,7 +236,7 @@ def _relative(when: dt.datetime | None, now: dt.datetime) -> str:
 
 
 @events_group.command("show")
-@click.argument("event_id", metavar="ID", type=click.IntRange(1, MAX_ID))
+@click.argument("event_id", metavar="ID", type=click.IntRange(1, MAX_EVENT_ID))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, payload included.")
 @dsn_option()
 @schema_option

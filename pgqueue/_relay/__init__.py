@@ -1,7 +1,8 @@
 """Relays: handlers that forward outbox events to a broker (NATS JetStream, RabbitMQ, Redis
 Streams), marking an event relayed only once the broker confirmed it. One module per broker,
 each importing its client lazily (extras ``nats``, ``rabbitmq``, ``redis``); ``base`` holds
-the message contract and the outage breaker, ``batches`` the worker's batch path.
+the message contract and the outage breaker, ``batches`` the worker's batch path. The public
+names are in :mod:`pgqueue.relay`.
 
 Kafka is left out: no Kafka broker can run on the machines this project is tested on.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import ConfigurationError
-from .base import BrokerUnavailable, Relay, RelayMessage
+from .base import Relay
 from .nats_js import NatsRelay
 from .rabbitmq import RabbitMQRelay
 from .redis_streams import RedisRelay
@@ -38,12 +39,4 @@ def relay_for_url(url: str, **options: Any) -> Relay:
     return cls(url, **options)
 
 
-__all__ = [
-    "BrokerUnavailable",
-    "NatsRelay",
-    "RabbitMQRelay",
-    "RedisRelay",
-    "Relay",
-    "RelayMessage",
-    "relay_for_url",
-]
+__all__ = ["SCHEMES", "relay_for_url"]

@@ -23,9 +23,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._backoff import decide
 from .._registry import Handler
@@ -41,12 +41,37 @@ log = logging.getLogger("pgqueue.relay")
 
 @dataclass
 class _Lane:
+    """One relay's queue of units and the service that publishes them (a worker service like
+    any other: a ``name`` and a ``run()`` that works until cancelled)."""
+
     relay: Relay
-    name: str
+    handler: str  # the relay handler's name, in log lines and metrics
     breaker: Breaker
+    publish: Callable[[_Lane, list[Unit]], Awaitable[None]]
+    batch_size: int
     units: deque[Unit] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     busy: list[Unit] = field(default_factory=list)
+    task: asyncio.Task[Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The service's name (its task's name)."""
+        return f"relay lane {self.handler}"
+
+    async def run(self) -> None:
+        """Publish the queued units, a batch at a time, until cancelled (by the worker, or by
+        :meth:`RelayBatches.cancel`). A publish never raises: what the broker refused or
+        could not take is recorded per unit, so there is nothing to back off from here."""
+        self.task = asyncio.current_task()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.units:
+                n = min(self.batch_size, len(self.units))
+                self.busy = [self.units.popleft() for _ in range(n)]
+                await self.publish(self, self.busy)
+                self.busy = []
 
 
 class RelayBatches:
@@ -68,12 +93,13 @@ class RelayBatches:
         self._lanes: dict[int, _Lane] = {}
         for h in handlers:
             if h.relay is not None and id(h.relay) not in self._lanes:
-                self._lanes[id(h.relay)] = _Lane(h.relay, h.name, Breaker(h.name))
-        self._tasks: list[asyncio.Task[None]] = []
+                self._lanes[id(h.relay)] = _Lane(
+                    h.relay, h.name, Breaker(h.name), self._publish, batch_size
+                )
 
     @property
     def lanes(self) -> list[_Lane]:
-        """Every relay's lane."""
+        """Every relay's lane: the worker starts each as a service."""
         return list(self._lanes.values())
 
     async def open(self, destinations: Callable[[Relay], list[str]]) -> None:
@@ -84,27 +110,22 @@ class RelayBatches:
             lines = await lane.relay.durability(destinations(lane.relay))
             log.info(
                 "relay %s -> %s (%s); dedupe ids %s:<event id>",
-                lane.name,
+                lane.handler,
                 lane.relay.where,
                 lane.relay.kind,
                 self.source,
-                extra={"relay": lane.name},
+                extra={"relay": lane.handler},
             )
             for line in lines:
                 warn = line.startswith("WARNING: ")
                 log.log(
                     logging.WARNING if warn else logging.INFO,
                     "relay %s: %s",
-                    lane.name,
+                    lane.handler,
                     line.removeprefix("WARNING: "),
-                    extra={"relay": lane.name, "event": "relay_durability"},
+                    extra={"relay": lane.handler, "event": "relay_durability"},
                 )
             self._report(lane)
-
-    def start(self) -> list[asyncio.Task[None]]:
-        """Start one task per lane."""
-        self._tasks = [asyncio.create_task(self._run(lane)) for lane in self._lanes.values()]
-        return self._tasks
 
     def take(self, units: list[Unit]) -> list[Unit]:
         """Keep the relay units (queued on their lanes); return the others."""
@@ -122,9 +143,10 @@ class RelayBatches:
     async def cancel(self) -> None:
         """Stop every lane: what was queued or publishing is recorded as interrupted (handed
         back, attempt refunded; a message the broker got meanwhile is deduped later)."""
-        for task in self._tasks:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for lane in self._lanes.values():
             for d, h, prior, _ in [*lane.busy, *lane.units]:
                 if not d.completed and h.name not in d.outcomes:
@@ -135,16 +157,6 @@ class RelayBatches:
     async def close(self) -> None:
         """Disconnect every relay."""
         await asyncio.gather(*(lane.relay.close() for lane in self._lanes.values()))
-
-    async def _run(self, lane: _Lane) -> None:
-        while True:
-            await lane.wake.wait()
-            lane.wake.clear()
-            while lane.units:
-                n = min(self._batch_size, len(lane.units))
-                lane.busy = [lane.units.popleft() for _ in range(n)]
-                await self._publish(lane, lane.busy)
-                lane.busy = []
 
     async def _publish(self, lane: _Lane, batch: list[Unit]) -> None:
         now = time.monotonic()
@@ -159,7 +171,7 @@ class RelayBatches:
         except BrokerUnavailable as exc:
             results = [exc] * len(batch)
         except Exception as exc:  # a client error we did not foresee: a failed attempt each
-            log.warning("relay %s: publish failed: %s", lane.name, error_text(exc), exc_info=exc)
+            log.warning("relay %s: publish failed: %s", lane.handler, error_text(exc), exc_info=exc)
             results = [exc] * len(batch)
         now = time.monotonic()
         unavailable = [
@@ -227,13 +239,13 @@ class RelayBatches:
             self._ran(d, h, "dead", started, attempts)
             log.warning(
                 "event %d relay %s is dead after %d attempt(s): %s",
-                d.row.id, lane.name, attempts, text, extra=fields,
+                d.row.id, lane.handler, attempts, text, extra=fields,
             )  # fmt: skip
             return Outcome(Kind.DEAD, attempts, text)
         self._ran(d, h, "retry", started, attempts)
         log.info(
             "event %d relay %s failed (attempt %d, %s); retrying in %.1fs",
-            d.row.id, lane.name, attempts, text, verdict.delay, extra=fields,
+            d.row.id, lane.handler, attempts, text, verdict.delay, extra=fields,
         )  # fmt: skip
         return Outcome(Kind.RETRY, attempts, text, verdict.delay)
 
@@ -249,7 +261,7 @@ class RelayBatches:
 
     def _report(self, lane: _Lane) -> None:
         if self._observer is not None:
-            self._observer.relay_state(lane.name, lane.breaker.up)
+            self._observer.relay_state(lane.handler, lane.breaker.up)
 
 
 def destinations_for(

@@ -25,9 +25,7 @@ def _nats() -> Any:
     try:
         import nats
     except ImportError:
-        raise ConfigurationError(
-            "the NATS relay needs nats-py: pip install nats-py"
-        ) from None
+        raise ConfigurationError("the NATS relay needs nats-py: pip install nats-py") from None
     return nats
 
 

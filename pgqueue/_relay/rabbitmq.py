@@ -30,9 +30,7 @@ def _aiormq() -> Any:
     try:
         import aiormq
     except ImportError:
-        raise ConfigurationError(
-            "the RabbitMQ relay needs aiormq: pip install aiormq"
-        ) from None
+        raise ConfigurationError("the RabbitMQ relay needs aiormq: pip install aiormq") from None
     return aiormq
 
 

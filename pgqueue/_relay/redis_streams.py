@@ -44,9 +44,7 @@ def _redis() -> Any:
     try:
         import redis.asyncio as redis
     except ImportError:
-        raise ConfigurationError(
-            "the Redis relay needs redis-py: pip install redis"
-        ) from None
+        raise ConfigurationError("the Redis relay needs redis-py: pip install redis") from None
     return redis
 
 

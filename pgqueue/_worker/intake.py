@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .._models import WorkerStats
 from .._queries import ClaimedRow
@@ -53,13 +54,30 @@ def decode_payload(text: str) -> object:
     return value
 
 
+@dataclass(frozen=True)
+class Route:
+    """The parts the intake hands work to; each reports back to the intake that built it.
+
+    ``runners`` always; a gate or the relay lanes only when some handler needs them (None
+    costs nothing on the way: an event whose handlers need no gate goes straight on).
+    """
+
+    runners: Runners
+    limiter: Limiter | None = None  # some handler has a concurrency limit
+    relays: RelayBatches | None = None  # some handler is a relay
+    orderer: Orderer | None = None  # some handler is ordered
+    rates: RateGate | None = None  # some handler has a rate
+
+
 class Intake:
     """Takes claimed rows in and sees each event through to its completion.
 
     ``inflight`` (event id -> delivery) is shared with the completer, which removes an event
     once its outcome is written, and with the lease keeper. ``stopping`` tells whether the
-    worker is shutting down. The runners, completer and limiter are attached by
-    :meth:`attach` once the worker has built them (the runners report to :meth:`record`).
+    worker is shutting down. ``route`` builds the parts the intake hands work to; they report
+    back to it (:meth:`record`, :meth:`admit_ordered`, :meth:`admit_rated`), so the intake
+    calls ``route`` with itself while it is being built: one step, and no part is ever
+    missing. ``route`` may keep the intake's methods but must not call them yet.
     """
 
     def __init__(
@@ -70,6 +88,8 @@ class Intake:
         stats: WorkerStats,
         wakeups: Wakeups,
         stopping: Callable[[], bool],
+        completer: Completer,
+        route: Callable[[Intake], Route],
     ) -> None:
         # The handlers per type, fixed for this run (and looked up twice per event).
         self._handlers = {t: registry.handlers_for(t) for t in registry.event_types}
@@ -78,32 +98,15 @@ class Intake:
         self._stats = stats
         self._wakeups = wakeups
         self._stopping = stopping
-        self._runners: Runners | None = None
-        self._completer: Completer | None = None
-        self._limiter: Limiter | None = None  # only when some handler has a concurrency limit
-        self._relays: RelayBatches | None = None  # only when some handler is a relay
-        self._orderer: Orderer | None = None  # only when some handler is ordered
-        self._rates: RateGate | None = None  # only when some handler has a rate
-        self._ungated = True
-
-    def attach(
-        self,
-        *,
-        runners: Runners,
-        completer: Completer,
-        limiter: Limiter | None,
-        relays: RelayBatches | None,
-        orderer: Orderer | None,
-        rates: RateGate | None,
-    ) -> None:
-        """Give the intake the collaborators it hands work to."""
-        self._runners = runners
         self._completer = completer
-        self._limiter = limiter
-        self._relays = relays
-        self._orderer = orderer
-        self._rates = rates
-        self._ungated = orderer is None and rates is None and limiter is None
+        self.route = route(self)
+        # Copied out: the hot path reads them once or twice per event.
+        self._runners = self.route.runners
+        self._limiter = self.route.limiter
+        self._relays = self.route.relays
+        self._orderer = self.route.orderer
+        self._rates = self.route.rates
+        self._ungated = self._orderer is None and self._rates is None and self._limiter is None
 
     # The gates a unit passes, in this order: its key's order (orderer), its handler's rate
     # (rates), its handler's concurrency (limiter); each keeps what it must decide on and
@@ -181,7 +184,6 @@ class Intake:
         if units:
             if self._relays is not None:  # relay units go to the batch path
                 units = self._relays.take(units)
-            assert self._runners is not None
             self._runners.submit(units)
 
     def _plan(self, delivery: Delivery, out: list[Unit]) -> None:
@@ -277,5 +279,4 @@ class Intake:
         """Hand a finished event to the completer."""
         d.completed = True
         completion = finish(d, self._handlers[d.row.event_type])
-        assert self._completer is not None
         self._completer.add(completion)

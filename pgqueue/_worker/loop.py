@@ -2,9 +2,10 @@
 
 A service is anything with a ``name`` and an ``async run()`` that works until it is cancelled
 (the completer, the listener, the lease keeper, the scheduler, the limiter, the ordering and
-rate gates, the stall guard, presence). The worker starts each as one task, supervises them
-alike (a service that ends on its own stops the worker loudly) and cancels them alike. Their
-"fail, back off, log, retry" is :func:`run_with_backoff`, written once.
+rate gates, the stall guard, presence, paused queues, one lane per relay). The worker starts
+each as one task, supervises them alike (a service that ends on its own stops the worker
+loudly) and cancels them alike. Their "fail, back off, log, retry" is :func:`run_with_backoff`,
+written once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ log = logging.getLogger("pgqueue.worker")
 class Service(Protocol):
     """A background service: ``run()`` works until cancelled and never returns by itself."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """What the service is called (its task's name, in logs)."""
 
     async def run(self) -> None:
         """Work until cancelled."""

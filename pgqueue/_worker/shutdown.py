@@ -6,14 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from .._relay.batches import RelayBatches
-from .gate import Gate
 from .intake import Intake
-from .limits import Limiter
-from .runner import Runners
 from .wakeups import Wakeups
 
 log = logging.getLogger("pgqueue.worker")
@@ -44,17 +39,12 @@ class Shutdown:
         self._wakeups.wakeup.set()
         self._wakeups.progress.set()
 
-    async def drain(
-        self,
-        intake: Intake,
-        runners: Runners,
-        limiter: Limiter | None,
-        relays: RelayBatches | None = None,
-        gates: Sequence[Gate] = (),
-    ) -> None:
+    async def drain(self, intake: Intake) -> None:
         """Once claiming stopped: wait for in-flight events (up to the timeout, or until a
-        second request); then cancel what still runs and hand it back."""
+        second request); then cancel what still runs on the intake's route and hand it back."""
         wakeups = self._wakeups
+        runners, limiter, relays = intake.route.runners, intake.route.limiter, intake.route.relays
+        gates = [g for g in (intake.route.orderer, intake.route.rates) if g is not None]
         while intake.suspects:  # never started: hand them back now
             intake.hand_back(intake.suspects.popleft())
         deadline = time.monotonic() + self._timeout

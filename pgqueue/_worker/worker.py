@@ -17,6 +17,8 @@ Tasks of one worker (all in one event loop):
   (``_worker/limits.py``).
 - scheduler (only when the registry has schedules, and not in burst mode): emits cron ticks
   (``_worker/scheduler.py``).
+- relay lanes (only when a handler is a relay): one per relay publishes its units in
+  batches (``_relay/batches.py``).
 
 Each claimed event then passes through the intake (``_worker/intake.py``: suspects, planning,
 outcomes). Shutdown (``_worker/shutdown.py``): the first stop request stops claiming and waits up to
@@ -54,8 +56,7 @@ from .._tracing import Tracing
 from .completer import Completer
 from .dispatch import Delivery
 from .floor import ReadyFloor
-from .gate import Gate
-from .intake import Intake
+from .intake import Intake, Route
 from .leases import LeaseKeeper
 from .limits import Limiter
 from .listener import Listener
@@ -90,10 +91,7 @@ class _Parts:
     tasks: list[asyncio.Task[Any]] = dataclasses.field(default_factory=list)
     threads: ThreadPool | None = None
     presence: Presence | None = None
-    runners: Runners | None = None
-    limiter: Limiter | None = None
-    relays: RelayBatches | None = None
-    gates: list[Gate] = dataclasses.field(default_factory=list)  # ordering keys, rate limits
+    intake: Intake | None = None  # and its route: runners, limiter, relay lanes, gates
 
 
 class Worker:
@@ -132,13 +130,6 @@ class Worker:
         self._inflight: dict[int, Delivery] = {}
         self._wakeups = Wakeups(self.settings.poll_interval)
         self._shutdown = Shutdown(self._wakeups, self.settings.shutdown_timeout)
-        self._intake = Intake(
-            registry=registry,
-            inflight=self._inflight,
-            stats=self.stats,
-            wakeups=self._wakeups,
-            stopping=lambda: self._shutdown.stopping,
-        )
         self._fatal: BaseException | None = None
         self._pool: asyncpg.Pool | None = None
         self._claim_pool: asyncpg.Pool | None = None  # one connection: the claim loop's
@@ -197,23 +188,20 @@ class Worker:
         parts = _Parts()
         try:
             scheduler = await self._open()
-            services = await self._build(parts, scheduler)
-            # Every service alike: one task each, supervised; runner slots and relay lanes are
-            # work pools that the shutdown drains (see _worker/shutdown.py), not services.
-            assert parts.runners is not None
+            intake, services = await self._build(parts, scheduler)
+            route = intake.route
+            # Every service alike: one task each, supervised; runner slots are a work pool that
+            # the shutdown drains (see _worker/shutdown.py), not services.
             parts.tasks = [
-                *parts.runners.start(),
-                *(parts.relays.start() if parts.relays else []),
+                *route.runners.start(),
                 *(asyncio.create_task(svc.run(), name=f"pgqueue {svc.name}") for svc in services),
             ]
             for task in parts.tasks:
                 task.add_done_callback(self._supervise)
-            await self._claim_until_stopped()
-            await self._shutdown.drain(
-                self._intake, parts.runners, parts.limiter, parts.relays, parts.gates
-            )
-            if parts.limiter is not None:
-                await parts.limiter.close()
+            await self._claim_until_stopped(intake)
+            await self._shutdown.drain(intake)
+            if route.limiter is not None:
+                await route.limiter.close()
             if self._fatal is not None:
                 raise self._fatal
         finally:
@@ -274,23 +262,11 @@ class Worker:
         )
         return scheduler
 
-    async def _build(self, parts: _Parts, scheduler: Scheduler | None) -> list[Service]:
-        """Build the work pools (runners, limiter, relay lanes) into ``parts``, by name; return
-        the background services to start."""
-        s = self.settings
-        assert self._pool is not None
-        if any(not h.is_async for h in self.registry):
-            parts.threads = ThreadPool(s.sync_threads)
-        parts.runners = runners = Runners(
-            concurrency=s.concurrency,
-            record=self._intake.record,
-            stopping=lambda: self._shutdown.stopping,
-            pool=self._handler_pool,
-            schema=s.schema_name,
-            observer=self.metrics,
-            tracing=self._tracing,
-            threads=parts.threads,
-        )
+    async def _build(
+        self, parts: _Parts, scheduler: Scheduler | None
+    ) -> tuple[Intake, list[Service]]:
+        """Build this run's parts into ``parts``, by name: the intake and its route, then the
+        background services; return the intake and the services to start."""
         completer = Completer(
             pool=self._pool,
             queries=self._queries,
@@ -300,38 +276,55 @@ class Worker:
             after_error=self._after_error,
             observer=self.metrics,
         )
-        parts.limiter = limiter = await self._make_limiter(runners)
-        parts.relays = await self._make_relays()
-        orderer = self._make_orderer()
-        rates = await self._make_rates()
-        parts.gates = [g for g in (orderer, rates) if g is not None]
-        self._intake.attach(
-            runners=runners,
-            completer=completer,
-            limiter=limiter,
-            relays=parts.relays,
-            orderer=orderer,
-            rates=rates,
-        )
-        leases = LeaseKeeper(
-            pool=self._pool,
-            queries=self._queries,
-            settings=s,
+        intake = await self._intake(parts, completer)
+        return intake, [completer, *await self._services(parts, intake.route, scheduler)]
+
+    async def _intake(self, parts: _Parts, completer: Completer) -> Intake:
+        """The intake and its route, built in one step, then set up (gates in the database,
+        relays connected)."""
+        if any(not h.is_async for h in self.registry):
+            parts.threads = ThreadPool(self.settings.sync_threads)
+        relay_source = await self._relay_source()
+        parts.intake = intake = Intake(
+            registry=self.registry,
             inflight=self._inflight,
             stats=self.stats,
-            wake=self._wakeups.wakeup.set,
-            renew_slots=limiter.renew if limiter else None,
-            cancel_runs=runners.cancel_runs,
+            wakeups=self._wakeups,
+            stopping=lambda: self._shutdown.stopping,
+            completer=completer,
+            route=lambda intake: self._route(intake, parts.threads, relay_source),
         )
-        guard = StallGuard(
-            dsn=self._dsn,
-            connect_options=pool_options(pooled=s.pooled, control=True),
-            queries=self._queries,
-            inflight=self._inflight,
-            lease_seconds=s.lease_seconds,
-            interval=s.heartbeat_interval,
-            grace=self._stall_grace(),
+        await self._set_up(intake.route)
+        return intake
+
+    def _route(self, intake: Intake, threads: ThreadPool | None, relay_source: str | None) -> Route:
+        """The parts ``intake`` hands work to, each reporting back to it; a gate or the relay
+        lanes only when some handler needs them (else None: no cost at all)."""
+        s = self.settings
+        runners = Runners(
+            concurrency=s.concurrency,
+            record=intake.record,
+            stopping=lambda: self._shutdown.stopping,
+            pool=self._handler_pool,
+            schema=s.schema_name,
+            observer=self.metrics,
+            tracing=self._tracing,
+            threads=threads,
         )
+        return Route(
+            runners=runners,
+            limiter=self._limiter(intake, runners),
+            relays=self._relays(intake, relay_source),
+            orderer=self._orderer(intake),
+            rates=self._rates(intake),
+        )
+
+    async def _services(
+        self, parts: _Parts, route: Route, scheduler: Scheduler | None
+    ) -> list[Service]:
+        """The background services besides the completer: leases, stall guard, presence,
+        paused queues, the route's gates, and the listener and scheduler when they apply."""
+        s = self.settings
         parts.presence = Presence(
             pool=self._pool,
             settings=s,
@@ -347,10 +340,12 @@ class Worker:
             wake=self._wakeups.wakeup.set,
         )
         await self._pauses.refresh()  # before the first claim
-        services: list[Service] = [completer, leases, guard, parts.presence, self._pauses]
-        if limiter is not None:
-            services.append(limiter)
-        services.extend(parts.gates)
+        services: list[Service] = [*self._lease_services(route), parts.presence, self._pauses]
+        for gate in (route.limiter, route.orderer, route.rates):
+            if gate is not None:
+                services.append(gate)
+        if route.relays is not None:
+            services.extend(route.relays.lanes)  # each publishes its relay's units in batches
         if s.listen and not s.burst:
             services.append(
                 Listener(
@@ -365,9 +360,33 @@ class Worker:
             services.append(scheduler)
         return services
 
-    async def _claim_until_stopped(self) -> None:
+    def _lease_services(self, route: Route) -> list[Service]:
+        """The lease keeper (heartbeat, rescuer, loop watch) and the stall guard."""
+        s = self.settings
+        keeper = LeaseKeeper(
+            pool=self._pool,
+            queries=self._queries,
+            settings=s,
+            inflight=self._inflight,
+            stats=self.stats,
+            wake=self._wakeups.wakeup.set,
+            renew_slots=route.limiter.renew if route.limiter else None,
+            cancel_runs=route.runners.cancel_runs,
+        )
+        guard = StallGuard(
+            dsn=self._dsn,
+            connect_options=pool_options(pooled=s.pooled, control=True),
+            queries=self._queries,
+            inflight=self._inflight,
+            lease_seconds=s.lease_seconds,
+            interval=s.heartbeat_interval,
+            grace=self._stall_grace(),
+        )
+        return [keeper, guard]
+
+    async def _claim_until_stopped(self, intake: Intake) -> None:
         try:
-            await self._claim_loop()
+            await self._claim_loop(intake)
         except Exception as exc:
             # A claim error that retrying cannot cure: stop, but hand back what we hold
             # first, so those events run elsewhere now rather than when their leases end.
@@ -387,8 +406,9 @@ class Worker:
             await parts.presence.leave()
         if self.metrics is not None:
             await self.metrics.stop()
-        if parts.relays is not None:
-            await parts.relays.close()
+        relays = parts.intake.route.relays if parts.intake is not None else None
+        if relays is not None:
+            await relays.close()
         await self._close()
 
     def _stall_grace(self) -> float:
@@ -402,80 +422,85 @@ class Worker:
         ]
         return max(2 * max(timeouts, default=DEFAULT_TIMEOUT), 2 * self.settings.lease_seconds)
 
-    async def _make_limiter(self, runners: Runners) -> Limiter | None:
-        """The slot keeper, when the registry limits a handler (else None: no cost at all)."""
-        limits = self.registry.limits
-        if not limits:
+    def _limiter(self, intake: Intake, runners: Runners) -> Limiter | None:
+        """The slot keeper, when the registry limits a handler."""
+        if not self.registry.limits:
             return None
-        assert self._pool is not None
-        limiter = Limiter(
+        return Limiter(
             pool=self._pool,
             queries=self._queries,
-            limits=limits,
+            limits=self.registry.limits,
             worker_id=self.worker_id,
             lease_seconds=self.settings.lease_seconds,
             submit=runners.submit,
-            record=self._intake.record,
+            record=intake.record,
         )
-        async with self._pool.acquire() as conn:
-            log.info("concurrency limits: %s", await limiter.setup(conn))
-        return limiter
 
-    def _make_orderer(self) -> Orderer | None:
-        """The keeper of key order, when the registry has an ordered handler (else None: no
-        cost at all)."""
-        ordered = self.registry.ordered
-        if not ordered:
+    def _orderer(self, intake: Intake) -> Orderer | None:
+        """The keeper of key order, when the registry has an ordered handler."""
+        if not self.registry.ordered:
             return None
         return Orderer(
             pool=self._pool,
             queries=self._queries.ordering,
-            ordered=ordered,
-            admit=self._intake.admit_ordered,
-            record=self._intake.record,
+            ordered=self.registry.ordered,
+            admit=intake.admit_ordered,
+            record=intake.record,
         )
 
-    async def _make_rates(self) -> RateGate | None:
-        """The token taker, when the registry has a rated handler (else None: no cost)."""
+    def _rates(self, intake: Intake) -> RateGate | None:
+        """The token taker, when the registry has a rated handler."""
         rates = self.registry.rates
         if not rates:
             return None
-        gate = RateGate(
+        return RateGate(
             pool=self._pool,
             queries=self._queries.rates,
             per_key={name: per_key for name, (_, per_key) in rates.items()},
-            admit=self._intake.admit_rated,
-            record=self._intake.record,
+            admit=intake.admit_rated,
+            record=intake.record,
         )
-        assert self._pool is not None
-        async with self._pool.acquire() as conn:
-            await gate.setup(conn, {name: rate for name, (rate, _) in rates.items()})
-        log.info("rate limits: %s", ",".join(f"{n}={r}" for n, (r, _) in sorted(rates.items())))
-        return gate
 
-    async def _make_relays(self) -> RelayBatches | None:
-        """The batch path of relay handlers, connected (else None: no cost at all)."""
-        handlers = [h for h in self.registry if h.relay is not None]
-        if not handlers:
+    async def _relay_source(self) -> str | None:
+        """The prefix of relayed messages' dedupe ids (None: no relay handler)."""
+        if not any(h.relay is not None for h in self.registry):
             return None
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            source = await source_identity(conn, self.settings.schema_name)
-        relays = RelayBatches(
-            handlers=handlers,
+            return await source_identity(conn, self.settings.schema_name)
+
+    def _relays(self, intake: Intake, source: str | None) -> RelayBatches | None:
+        """The batch path of relay handlers (connected by :meth:`_set_up`)."""
+        if source is None:
+            return None
+        return RelayBatches(
+            handlers=[h for h in self.registry if h.relay is not None],
             source=source,
             batch_size=self.settings.batch_size,
-            record=self._intake.record,
+            record=intake.record,
             observer=self.metrics,
         )
-        try:
-            await relays.open(destinations_for(handlers, self.settings.queues))
-        except BrokerUnavailable as exc:
-            await relays.close()
-            raise ConfigurationError(
-                f"{exc}; check the URL and that the broker runs (events wait in the outbox)"
-            ) from None
-        return relays
+
+    async def _set_up(self, route: Route) -> None:
+        """Register the route's limits and rates in the database and connect its relays (a
+        broker that cannot be reached at start is a configuration error, not an outage)."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            if route.limiter is not None:
+                log.info("concurrency limits: %s", await route.limiter.setup(conn))
+            if route.rates is not None:
+                rates = self.registry.rates
+                await route.rates.setup(conn, {name: rate for name, (rate, _) in rates.items()})
+                shown = ",".join(f"{n}={r}" for n, (r, _) in sorted(rates.items()))
+                log.info("rate limits: %s", shown)
+        if route.relays is not None:
+            handlers = [h for h in self.registry if h.relay is not None]
+            try:
+                await route.relays.open(destinations_for(handlers, self.settings.queues))
+            except BrokerUnavailable as exc:  # _stop closes the relays
+                raise ConfigurationError(
+                    f"{exc}; check the URL and that the broker runs (events wait in the outbox)"
+                ) from None
 
     async def _close(self) -> None:
         # All at once: each graceful close waits for its server's goodbye (3 pools one after
@@ -488,12 +513,12 @@ class Worker:
         self._floor.owe_full(queues)
         self._wakeups.wakeup.set()
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, intake: Intake) -> None:
         s = self.settings
         failures = 0
         while not self._shutdown.stopping:
-            if self._intake.suspects:
-                await self._intake.run_suspects()
+            if intake.suspects:
+                await intake.run_suspects()
                 continue
             capacity = self._max_inflight - len(self._inflight)
             if capacity <= 0:
@@ -506,7 +531,7 @@ class Worker:
             idle_before = not self._inflight
             limit = min(capacity, s.batch_size, FIRST_CLAIM if idle_before else capacity)
             try:
-                claimed, full = await self._claim(limit)
+                claimed, full = await self._claim(intake, limit)
                 failures = 0
             except Exception as exc:
                 if not is_transient(exc):
@@ -573,7 +598,7 @@ class Worker:
             return self.settings.queues
         return [q for q in self.settings.queues if q not in paused]
 
-    async def _claim(self, limit: int) -> tuple[int, bool]:
+    async def _claim(self, intake: Intake, limit: int) -> tuple[int, bool]:
         """Claim from each queue; return (events claimed, whether a queue gave a full batch)."""
         assert self._claim_pool is not None
         s = self.settings
@@ -592,7 +617,7 @@ class Worker:
                     self._floor.bound(queue),
                 )
                 self._floor.claimed(queue, rows, limit - total)
-                self._intake.dispatch(rows, token, queue)
+                intake.dispatch(rows, token, queue)
                 total += len(rows)
                 full = full or len(rows) == limit
                 if total >= limit:

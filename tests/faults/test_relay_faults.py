@@ -25,7 +25,9 @@ import tenacity
 from prometheus_client import generate_latest
 
 import pgqueue
-from pgqueue import NatsRelay, RabbitMQRelay, RedisRelay, Registry, Worker, WorkerSettings
+import pgqueue.relay
+from pgqueue import Registry, Worker, WorkerSettings
+from pgqueue.relay import NatsRelay, RabbitMQRelay, RedisRelay
 from tests.faults.conftest import CLI, ROOT
 from tests.helpers import wait_for
 from tests.integration.relay_support import (
@@ -86,7 +88,7 @@ async def kill_and_restart(
     conn: asyncpg.Connection,
     db_dsn: str,
     server: Private,
-    relay: pgqueue.Relay,
+    relay: pgqueue.relay.Relay,
     in_broker: Callable[[], Awaitable[int]],
 ) -> None:
     """Relay N events; kill -9 the broker once 500 are in; restart it once the outage has

@@ -10,6 +10,7 @@ import pytest
 
 import pgqueue
 import pgqueue.admin
+import pgqueue.errors
 from tests.integration.test_core_cli import assert_one_line_error, cli
 
 HUGE_INT = "9" * 5000  # json.loads: "Exceeds the limit (4300 digits)"
@@ -81,5 +82,5 @@ def test_the_api_refuses_an_id_range_past_bigint_with_a_configuration_error() ->
     from pgqueue._steer import selection
 
     for ids in ([range(1, 10**20)], [10**20], [range(0, 5)]):
-        with pytest.raises(pgqueue.ConfigurationError, match="event ids are between 1 and"):
+        with pytest.raises(pgqueue.errors.ConfigurationError, match="event ids are between 1 and"):
             selection(ids=ids)

@@ -14,6 +14,7 @@ from tenacity import stop_after_attempt, wait_fixed, wait_none
 
 import pgqueue
 import pgqueue.admin
+import pgqueue.errors
 from pgqueue._queries import queries_for
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import (
@@ -525,7 +526,7 @@ async def test_worker_serves_only_its_queues(db_dsn: str, conn: asyncpg.Connecti
 
 
 async def test_worker_without_handlers_refuses_to_start(db_dsn: str) -> None:
-    with pytest.raises(pgqueue.RegistryError, match="no handlers"):
+    with pytest.raises(pgqueue.errors.RegistryError, match="no handlers"):
         await run_burst(db_dsn, pgqueue.Registry())
 
 

@@ -15,6 +15,7 @@ from tenacity import stop_after_attempt
 
 import pgqueue
 import pgqueue.admin
+import pgqueue.errors
 from pgqueue import _migrate
 from pgqueue._embedded import bundled_binaries
 from pgqueue._migrate import latest_version, load_migrations
@@ -117,7 +118,7 @@ async def test_custom_schema_notifies_on_its_own_channel(
 
 
 async def test_migrate_rejects_a_schema_name_with_sql_in_it(conn: asyncpg.Connection) -> None:
-    with pytest.raises(pgqueue.ConfigurationError, match="invalid schema name"):
+    with pytest.raises(pgqueue.errors.ConfigurationError, match="invalid schema name"):
         await pgqueue.migrate(conn, 'x"; DROP SCHEMA pgqueue CASCADE; --')
     assert await conn.fetchval("SELECT to_regclass('pgqueue.outbox') IS NOT NULL")
 
@@ -126,7 +127,7 @@ async def test_worker_refuses_a_database_that_is_not_migrated(
     database_factory: Callable[..., str],
 ) -> None:
     worker = pgqueue.Worker(database_factory(migrated=False), _registry(Calls()))
-    with pytest.raises(pgqueue.SchemaError, match="pgqueue migrate --schema pgqueue"):
+    with pytest.raises(pgqueue.errors.SchemaError, match="pgqueue migrate --schema pgqueue"):
         await asyncio.wait_for(worker.run(), timeout=30)
 
 
@@ -134,7 +135,7 @@ async def test_worker_refuses_a_schema_migrated_elsewhere(db_dsn: str) -> None:
     settings = pgqueue.WorkerSettings(schema_name="not_there", burst=True)
     worker = pgqueue.Worker(db_dsn, _registry(Calls()), settings)
     with pytest.raises(
-        pgqueue.SchemaError, match=r"'not_there'.*pgqueue migrate --schema not_there"
+        pgqueue.errors.SchemaError, match=r"'not_there'.*pgqueue migrate --schema not_there"
     ):
         await asyncio.wait_for(worker.run(), timeout=30)
 
@@ -146,9 +147,9 @@ async def test_worker_and_migrate_refuse_a_schema_that_is_ahead(
     calls = Calls()
     await pgqueue.enqueue(conn, "order.placed", {})
     worker = pgqueue.Worker(db_dsn, _registry(calls), pgqueue.WorkerSettings(burst=True))
-    with pytest.raises(pgqueue.SchemaError, match=r"version 999.*upgrade pgqueue"):
+    with pytest.raises(pgqueue.errors.SchemaError, match=r"version 999.*upgrade pgqueue"):
         await asyncio.wait_for(worker.run(), timeout=30)
-    with pytest.raises(pgqueue.SchemaError, match=r"version 999.*upgrade pgqueue"):
+    with pytest.raises(pgqueue.errors.SchemaError, match=r"version 999.*upgrade pgqueue"):
         await pgqueue.migrate(conn)
     assert calls == {}
 

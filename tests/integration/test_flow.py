@@ -16,6 +16,7 @@ import pytest
 
 import pgqueue
 import pgqueue.admin
+import pgqueue.errors
 from tests.faults.conftest import Workers
 from tests.helpers import run_cli, wait_for
 from tests.integration.flow_handlers import create_tables
@@ -127,9 +128,7 @@ async def test_a_running_event_is_cancelled_at_the_next_heartbeat_not_failed(
     event = await enqueue(conn, "flow.block")
     worker = workers.start(db_dsn)
     await worker.wait_started()
-    await wait_for(
-        equals(conn, "running", STATE, event), timeout=20, message="never claimed"
-    )
+    await wait_for(equals(conn, "running", STATE, event), timeout=20, message="never claimed")
     await wait_for(
         equals(conn, 1, "SELECT count(*) FROM flow_runs WHERE event_id = $1 AND handler = "
                "'blocker'", event),
@@ -184,13 +183,15 @@ async def test_wait_exits_with_a_code_per_final_state(
     moved = cli(db_dsn, "reschedule", str(later), str(quick), "--delay", "0s")
     assert moved.returncode == 0, moved.stderr
     assert moved.stdout.splitlines() == [
-        "1 pending event(s) rescheduled", f"not pending (left alone): {quick}"
+        "1 pending event(s) rescheduled",
+        f"not pending (left alone): {quick}",
     ]
     assert (await pgqueue.wait(conn, later, timeout=30)).state == "done"
     assert await pgqueue.admin.reschedule(conn, [later], dt.timedelta(hours=1)) == []
     waited = cli(db_dsn, "wait", str(cancelled))
     assert (waited.returncode, waited.stdout.strip()) == (
-        5, f"event {cancelled}: cancelled (not needed)"
+        5,
+        f"event {cancelled}: cancelled (not needed)",
     )
 
     pending = await enqueue(conn, "flow.quick", later=True)
@@ -205,13 +206,13 @@ async def test_wait_exits_with_a_code_per_final_state(
 async def test_wait_api_polls_outside_a_transaction(fconn: asyncpg.Connection) -> None:
     conn = fconn
     event = await enqueue(conn, "flow.quick", later=True)
-    with pytest.raises(pgqueue.WaitTimeout) as caught:
+    with pytest.raises(pgqueue.errors.WaitTimeout) as caught:
         await pgqueue.wait(conn, event, timeout=0.1)
     assert isinstance(caught.value, TimeoutError) and caught.value.state == "pending"
     async with conn.transaction():
-        with pytest.raises(pgqueue.ConfigurationError, match="outside a transaction"):
+        with pytest.raises(pgqueue.errors.ConfigurationError, match="outside a transaction"):
             await pgqueue.wait(conn, event, timeout=1)
-    with pytest.raises(pgqueue.EventNotFound):
+    with pytest.raises(pgqueue.errors.EventNotFound):
         await pgqueue.wait(conn, event + 1000)
     await pgqueue.admin.cancel(conn, ids=[event], reason="test")
     result = await pgqueue.wait(conn, event, timeout=5)
@@ -262,4 +263,3 @@ async def test_pause_stops_claiming_running_events_finish_and_resume_restarts(
 
 async def _said(text: str, line: str) -> bool:
     return line in text
-

@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.errors
 from pgqueue._migrate import SUPPORTED_MAJORS, SUPPORTED_RANGE
 from tests import pgversions
 from tests.helpers import run_cli
@@ -72,12 +73,12 @@ async def test_worker_start_refuses_a_server_below_the_range_in_one_line(old_dsn
 async def test_the_library_refuses_it_too(old_dsn: str) -> None:
     conn = await asyncpg.connect(old_dsn)
     try:
-        with pytest.raises(pgqueue.SchemaError, match=SUPPORTED_RANGE):
+        with pytest.raises(pgqueue.errors.SchemaError, match=SUPPORTED_RANGE):
             await pgqueue.migrate(conn)
     finally:
         await conn.close()
     worker = pgqueue.Worker(old_dsn, registry, pgqueue.WorkerSettings(burst=True))
-    with pytest.raises(pgqueue.SchemaError, match=SUPPORTED_RANGE):
+    with pytest.raises(pgqueue.errors.SchemaError, match=SUPPORTED_RANGE):
         await worker.run()
 
 

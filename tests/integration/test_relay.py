@@ -15,7 +15,8 @@ import tenacity
 
 import pgqueue
 import pgqueue.admin
-from pgqueue import NatsRelay, RabbitMQRelay, RedisRelay, Registry, Worker, WorkerSettings
+from pgqueue import Registry, Worker, WorkerSettings
+from pgqueue.relay import NatsRelay, RabbitMQRelay, RedisRelay
 from tests.helpers import run_cli, wait_for
 from tests.integration.relay_support import (
     AMQP_URL,

@@ -10,7 +10,9 @@ from collections import defaultdict
 import asyncpg
 
 import pgqueue
-from pgqueue import NatsRelay, RabbitMQRelay, RedisRelay, Registry, Worker, WorkerSettings
+import pgqueue.relay
+from pgqueue import Registry, Worker, WorkerSettings
+from pgqueue.relay import NatsRelay, RabbitMQRelay, RedisRelay
 from tests.integration.relay_support import (
     AMQP_URL,
     NATS_URL,
@@ -42,7 +44,7 @@ async def enqueue_keyed(conn: asyncpg.Connection) -> dict[int, str | None]:
     return dict(zip(ids, keys, strict=True))
 
 
-async def relay(conn: asyncpg.Connection, db_dsn: str, to: pgqueue.Relay) -> int:
+async def relay(conn: asyncpg.Connection, db_dsn: str, to: pgqueue.relay.Relay) -> int:
     """Burst workers until every event is done; returns the dead count. (A burst worker stops
     when nothing is due, and a key's later events are deferred while its head publishes: one
     burst may end before they fall due again.)"""

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.errors
 from pgqueue._migrate import latest_version, roles_sql
 from pgqueue._queries import database_now, queries_for
 from tests.helpers import run_cli, wait_for
@@ -159,14 +160,16 @@ async def test_delays_and_queues_from_sql_python_and_cli(
 
 async def test_bad_schedules_fail_at_registration_with_one_line() -> None:
     registry = pgqueue.Registry()
-    with pytest.raises(pgqueue.RegistryError, match="invalid cron expression '61 \\* \\* \\* \\*'"):
+    with pytest.raises(
+        pgqueue.errors.RegistryError, match="invalid cron expression '61 \\* \\* \\* \\*'"
+    ):
         registry.schedule("61 * * * *", "report.daily")
-    with pytest.raises(pgqueue.RegistryError, match="unknown time zone 'Mars/Base'"):
+    with pytest.raises(pgqueue.errors.RegistryError, match="unknown time zone 'Mars/Base'"):
         registry.schedule("0 * * * *", "report.daily", timezone="Mars/Base")
-    with pytest.raises(pgqueue.RegistryError, match="reserved for the tick"):
+    with pytest.raises(pgqueue.errors.RegistryError, match="reserved for the tick"):
         registry.schedule("0 * * * *", "report.daily", payload={"tick": 1})
     registry.schedule("0 * * * *", "report.daily")
-    with pytest.raises(pgqueue.RegistryError, match="registered twice"):
+    with pytest.raises(pgqueue.errors.RegistryError, match="registered twice"):
         registry.schedule("5 * * * *", "report.daily")
     assert [s.name for s in registry.schedules] == ["report.daily"]
 
@@ -448,5 +451,5 @@ async def test_worker_role_keeps_schedules_and_a_role_without_the_grant_stops_at
     await _serve(worker_dsn, registry, pulsed, "no tick from the worker role")
     await conn.execute("REVOKE ALL ON pgqueue.schedules FROM pgqueue_worker")
     worker = pgqueue.Worker(worker_dsn, registry)
-    with pytest.raises(pgqueue.ConfigurationError, match="may not keep the schedules"):
+    with pytest.raises(pgqueue.errors.ConfigurationError, match="may not keep the schedules"):
         await asyncio.wait_for(worker.run(), timeout=20)

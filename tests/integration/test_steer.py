@@ -17,6 +17,7 @@ import pytest
 
 import pgqueue
 import pgqueue.admin
+import pgqueue.errors
 from tests.helpers import run_cli, wait_for
 from tests.integration.core_support import handler_states, outbox_row, run_burst
 
@@ -180,7 +181,7 @@ async def test_replay_skips_events_that_are_not_done_and_refuses_a_transaction(
     assert (await pgqueue.admin.replay(conn, "t")).replayed == 0
     assert await states(conn) == {dead: "dead", pending: "pending"}
     async with conn.transaction():
-        with pytest.raises(pgqueue.ConfigurationError, match="outside a transaction"):
+        with pytest.raises(pgqueue.errors.ConfigurationError, match="outside a transaction"):
             await pgqueue.admin.replay(conn, "t")
 
 

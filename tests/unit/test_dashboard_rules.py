@@ -7,10 +7,10 @@ import datetime as dt
 
 import pytest
 
-from pgqueue import ConfigurationError
 from pgqueue._dashboard._chart import Minute, backlog_line, chart_svg, minute_counts
 from pgqueue._dashboard._config import DashboardSettings
 from pgqueue._dashboard._security import authenticate, csrf_refusal, csrf_token
+from pgqueue.errors import ConfigurationError
 
 TOKEN = "0123456789abcdef-token"
 DSN = "postgresql://u@h/db"

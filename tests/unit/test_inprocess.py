@@ -15,6 +15,7 @@ from pydantic import BaseModel, field_validator
 from tenacity import stop_after_attempt, stop_after_delay, stop_never, wait_fixed, wait_none
 
 import pgqueue
+import pgqueue.errors
 from pgqueue.testing import assert_dead, assert_enqueued, assert_processed, refute_enqueued
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -340,7 +341,7 @@ async def test_idempotency_key_returns_the_first_events_id() -> None:
             pgqueue.PayloadError,
             "event rejected by constraint outbox_idempotency_key_length",
         ),
-        ("t", {}, {"queue": "no spaces"}, pgqueue.ConfigurationError, "invalid queue name"),
+        ("t", {}, {"queue": "no spaces"}, pgqueue.errors.ConfigurationError, "invalid queue name"),
     ],
 )
 async def test_bad_events_are_refused_with_enqueues_messages(

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from pgqueue import Registry, RegistryError
+from pgqueue import Registry
 from pgqueue._queries import ClaimedRow
 from pgqueue._worker.dispatch import Delivery, Kind, Outcome, finish, parse_records, plan
 from pgqueue._worker.limits import DEFER_BASE, DEFER_CAP, defer_delay
+from pgqueue.errors import RegistryError
 
 NOW = 1_800_000_000.0
 

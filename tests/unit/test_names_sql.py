@@ -83,3 +83,12 @@ def test_lengths_and_priorities_match_the_checks() -> None:
     assert _between("outbox_ordering_key_length") == (1, _names.MAX_ORDERING_KEY)
     assert _between("handler_limits_handler_length") == (1, _names.MAX_HANDLER_NAME)
     assert _between("outbox_priority_range") == (PRIORITY_MIN, PRIORITY_MAX)
+
+
+def test_the_largest_event_id_is_the_outbox_id_type() -> None:
+    """outbox.id is a bigint (sql/0001): the id every API and CLI option accepts at most."""
+    outbox = (SQL / "0001_outbox.sql").read_text()
+    assert re.search(r"^\s*id\s+bigint\b", outbox, re.M), "outbox.id is no longer a bigint"
+    every = "".join(path.read_text() for path in SQL.glob("*.sql"))
+    assert not re.search(r"ALTER COLUMN id\s+TYPE", every)
+    assert _names.MAX_EVENT_ID == 2**63 - 1

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pgqueue import SchemaError
 from pgqueue._migrate import SUPPORTED_RANGE, judge_server_version
+from pgqueue.errors import SchemaError
 
 
 @pytest.mark.parametrize("number, shown", [(150000, "15.0"), (160014, "16.14"), (180004, "18.4")])

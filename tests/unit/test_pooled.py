@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from pgqueue import ConfigurationError, WorkerSettings
+from pgqueue import WorkerSettings
 from pgqueue._cli.worker import _child_args
 from pgqueue._db import CONTROL_SETTINGS, pool_options
 from pgqueue._settings import check_listen
+from pgqueue.errors import ConfigurationError
 
 
 def test_pooled_listen_needs_a_listen_dsn() -> None:

@@ -13,7 +13,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from tenacity import stop_after_attempt
 
-from pgqueue import Context, Registry, RegistryError, RetryPolicy, load_registry
+from pgqueue import Context, Registry, RetryPolicy, load_registry
+from pgqueue.errors import RegistryError
 
 
 class Order(BaseModel):

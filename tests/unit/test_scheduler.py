@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 import pgqueue
+import pgqueue.errors
 
 UTC = dt.UTC
 
@@ -61,7 +62,7 @@ def test_daylight_saving_time_keeps_local_time() -> None:
 )
 def test_bad_schedules_raise_registry_error(kwargs: dict[str, object], message: str) -> None:
     fields: dict[str, object] = {"name": "s", "expression": "* * * * *", "event_type": "t"}
-    with pytest.raises(pgqueue.RegistryError, match=message):
+    with pytest.raises(pgqueue.errors.RegistryError, match=message):
         pgqueue.Schedule(**{**fields, **kwargs})  # type: ignore[arg-type]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pgqueue import ConfigurationError, WorkerSettings
+from pgqueue import WorkerSettings
 from pgqueue._settings import (
     dsn_without_password,
     mask_dsn,
@@ -13,6 +13,7 @@ from pgqueue._settings import (
     validate_queue,
     validate_schema,
 )
+from pgqueue.errors import ConfigurationError
 
 
 @pytest.mark.parametrize("name", ["pgqueue", "other_q", "_private", "q1", "a" * 63])
