@@ -151,7 +151,7 @@ ORDER BY event_type, handler NULLS FIRST
         return list(await conn.fetch(self.DEAD_GROUPS, rows))
 
     # Dead events per type, exact: an index-only count of outbox_final_type_idx
-    # (state, event_type; 0019).
+    # (state, event_type; 0020).
     DEAD_TOTALS = """
 SELECT event_type, count(*) AS events FROM {s}.outbox WHERE state = 'dead' GROUP BY event_type
 """

@@ -1,4 +1,4 @@
--- pgqueue migration 0019: what the outbox adds to a producer's transaction, cheaper again
+-- pgqueue migration 0020: what the outbox adds to a producer's transaction, cheaper again
 -- (issue 10 part 1).
 --
 -- Counted as in 0016 (valgrind --tool=callgrind on a single-user PostgreSQL 15 backend, the
@@ -54,4 +54,4 @@ DROP INDEX outbox_dead_idx;
 DROP INDEX outbox_discarded_idx;
 DROP INDEX outbox_cancelled_idx;
 
-INSERT INTO migrations (version, name) VALUES (19, 'producer_cost');
+INSERT INTO migrations (version, name) VALUES (20, 'producer_cost');
