@@ -22,6 +22,7 @@ from .._api import (
 )
 from .._migrate import latest_version, migrate, roles_sql
 from .._models import PRIORITY_MAX, PRIORITY_MIN
+from .._parse import format_age, parse_duration, parse_run_at
 from .._pauses import QueuePause
 from .._queries import database_now
 from .common import (
@@ -29,10 +30,7 @@ from .common import (
     by_backlog,
     database,
     dsn_option,
-    format_age,
     more_lines,
-    parse_duration,
-    parse_run_at,
     print_table,
     schema_option,
     with_conn,

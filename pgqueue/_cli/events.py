@@ -20,12 +20,11 @@ from .._inspect import (
     list_events,
 )
 from .._models import EventState, HandlerState
+from .._parse import format_age, parse_time_bound
 from .._settings import validate_queue
 from .common import (
     database,
     dsn_option,
-    format_age,
-    parse_time_bound,
     print_table,
     schema_option,
     table_lines,

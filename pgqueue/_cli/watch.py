@@ -17,8 +17,9 @@ import click
 
 from .._errors import DatabaseUnavailableError
 from .._inspect import LiveStatus, live_status
+from .._parse import format_age
 from .._settings import mask_dsn
-from .common import by_backlog, database, format_age, more_lines, table_lines, with_conn
+from .common import by_backlog, database, more_lines, table_lines, with_conn
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: what watch(1) does
 BLOCK_HEADER = "pgqueue status at"

@@ -15,10 +15,10 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._cli.common import parse_time_bound
 from .._errors import ConfigurationError
 from .._inspect import get_event, list_events
 from .._models import EventState, HandlerState
+from .._parse import parse_time_bound
 from .._pauses import list_paused
 from .._queries import database_now, queries_for
 from .._schedule import schedule_status
