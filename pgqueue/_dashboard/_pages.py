@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .._errors import ConfigurationError
-from .._inspect import get_event, list_events
+from .._inspect import blocked_keys, get_event, list_events
 from .._models import EventState, HandlerState
 from .._parse import parse_time_bound
 from .._pauses import list_paused
@@ -51,9 +51,14 @@ class QueueTypeRow:
     oldest_ready_age: float | None = None
 
 
+# The overview lists this many held-back ordering keys, oldest first (`pgqueue status` and
+# `events list --blocked` show more).
+HELD_BACK_SHOWN = 20
+
+
 async def overview(dash: Dashboard, request: Request) -> Response:
     """Per queue and type: pending, running, dead, done in the last minute, oldest ready age;
-    the chart; how many workers are alive."""
+    the chart; how many workers are alive; paused queues and held-back ordering keys."""
     queries = queries_for(dash.settings.schema).dashboard
     pool = await dash.pool()
     async with pool.acquire() as conn:
@@ -61,6 +66,8 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         minutes = await queries.throughput(conn, CHART_CAP)
         first_ids, next_id = await _created_ids(dash, conn, [r["start"] for r in minutes])
         paused = await list_paused(conn, schema=dash.settings.schema)
+        # Reads only failed keyed events (outbox_ordering_failed_idx): nothing on a healthy queue.
+        held = await blocked_keys(conn, limit=HELD_BACK_SHOWN + 1, schema=dash.settings.schema)
         workers = await list_workers(conn, schema=dash.settings.schema)
         now: dt.datetime = await database_now(conn)
     rows: dict[tuple[str, str], QueueTypeRow] = {}
@@ -96,6 +103,8 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         queues=sorted({r.queue for r in table} | {p.queue for p in paused}),
         request_notice=request.query_params.get("notice", "")[:200],
         paused={p.queue: p for p in paused},
+        held_back=held[:HELD_BACK_SHOWN],
+        more_held_back=len(held) > HELD_BACK_SHOWN,
         done_last_hour=sum(m.events for m in per_minute),
         estimated=any(m.estimated for m in per_minute),
         chart_cap=CHART_CAP,
