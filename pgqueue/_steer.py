@@ -101,18 +101,9 @@ class Selection:
 
     @property
     def narrowed(self) -> bool:
-        """Whether any filter but the handler is given."""
-        return any(
-            v is not None
-            for v in (
-                self.ids,
-                self.event_type,
-                self.since,
-                self.until,
-                self.queue,
-                self.ordering_key,
-            )
-        )
+        """Whether any filter but the handler is given (an empty one is not)."""
+        given = (self.ids, self.event_type, self.since, self.until, self.queue, self.ordering_key)
+        return any(given)
 
     def key(self) -> str:
         """Canonical JSON of the selection as given: a replay rerun with it resumes."""

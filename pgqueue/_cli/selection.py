@@ -99,8 +99,12 @@ class Selected:
 
     @property
     def given(self) -> bool:
-        """Whether any filter was given."""
-        return any(v is not None for v in self.filters.values())
+        """Whether any filter was given (an empty --type '' or --queue '' is not one; a time
+        bound is, even '0s')."""
+        bounds = ("since", "until")
+        return any(v for k, v in self.filters.items() if k not in bounds) or any(
+            self.filters[k] is not None for k in bounds
+        )
 
 
 def take_selection(options: dict[str, Any], *, event_type: str | None) -> Selected:
