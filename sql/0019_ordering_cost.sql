@@ -13,6 +13,11 @@
 -- event's; with this setting on the function, the trigger takes 11-14 us and the completion
 -- 25-30 us. The buffers touched are the same (13.4 per event either way, the probe is one
 -- descent of outbox_ordering_idx): the difference was planning.
+-- In instructions (callgrind on a single-user PostgreSQL 15 backend, the same two statements
+-- as prepared statements under force_custom_plan, 13 minus 3 batches of 1,000, per event):
+-- claim and completion of an unkeyed event 167,000 (claim 97,000); of a keyed one 906,000
+-- before this migration, 262,000 with it (claim 131,000): the keyed completion went from
+-- 775,000 to 131,000 instructions, against 69,000 unkeyed.
 -- The SET clause costs a save and restore of the setting per call (about 3 us, see 0016),
 -- which the per-row planning it saves outweighs many times over.
 --
