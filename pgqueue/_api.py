@@ -406,6 +406,10 @@ async def prune(
     (see :func:`pgqueue.admin.cancel`) only with ``include_cancelled``. Deletes in batches of
     ``batch_size``, each its own statement: call it outside a transaction so every batch
     commits and no lock is held long. Safe to interrupt and run again.
+
+    It also deletes the per-ordering-key rate buckets (handlers with ``rate_per_key``) that
+    are full again, i.e. idle long enough that the next take would start a fresh one anyway;
+    they are not counted in the result.
     """
     queries = queries_for(schema)
     total = 0
@@ -417,7 +421,10 @@ async def prune(
         if progress is not None and deleted:
             progress(total)
         if deleted < batch_size:
-            return total
+            break
+    while await queries.rates.rates_prune(conn, batch_size) == batch_size:
+        pass
+    return total
 
 
 async def count_prunable(

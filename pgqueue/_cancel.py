@@ -12,14 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Unpack
 
 import asyncpg
 
 from ._errors import ConfigurationError
-from ._names import QUEUE_RULE, queue_ok
 from ._queries import SelectionArgs, database_now, queries_for
 from ._settings import DEFAULT_SCHEMA
-from ._steer import DEFAULT_BATCH, MAX_ID, IdSpec, Progress, TimeBound, selection
+from ._steer import DEFAULT_BATCH, MAX_ID, Filters, Progress, Selection, selection, walk
 
 MAX_REASON = 500
 
@@ -37,39 +37,21 @@ class CancelCount:
         return self.pending + self.running
 
 
-async def _args(
-    conn: asyncpg.Connection,
-    ids: Sequence[IdSpec] | None,
-    event_type: str | None,
-    queue: str | None,
-    since: TimeBound | None,
-    until: TimeBound | None,
-    schema: str,
-) -> tuple[SelectionArgs, int]:
-    """The statements' $1-$6, and an id below every selected one."""
-    if not (ids or event_type or queue or since or until):
+def _selection(filters: Filters) -> Selection:
+    sel = selection(**filters)
+    if not sel.narrowed:
         raise ConfigurationError(
-            "say which events to cancel: ids, an event type, a queue or a creation-time bound"
+            "say which events to cancel: ids, an event type, a queue, an ordering key or a "
+            "creation-time bound"
         )
-    if queue is not None and not queue_ok(queue):
-        raise ConfigurationError(f"{queue!r} is not a queue name: {QUEUE_RULE}")
-    sel = selection(ids, event_type, None, since, until)
-    lows, highs, etype, _handler, low_time, high_time = sel.args(await database_now(conn))
-    return (lows, highs, etype, queue, low_time, high_time), sel.start_after
+    return sel
 
 
 async def count_cancellable(
-    conn: asyncpg.Connection,
-    *,
-    ids: Sequence[IdSpec] | None = None,
-    event_type: str | None = None,
-    queue: str | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
-    schema: str = DEFAULT_SCHEMA,
+    conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA, **filters: Unpack[Filters]
 ) -> CancelCount:
     """How many pending and running events :func:`cancel` with these filters would touch."""
-    args, _ = await _args(conn, ids, event_type, queue, since, until, schema)
+    args = _selection(filters).args(await database_now(conn))
     pending, running = await queries_for(schema).flow.count_cancellable(conn, args)
     return CancelCount(pending, running)
 
@@ -78,39 +60,33 @@ async def cancel(
     conn: asyncpg.Connection,
     *,
     reason: str,
-    ids: Sequence[IdSpec] | None = None,
-    event_type: str | None = None,
-    queue: str | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
     batch_size: int = DEFAULT_BATCH,
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    **filters: Unpack[Filters],
 ) -> list[int]:
     """Cancel pending and running events; return their ids, sorted.
 
-    Every given filter must match (ids and id ranges, event type, queue, creation time as for
-    :func:`pgqueue.admin.retry`); at least one is required. Done, dead, discarded and cancelled
-    events are left alone. ``reason`` is kept as the events' last error (up to 500
-    characters). Works in id-ordered batches of ``batch_size``, one statement each; it may
-    run inside the caller's transaction (running events are then cancelled at its commit).
+    Filters (every given one must match; at least one is required):
+    ``ids`` (ids and ``range`` objects), ``event_type``, ``queue``, ``ordering_key``, and
+    ``since`` / ``until`` bounding the creation time as for :func:`pgqueue.admin.retry`.
+    Done, dead, discarded and cancelled events are left alone. ``reason`` is kept as the
+    events' last error (up to 500 characters). Works in id-ordered batches of
+    ``batch_size``, one statement each; it may run inside the caller's transaction (running
+    events are then cancelled at its commit).
     """
     if not reason.strip():
         raise ConfigurationError("say why the events are cancelled (kept as their last error)")
-    if batch_size < 1:
-        raise ConfigurationError(f"batch size must be at least 1, got {batch_size}")
-    args, after = await _args(conn, ids, event_type, queue, since, until, schema)
+    sel = _selection(filters)
     queries = queries_for(schema).flow
     text = reason.strip()[:MAX_REASON]
-    touched: list[int] = []
-    while True:
-        batch = await queries.cancel_batch(conn, args, after, batch_size, text)
-        touched += batch
-        if progress is not None and batch:
-            progress(len(touched))
-        if len(batch) < batch_size:
-            return touched
-        after = batch[-1]
+
+    async def step(
+        conn: asyncpg.Connection, args: SelectionArgs, after: int, limit: int
+    ) -> list[int]:
+        return await queries.cancel_batch(conn, args, after, limit, text)
+
+    return await walk(conn, sel, step, batch_size, progress)
 
 
 async def reschedule(

@@ -16,6 +16,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict
 
 from ._models import EventState, HandlerState
+from ._pauses import QueuePause, list_paused
 from ._queries import database_now, queries_for
 from ._settings import DEFAULT_SCHEMA
 
@@ -222,6 +223,8 @@ class LiveTypeCounts(_Frozen):
     pending: int = 0
     running: int = 0
     dead: int = 0
+    discarded: int = 0
+    cancelled: int = 0
     #: Events of this type done within the snapshot's window.
     done_recently: int = 0
     #: Seconds the oldest ready (due) pending event has waited; None when none is due.
@@ -245,6 +248,8 @@ class LiveStatus(_Frozen):
     types: list[LiveTypeCounts]
     handlers: list[LiveHandlerCount]
     db_now: dt.datetime
+    #: The paused queues (workers do not claim from them), oldest pause first.
+    paused: list[QueuePause] = []
 
     @property
     def throughput(self) -> float:
@@ -261,9 +266,10 @@ class LiveStatus(_Frozen):
 async def live_status(
     conn: asyncpg.Connection, *, window: float = 5.0, schema: str = DEFAULT_SCHEMA
 ) -> LiveStatus:
-    """A cheap snapshot for a live view: exact pending / running / dead counts per type,
-    events done in the last ``window`` seconds (by ``processed_at``), handler states of
-    unfinished events, and the oldest ready age.
+    """A cheap snapshot for a live view: exact pending / running / dead / discarded /
+    cancelled counts per type, events done in the last ``window`` seconds (by
+    ``processed_at``), handler states of unfinished events, the oldest ready age and the
+    paused queues.
 
     Unlike :func:`pgqueue.admin.status` it never counts every done event: each part reads a
     partial index, so it costs the same however many done events the table keeps.
@@ -288,6 +294,7 @@ async def live_status(
         types=[LiveTypeCounts(**per_type[t]) for t in sorted(per_type)],
         handlers=handlers,
         db_now=await database_now(conn),
+        paused=await list_paused(conn, schema=schema),
     )
 
 

@@ -1,9 +1,10 @@
 """Steering events after the fact: retry and discard dead ones, replay processed ones.
 
-Each function takes the caller's connection and selects events by id ranges, type, handler and
-creation time. They work in id-ascending batches, one statement each: :func:`retry` and
-:func:`discard` may run inside the caller's transaction; :func:`replay` must not (its batches
-commit one by one, which is what makes it resumable).
+Each function takes the caller's connection and selects events by id ranges, type, handler,
+queue, ordering key and creation time (one :class:`Selection`, which cancel shares). They
+work in id-ascending batches, one statement each: :func:`retry` and :func:`discard` may run
+inside the caller's transaction; :func:`replay` must not (its batches commit one by one,
+which is what makes it resumable).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import datetime as dt
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypedDict, Unpack
 
 import asyncpg
 
 from ._errors import ConfigurationError
 from ._models import ANY_HANDLER
-from ._queries import SelectionArgs, SteerQueries, database_now, queries_for
+from ._names import MAX_EVENT_ID, MAX_ORDERING_KEY, QUEUE_RULE, queue_ok
+from ._queries import SelectionArgs, database_now, queries_for
 from ._settings import DEFAULT_SCHEMA
 
 IdSpec = int | range
@@ -31,6 +34,36 @@ Progress = Callable[[int], None]
 DEFAULT_BATCH = 1000
 
 
+class _Scope(TypedDict, total=False):
+    """The filters every event-steering command takes besides the type and the handler."""
+
+    ids: Sequence[IdSpec] | None
+    queue: str | None
+    ordering_key: str | None
+    since: TimeBound | None
+    until: TimeBound | None
+
+
+class Filters(_Scope, total=False):
+    """Which events :func:`pgqueue.admin.cancel` and :func:`count_cancellable` select: ids
+    and id ranges, event type, queue, ordering key and creation time (every given one must
+    match; None = any)."""
+
+    event_type: str | None
+
+
+class DeadFilters(Filters, total=False):
+    """:class:`Filters` and a handler: which dead events retry and discard select."""
+
+    handler: str | None
+
+
+class ReplayFilters(_Scope, total=False):
+    """:class:`Filters` of a replay (its event type is its own argument) and its handler."""
+
+    handler: str | None
+
+
 @dataclass(frozen=True)
 class Selection:
     """Which events a command touches; every given filter must match (AND)."""
@@ -40,33 +73,54 @@ class Selection:
     handler: str | None = None
     since: TimeBound | None = None
     until: TimeBound | None = None
+    queue: str | None = None
+    ordering_key: str | None = None
 
     def args(self, now: dt.datetime) -> SelectionArgs:
-        """The bound parameters $1-$6, relative times resolved against ``now``."""
+        """The bound parameters $1-$8, relative times resolved against ``now``."""
         since, until = _resolve(self.since, now), _resolve(self.until, now)
         if since is not None and until is not None and since >= until:
             raise ConfigurationError(f"--since ({since}) must be before --until ({until})")
         lows = [lo for lo, _ in self.ids] if self.ids is not None else None
         highs = [hi for _, hi in self.ids] if self.ids is not None else None
-        return lows, highs, self.event_type, self.handler, since, until
+        return (
+            lows,
+            highs,
+            self.event_type,
+            self.handler,
+            since,
+            until,
+            self.queue,
+            self.ordering_key,
+        )
 
     @property
     def start_after(self) -> int:
         """An id below every selected one: where an id-ordered walk starts."""
         return min(lo for lo, _ in self.ids) - 1 if self.ids else 0
 
+    @property
+    def narrowed(self) -> bool:
+        """Whether any filter but the handler is given (an empty one is not)."""
+        given = (self.ids, self.event_type, self.since, self.until, self.queue, self.ordering_key)
+        return any(given)
+
     def key(self) -> str:
         """Canonical JSON of the selection as given: a replay rerun with it resumes."""
-        return json.dumps(
-            {
-                "event_type": self.event_type,
-                "handler": self.handler,
-                "ids": self.ids,
-                "since": _bound_key(self.since),
-                "until": _bound_key(self.until),
-            },
-            sort_keys=True,
-        )
+        key: dict[str, Any] = {
+            "event_type": self.event_type,
+            "handler": self.handler,
+            "ids": self.ids,
+            "since": _bound_key(self.since),
+            "until": _bound_key(self.until),
+        }
+        # Only when given: an unfinished replay started before these filters existed keeps
+        # its key, and resumes.
+        if self.queue is not None:
+            key["queue"] = self.queue
+        if self.ordering_key is not None:
+            key["ordering_key"] = self.ordering_key
+        return json.dumps(key, sort_keys=True)
 
 
 def _resolve(bound: TimeBound | None, now: dt.datetime) -> dt.datetime | None:
@@ -84,7 +138,7 @@ def _bound_key(bound: TimeBound | None) -> str | None:
     return bound.isoformat() if bound is not None else None
 
 
-MAX_ID = 2**63 - 1  # outbox.id is a bigint
+MAX_ID = MAX_EVENT_ID
 
 
 def _id_ranges(ids: Sequence[IdSpec]) -> tuple[tuple[int, int], ...]:
@@ -112,15 +166,32 @@ def selection(
     handler: str | None = None,
     since: TimeBound | None = None,
     until: TimeBound | None = None,
+    queue: str | None = None,
+    ordering_key: str | None = None,
 ) -> Selection:
-    """Validate the filters shared by retry, discard and replay."""
+    """Validate the filters shared by retry, discard, replay and cancel."""
     if handler == ANY_HANDLER or handler == "":
         raise ConfigurationError(f"{handler!r} is not a handler name")
+    if queue is not None and not queue_ok(queue):
+        raise ConfigurationError(f"{queue!r} is not a queue name: {QUEUE_RULE}")
+    if ordering_key is not None and not (
+        isinstance(ordering_key, str) and 1 <= len(ordering_key) <= MAX_ORDERING_KEY
+    ):
+        got = len(ordering_key) if isinstance(ordering_key, str) else type(ordering_key).__name__
+        raise ConfigurationError(
+            f"the ordering key must be 1-{MAX_ORDERING_KEY} characters, got {got}"
+        )
     for name, bound in (("since", since), ("until", until)):
         if isinstance(bound, dt.datetime) and bound.tzinfo is None:
             raise ConfigurationError(f"{name} has no time zone; pass an aware datetime")
     return Selection(
-        _id_ranges(ids) if ids is not None else None, event_type, handler, since, until
+        _id_ranges(ids) if ids is not None else None,
+        event_type,
+        handler,
+        since,
+        until,
+        queue,
+        ordering_key,
     )
 
 
@@ -130,40 +201,34 @@ def _check_batch(batch_size: int) -> None:
 
 
 async def count_dead(
-    conn: asyncpg.Connection,
-    *,
-    ids: Sequence[IdSpec] | None = None,
-    event_type: str | None = None,
-    handler: str | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
-    schema: str = DEFAULT_SCHEMA,
+    conn: asyncpg.Connection, *, schema: str = DEFAULT_SCHEMA, **filters: Unpack[DeadFilters]
 ) -> int:
     """How many dead events :func:`retry` or :func:`discard` with these filters would touch."""
-    sel = selection(ids, event_type, handler, since, until)
+    sel = selection(**filters)
     queries = queries_for(schema)
     return await queries.steer.count_dead(conn, sel.args(await database_now(conn)))
 
 
-Step = Callable[[SteerQueries, asyncpg.Connection, SelectionArgs, int, int], Awaitable[list[int]]]
+Step = Callable[[asyncpg.Connection, SelectionArgs, int, int], Awaitable[list[int]]]
+"""One batch of a walk: (connection, selection, after id, batch size) -> the ids touched."""
 
 
-async def _walk(
+async def walk(
     conn: asyncpg.Connection,
     sel: Selection,
     step: Step,
     batch_size: int,
-    schema: str,
     progress: Progress | None,
 ) -> list[int]:
-    """Apply ``step`` to the selected dead events in id order, one batch at a time."""
+    """Apply ``step`` to the selected events in id order, one batch at a time; return the
+    ids touched, sorted. Walking by id means an event that comes back while the command
+    runs (dies again, say) is not picked a second time."""
     _check_batch(batch_size)
-    queries = queries_for(schema)
     args = sel.args(await database_now(conn))
     touched: list[int] = []
     after = sel.start_after
     while True:
-        ids = await step(queries.steer, conn, args, after, batch_size)
+        ids = await step(conn, args, after, batch_size)
         touched += ids
         if progress is not None and ids:
             progress(len(touched))
@@ -175,37 +240,34 @@ async def _walk(
 async def retry(
     conn: asyncpg.Connection,
     *,
-    ids: Sequence[IdSpec] | None = None,
-    event_type: str | None = None,
-    handler: str | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
     batch_size: int = DEFAULT_BATCH,
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    **filters: Unpack[DeadFilters],
 ) -> list[int]:
     """Move dead events back to pending; return their ids.
 
+    Filters (every given one must match): ``ids`` (ids and ``range``
+    objects), ``event_type``, ``handler``, ``queue``, ``ordering_key``, and ``since`` /
+    ``until`` bounding the creation time (aware datetimes, or timedeltas meaning that long
+    ago). With no filter at all, every dead event is retried.
+
     Only dead handlers run again; handlers that succeeded stay done. With ``handler``, only
     events where that handler is dead are picked, and only it runs again: other dead
-    handlers stay dead, and handlers registered since the event died do not run. ``since`` /
-    ``until`` bound the creation time. With no filter at all, every dead event is retried.
+    handlers stay dead, and handlers registered since the event died do not run. Retrying
+    the event that holds back an ordering key releases the key.
     """
-    sel = selection(ids, event_type, handler, since, until)
-    return await _walk(conn, sel, SteerQueries.retry_batch, batch_size, schema, progress)
+    step = queries_for(schema).steer.retry_batch
+    return await walk(conn, selection(**filters), step, batch_size, progress)
 
 
 async def discard(
     conn: asyncpg.Connection,
     *,
-    ids: Sequence[IdSpec] | None = None,
-    event_type: str | None = None,
-    handler: str | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
     batch_size: int = DEFAULT_BATCH,
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    **filters: Unpack[DeadFilters],
 ) -> list[int]:
     """Give up on dead events for good; return their ids.
 
@@ -213,8 +275,8 @@ async def discard(
     dead handler left becomes ``discarded`` too: kept with its error for audit, never claimed
     again, deleted by :func:`prune` with ``include_discarded``. Filters as :func:`retry`.
     """
-    sel = selection(ids, event_type, handler, since, until)
-    return await _walk(conn, sel, SteerQueries.discard_batch, batch_size, schema, progress)
+    step = queries_for(schema).steer.discard_batch
+    return await walk(conn, selection(**filters), step, batch_size, progress)
 
 
 @dataclass(frozen=True)
@@ -243,30 +305,21 @@ class ReplayResult:
     resumed: bool
 
 
-def _replay_selection(
-    event_type: str,
-    handler: str | None,
-    ids: Sequence[IdSpec] | None,
-    since: TimeBound | None,
-    until: TimeBound | None,
-) -> Selection:
+def _replay_selection(event_type: str, filters: ReplayFilters) -> Selection:
     if not event_type:
         raise ConfigurationError("replay needs an event type (--type)")
-    return selection(ids, event_type, handler, since, until)
+    return selection(event_type=event_type, **filters)
 
 
 async def preview_replay(
     conn: asyncpg.Connection,
     event_type: str,
     *,
-    handler: str | None = None,
-    ids: Sequence[IdSpec] | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
     schema: str = DEFAULT_SCHEMA,
+    **filters: Unpack[ReplayFilters],
 ) -> ReplayPreview:
     """Count what :func:`replay` with the same arguments would touch; change nothing."""
-    sel = _replay_selection(event_type, handler, ids, since, until)
+    sel = _replay_selection(event_type, filters)
     queries = queries_for(schema)
     found = await queries.steer.replay_find(conn, sel.key())
     started_at = found["started_at"] if found["id"] is not None else found["now"]
@@ -284,15 +337,15 @@ async def replay(
     conn: asyncpg.Connection,
     event_type: str,
     *,
-    handler: str | None = None,
-    ids: Sequence[IdSpec] | None = None,
-    since: TimeBound | None = None,
-    until: TimeBound | None = None,
     batch_size: int = DEFAULT_BATCH,
     schema: str = DEFAULT_SCHEMA,
     progress: Progress | None = None,
+    **filters: Unpack[ReplayFilters],
 ) -> ReplayResult:
     """Deliver processed (done) events of ``event_type`` again; return the counts.
+
+    Filters: ``handler``, ``ids``, ``queue``, ``ordering_key``,
+    ``since`` and ``until``, as for :func:`retry`.
 
     To every handler (the event starts over as a first delivery), or only to ``handler``,
     which need not have existed when the events ran (like resetting a consumer's offset):
@@ -304,7 +357,7 @@ async def replay(
     outside a transaction: interrupted and called again with the same arguments, it resumes
     the unfinished replay instead of replaying any event twice.
     """
-    sel = _replay_selection(event_type, handler, ids, since, until)
+    sel = _replay_selection(event_type, filters)
     _check_batch(batch_size)
     if conn.is_in_transaction():
         raise ConfigurationError(

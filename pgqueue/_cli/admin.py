@@ -22,6 +22,7 @@ from .._api import (
 )
 from .._migrate import latest_version, migrate, roles_sql
 from .._models import PRIORITY_MAX, PRIORITY_MIN
+from .._parse import format_age, parse_duration, parse_run_at
 from .._pauses import QueuePause
 from .._queries import database_now
 from .common import (
@@ -29,17 +30,14 @@ from .common import (
     by_backlog,
     database,
     dsn_option,
-    format_age,
     more_lines,
-    parse_duration,
-    parse_run_at,
     print_table,
     schema_option,
     with_conn,
 )
 from .events import print_held_back
 from .progress import preview, progress, run
-from .watch import watch_status
+from .watch import pause_lines, watch_status
 
 
 @click.command("migrate")
@@ -257,19 +255,8 @@ def print_status(report: StatusReport, top: int | None) -> None:
 
 def print_pauses(pauses: list[QueuePause]) -> None:
     """The paused queues, with who paused them, since when and why (nothing when none)."""
-    if not pauses:
-        return
-    click.echo("")
-    print_table(
-        [
-            ["paused queue", "since", "by", "reason"],
-            *(
-                [p.queue, p.paused_at.isoformat(timespec="seconds"), p.paused_by, p.reason or ""]
-                for p in pauses
-            ),
-        ]
-    )
-    click.echo("workers do not claim from paused queues; 'pgqueue resume QUEUE' resumes one")
+    for line in pause_lines(pauses):
+        click.echo(line)
 
 
 BACKLOG = ("pending", "running", "dead")

@@ -1,13 +1,11 @@
 """What every ``pgqueue`` command shares: the click group, common options, database access,
-parsing of durations and times, confirmation and tables."""
+confirmation and tables (the parsing of durations and times is pgqueue/_parse.py's)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import heapq
-import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Mapping
 from pathlib import Path
@@ -142,62 +140,6 @@ async def with_conn(
         ) from exc
     finally:
         await conn.close()
-
-
-MAX_DURATION = 36_500 * 86_400.0  # seconds
-DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
-
-
-def parse_duration(text: str) -> float:
-    match = DURATION.fullmatch(text)
-    if not match:
-        raise click.BadParameter(f"{text!r} is not a duration; use e.g. 30s, 10m, 2h, 1d")
-    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
-    seconds = float(match.group(1)) * factor
-    # A timedelta (and a time that long ago or ahead) must exist: 100 years is plenty.
-    if not seconds <= MAX_DURATION:
-        raise click.BadParameter(f"{text.strip()[:40]!r} is too long; at most 36500d")
-    return seconds
-
-
-def parse_run_at(text: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is not an ISO 8601 time; use e.g. 2026-12-01T09:00:00+00:00"
-        ) from None
-    if value.tzinfo is None:
-        raise click.BadParameter(f"{text!r} has no time zone; add one, e.g. +00:00 or Z")
-    return value
-
-
-def parse_time_bound(text: str) -> dt.datetime | dt.timedelta:
-    """``10m`` / ``2h`` / ``3d`` (that long ago) or an ISO 8601 time with a zone."""
-    if DURATION.fullmatch(text):  # a duration: its own errors ("too long") stand
-        return dt.timedelta(seconds=parse_duration(text))
-    try:
-        return parse_run_at(text)
-    except click.BadParameter as exc:
-        if "no time zone" in exc.message:
-            raise
-    raise click.BadParameter(
-        f"{text!r} is neither a duration (e.g. 10m, 2h, 3d: that long ago) nor an ISO 8601 "
-        "time with zone (e.g. 2026-12-01T09:00:00Z)"
-    )
-
-
-def format_age(seconds: float | None) -> str:
-    """A duration in seconds for humans: 4.2s, 12.5m, 3.1h, 2.0d ('-' for None)."""
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

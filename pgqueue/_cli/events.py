@@ -21,12 +21,11 @@ from .._inspect import (
 )
 from .._models import EventState, HandlerState
 from .._names import MAX_EVENT_ID
+from .._parse import format_age, parse_time_bound
 from .._settings import validate_queue
 from .common import (
     database,
     dsn_option,
-    format_age,
-    parse_time_bound,
     print_table,
     schema_option,
     table_lines,

@@ -12,18 +12,13 @@ import click
 from .._cancel import cancel, count_cancellable, reschedule
 from .._errors import WaitTimeout
 from .._models import EventState
+from .._parse import parse_duration, parse_run_at
 from .._pauses import pause_queue, resume_queue
-from .._steer import MAX_ID
+from .._steer import MAX_ID, Progress
 from .._wait import DEFAULT_POLL_MAX, POLL_MIN, WaitResult, wait
-from .common import (
-    dsn_option,
-    echo_err,
-    parse_duration,
-    parse_run_at,
-    schema_option,
-)
-from .progress import preview, progress, run
-from .steer import parse_bound, parse_ids, selection_options
+from .common import dsn_option, echo_err, schema_option
+from .progress import run
+from .selection import selection_options, take_selection, touch_selected
 
 # `pgqueue wait` exit codes, one per final state (and one for the timeout, as timeout(1)).
 WAIT_EXIT = {
@@ -44,76 +39,43 @@ def operator() -> str:
 
 
 @click.command("cancel")
-@click.option(
-    "--id", "ids", type=click.IntRange(1, MAX_ID), multiple=True, help="Event id (repeatable)."
-)
 @click.option("--type", "event_type", default=None, help="Only events of this type.")
-@click.option("--queue", default=None, help="Only events of this queue.")
 @click.option(
     "--reason",
     default=None,
     help="Why, kept as the events' last error [default: cancelled by <user> with pgqueue cancel].",
 )
 @selection_options
-def cancel_cmd(
-    ids: tuple[int, ...],
-    event_type: str | None,
-    queue: str | None,
-    reason: str | None,
-    id_texts: tuple[str, ...],
-    since: str | None,
-    until: str | None,
-    batch_size: int,
-    dry_run: bool,
-    yes: bool,
-    dsn: str | None,
-    schema: str,
-) -> None:
+def cancel_cmd(event_type: str | None, reason: str | None, **options: Any) -> None:
     """Cancel pending and running events: final state 'cancelled', never run (again).
 
-    Select by --id/--ids, --type, --queue and creation time (--since/--until take a time or
-    an age: '--until 2h' = created more than 2 hours ago); every given filter must match.
-    A running event's handlers are cancelled at its worker's next heartbeat and recorded as
-    cancelled, not failed. Cancelled events are kept for audit ('prune --cancelled' deletes
-    them). Says how many first and asks (except for events named with --id alone).
+    Select by --id/--ids, --type, --queue, --ordering-key and creation time (--since/--until
+    take a time or an age: '--until 2h' = created more than 2 hours ago); every given filter
+    must match. A running event's handlers are cancelled at its worker's next heartbeat and
+    recorded as cancelled, not failed. Cancelled events are kept for audit ('prune
+    --cancelled' deletes them). Says how many first and asks (except for events named with
+    --id alone).
     """
-    ranges = parse_ids(id_texts)
-    filters: dict[str, Any] = {
-        "ids": [*ids, *(ranges or [])] or None,
-        "event_type": event_type,
-        "queue": queue,
-        "since": parse_bound(since, "--since"),
-        "until": parse_bound(until, "--until"),
-        "schema": schema,
-    }
-    if not (filters["ids"] or event_type or queue or since or until):
+    chosen = take_selection(options, event_type=event_type)
+    if not chosen.given:
         raise click.UsageError(
-            "say which events to cancel: --id, --ids, --type, --queue, --since or --until"
+            "say which events to cancel: --id, --ids, --type, --queue, --ordering-key, --since "
+            "or --until"
         )
-    named = bool(ids) and not (ranges or event_type or queue or since or until)
+    filters = {**chosen.filters, "schema": options["schema"]}
     text = reason if reason is not None else f"cancelled by {operator()} with pgqueue cancel"
 
-    async def body(conn: asyncpg.Connection) -> None:
-        count = await count_cancellable(conn, **filters)
-        message = (
-            f"{count.total} event(s) to cancel ({count.pending} pending, {count.running} running)"
+    async def count(conn: asyncpg.Connection) -> tuple[int, str]:
+        found = await count_cancellable(conn, **filters)
+        return found.total, (
+            f"{found.total} event(s) to cancel ({found.pending} pending, {found.running} running)"
         )
-        if not preview(
-            message,
-            count.total,
-            dry_run=dry_run,
-            yes=yes,
-            question=f"cancel {count.total}?",
-            ask=not named,
-        ):
-            return
-        with progress("cancelled", count.total) as update:
-            done = await cancel(
-                conn, reason=text, batch_size=batch_size, progress=update, **filters
-            )
-        click.echo(f"{len(done)} event(s) cancelled")
 
-    run(dsn, schema, body)
+    async def apply(conn: asyncpg.Connection, batch_size: int, update: Progress) -> str:
+        done = await cancel(conn, reason=text, batch_size=batch_size, progress=update, **filters)
+        return f"{len(done)} event(s) cancelled"
+
+    touch_selected("cancel", "cancelled", options, count, apply, ask=not chosen.named)
 
 
 @click.command(

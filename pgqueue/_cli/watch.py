@@ -17,8 +17,10 @@ import click
 
 from .._errors import DatabaseUnavailableError
 from .._inspect import LiveStatus, live_status
+from .._parse import format_age
+from .._pauses import QueuePause
 from .._settings import mask_dsn
-from .common import by_backlog, database, format_age, more_lines, table_lines, with_conn
+from .common import by_backlog, database, more_lines, table_lines, with_conn
 
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: what watch(1) does
 BLOCK_HEADER = "pgqueue status at"
@@ -81,13 +83,16 @@ def render(snapshot: LiveStatus, interval: float, top: int | None = None) -> lis
     types = {t.event_type: t for t in snapshot.types}
     backlog = {t.event_type: t.pending + t.running + t.dead for t in snapshot.types}
     shown = [t for _, t in by_backlog(types, backlog, top)]
-    rows = [["event type", "pending", "running", "dead", f"done/{window}", "oldest ready"]]
+    rows = [
+        ["event type", "pending", "running", "dead", "cancelled", f"done/{window}", "oldest ready"]
+    ]
     rows += [
         [
             t.event_type,
             str(t.pending),
             str(t.running),
             str(t.dead),
+            str(t.cancelled),
             str(t.done_recently),
             format_age(t.oldest_ready_age),
         ]
@@ -104,4 +109,20 @@ def render(snapshot: LiveStatus, interval: float, top: int | None = None) -> lis
         table = [["event type", "handler", *states]]
         table += [[t, h, *(str(counts.get((t, h, s), 0)) for s in states)] for t, h in pairs]
         lines += ["", "handlers of unfinished events:", *table_lines(table, right={2, 3, 4})]
-    return lines
+    return lines + pause_lines(snapshot.paused)
+
+
+def pause_lines(pauses: list[QueuePause]) -> list[str]:
+    """The paused queues, with who paused them, since when and why (no line when none)."""
+    if not pauses:
+        return []
+    rows = [["paused queue", "since", "by", "reason"]]
+    rows += [
+        [p.queue, p.paused_at.isoformat(timespec="seconds"), p.paused_by, p.reason or ""]
+        for p in pauses
+    ]
+    return [
+        "",
+        *table_lines(rows, right=range(1, 4)),
+        "workers do not claim from paused queues; 'pgqueue resume QUEUE' resumes one",
+    ]

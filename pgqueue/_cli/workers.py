@@ -6,11 +6,11 @@ import asyncio
 
 import click
 
+from .._parse import format_age
 from .._worker.presence import WorkerInfo, list_workers
 from .common import (
     database,
     dsn_option,
-    format_age,
     print_table,
     schema_option,
     with_conn,

@@ -14,9 +14,8 @@ from starlette.responses import RedirectResponse, Response
 from .. import _steer as steer
 from .._cancel import cancel_pending, count_cancellable
 from .._cancel import reschedule as reschedule_events
-from .._cli.common import parse_time_bound
-from .._cli.steer import parse_ids
 from .._errors import ConfigurationError
+from .._parse import parse_ids, parse_time_bound
 from .._pauses import pause_queue, resume_queue
 from .._worker.limits import override_limit
 from ._context import Dashboard, log

@@ -14,8 +14,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from .._cli.common import format_age
 from .._db import create_pool
+from .._parse import format_age
 from ._config import REFRESH_CHOICES, DashboardSettings
 from ._security import csrf_token, security_headers
 

@@ -15,10 +15,11 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .._cli.common import parse_time_bound
 from .._errors import ConfigurationError
-from .._inspect import get_event, list_events
+from .._inspect import blocked_keys, get_event, list_events
 from .._models import EventState, HandlerState
+from .._names import MAX_EVENT_ID
+from .._parse import parse_time_bound
 from .._pauses import list_paused
 from .._queries import database_now, queries_for
 from .._schedule import schedule_status
@@ -35,7 +36,6 @@ CHART_CAP = 250
 # Dead events the grouping reads (newest first); the per-type totals stay exact.
 DEAD_GROUP_ROWS = 1000
 MAX_PAGE = 500
-MAX_ID = 2**63 - 1
 
 
 @dataclass
@@ -51,9 +51,14 @@ class QueueTypeRow:
     oldest_ready_age: float | None = None
 
 
+# The overview lists this many held-back ordering keys, oldest first (`pgqueue status` and
+# `events list --blocked` show more).
+HELD_BACK_SHOWN = 20
+
+
 async def overview(dash: Dashboard, request: Request) -> Response:
     """Per queue and type: pending, running, dead, done in the last minute, oldest ready age;
-    the chart; how many workers are alive."""
+    the chart; how many workers are alive; paused queues and held-back ordering keys."""
     queries = queries_for(dash.settings.schema).dashboard
     pool = await dash.pool()
     async with pool.acquire() as conn:
@@ -61,6 +66,8 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         minutes = await queries.throughput(conn, CHART_CAP)
         first_ids, next_id = await _created_ids(dash, conn, [r["start"] for r in minutes])
         paused = await list_paused(conn, schema=dash.settings.schema)
+        # Reads only failed keyed events (outbox_ordering_failed_idx): nothing on a healthy queue.
+        held = await blocked_keys(conn, limit=HELD_BACK_SHOWN + 1, schema=dash.settings.schema)
         workers = await list_workers(conn, schema=dash.settings.schema)
         now: dt.datetime = await database_now(conn)
     rows: dict[tuple[str, str], QueueTypeRow] = {}
@@ -96,6 +103,8 @@ async def overview(dash: Dashboard, request: Request) -> Response:
         queues=sorted({r.queue for r in table} | {p.queue for p in paused}),
         request_notice=request.query_params.get("notice", "")[:200],
         paused={p.queue: p for p in paused},
+        held_back=held[:HELD_BACK_SHOWN],
+        more_held_back=len(held) > HELD_BACK_SHOWN,
         done_last_hour=sum(m.events for m in per_minute),
         estimated=any(m.estimated for m in per_minute),
         chart_cap=CHART_CAP,
@@ -166,8 +175,8 @@ class EventFilters:
             page = int(limit) if limit is not None else 50
         except ValueError:
             raise ConfigurationError("before_id and limit must be whole numbers") from None
-        if before_id is not None and not 1 <= before_id <= MAX_ID:
-            raise ConfigurationError(f"before_id must be between 1 and {MAX_ID}")
+        if before_id is not None and not 1 <= before_id <= MAX_EVENT_ID:
+            raise ConfigurationError(f"before_id must be between 1 and {MAX_EVENT_ID}")
         if not 1 <= page <= MAX_PAGE:
             raise ConfigurationError(f"limit must be between 1 and {MAX_PAGE}")
         return cls(
@@ -263,8 +272,8 @@ async def event(dash: Dashboard, request: Request) -> Response:
     """One event: per-handler records, attempts, errors, times, the lease; the payload only
     when the dashboard shows payloads."""
     event_id: int = request.path_params["event_id"]
-    if not 1 <= event_id <= MAX_ID:
-        raise ConfigurationError(f"event ids are between 1 and {MAX_ID}")
+    if not 1 <= event_id <= MAX_EVENT_ID:
+        raise ConfigurationError(f"event ids are between 1 and {MAX_EVENT_ID}")
     pool = await dash.pool()
     async with pool.acquire() as conn:
         detail = await get_event(conn, event_id, schema=dash.settings.schema)

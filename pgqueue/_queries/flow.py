@@ -15,26 +15,26 @@ from ._base import Area
 from .steer import SelectionArgs, _selection
 
 # Pending and running events of the selection: $1 id lows, $2 id highs, $3 event type,
-# $4 queue, $5 created since, $6 created before (NULL = any). Spelled as two arms so that a
-# custom plan can read the two partial indexes (outbox_ready_idx, outbox_lease_idx) instead of
-# the table.
-_CANCELLABLE = (
-    "(o.state = 'pending' OR o.state = 'running') AND"
-    + _selection("$1", "$2", "$3", "$5", "$6")
-    + "\n    AND ($4::text IS NULL OR o.queue = $4::text)"
+# $4 created since, $5 created before, $6 queue, $7 ordering key (NULL = any): SelectionArgs
+# without its handler. Spelled as two arms so that a custom plan can read the two partial
+# indexes (outbox_ready_idx, outbox_lease_idx) instead of the table.
+_CANCELLABLE = "(o.state = 'pending' OR o.state = 'running') AND" + _selection(
+    "$1", "$2", "$3", "$4", "$5", "$6", "$7"
 )
 
 
-class FlowQueries(Area):
-    """Cancel, reschedule, wait and pause statements, for one schema.
+def _cancellable(sel: SelectionArgs) -> tuple[Any, ...]:
+    """_CANCELLABLE's $1-$7 of a selection (cancel selects events, not handlers)."""
+    lows, highs, event_type, _handler, since, until, queue, key = sel
+    return lows, highs, event_type, since, until, queue, key
 
-    A selection (``SelectionArgs``) here is (lows, highs, event type, queue, since, until):
-    the fourth place, a dead handler for retry, is the queue.
-    """
+
+class FlowQueries(Area):
+    """Cancel, reschedule, wait and pause statements, for one schema."""
 
     # -- cancel ---------------------------------------------------------------------------------
 
-    # $1-$6 the selection (see _CANCELLABLE).
+    # $1-$7 the selection (see _CANCELLABLE).
     COUNT_CANCELLABLE = (
         """
 SELECT count(*) FILTER (WHERE o.state = 'pending') AS pending,
@@ -49,11 +49,12 @@ FROM {s}.outbox AS o WHERE """
         """(pending, running) events of the selection."""
         # A fresh prepared statement: a custom plan, where the NULL filters fold away and the
         # partial indexes can match (see SteerQueries.list_events).
-        row = await (await conn.prepare(self.COUNT_CANCELLABLE)).fetchrow(*sel)
+        statement = await conn.prepare(self.COUNT_CANCELLABLE)
+        row = await statement.fetchrow(*_cancellable(sel))
         assert row is not None
         return row["pending"], row["running"]
 
-    # $1-$6 as COUNT_CANCELLABLE, $7 after id, $8 batch size, $9 the reason (kept as
+    # $1-$7 as COUNT_CANCELLABLE, $8 after id, $9 batch size, $10 the reason (kept as
     # last_error). Walks by id like retry's batches, so an event cancelled twice is counted once.
     # A running event loses its lease here (outbox_lease_iff_running): its worker's completion
     # write is refused by the lease fence, and its next heartbeat finds the event cancelled
@@ -65,12 +66,12 @@ WITH picked AS (
     SELECT o.id FROM {s}.outbox AS o WHERE """
         + _CANCELLABLE
         + """
-      AND o.id > $7
-    ORDER BY o.id LIMIT $8
+      AND o.id > $8
+    ORDER BY o.id LIMIT $9
     FOR UPDATE
 )
 UPDATE {s}.outbox AS o
-SET state = 'cancelled', last_error = $9, lease_token = NULL, lease_expires_at = NULL
+SET state = 'cancelled', last_error = $10, lease_token = NULL, lease_expires_at = NULL
 FROM picked
 WHERE o.id = picked.id
 RETURNING o.id
@@ -82,7 +83,8 @@ RETURNING o.id
     ) -> list[int]:
         """Cancel the next batch after id ``after``; return the ids, sorted."""
         statement = await conn.prepare(self.CANCEL_BATCH)
-        return sorted(r["id"] for r in await statement.fetch(*sel, after, limit, reason))
+        rows = await statement.fetch(*_cancellable(sel), after, limit, reason)
+        return sorted(r["id"] for r in rows)
 
     # $1 event ids whose lease renewal just missed. Those an operator cancelled (the others were
     # taken over after an expired lease). Primary-key lookups of a handful of ids, run only when

@@ -37,14 +37,17 @@ WHERE (l.rate, l.rate_per_key) IS DISTINCT FROM (EXCLUDED.rate, EXCLUDED.rate_pe
     # each, refilled by the time since its last take. FOR UPDATE: the refill reads the bucket's
     # newest version (a concurrent take by another worker is waited for, never double-spent).
     # Returns per bucket the runs granted, the rate in force (per second) and the tokens left.
+    # An existing bucket is locked at once (DO UPDATE ... WHERE false updates nothing but locks
+    # the row): RATES_PRUNE skips locked buckets, so it cannot delete one between this INSERT
+    # and the take, which would then find no bucket and let every wanted run through.
     RATES_ENSURE = """
-INSERT INTO {s}.rate_buckets (handler, key, tokens)
+INSERT INTO {s}.rate_buckets AS b (handler, key, tokens)
 SELECT w.handler, w.key,
        greatest(1.0, {s}.rate_per_second(COALESCE(l.rate_override, l.rate)))
 FROM unnest($1::text[], $2::text[]) AS w(handler, key)
 JOIN {s}.handler_limits AS l ON l.handler = w.handler
 WHERE COALESCE(l.rate_override, l.rate) IS NOT NULL
-ON CONFLICT DO NOTHING
+ON CONFLICT (handler, key) DO UPDATE SET tokens = b.tokens WHERE false
 """
 
     RATES_TAKE = """
@@ -97,3 +100,35 @@ RETURNING handler
     async def rate_override(self, conn: asyncpg.Connection, handler: str, rate: str | None) -> bool:
         """Set (or with None clear) the operator's rate; False when no such handler row."""
         return await conn.fetchval(self.RATE_OVERRIDE, handler, rate) is not None
+
+    # $1 rows at most. Deletes per-key buckets (rate_per_key: one per ordering key ever seen)
+    # that are full again: idle long enough to have refilled, so a bucket made afresh at the
+    # next take (full) is the same bucket. Also those of handlers that have no rate any more.
+    # Never the handler's own bucket (key ''): one row per handler. SKIP LOCKED: a bucket being
+    # taken from is in use. No index on updated_at: every take updates it, and an index on it
+    # would cost the takes their HOT updates; a prune reads the table once.
+    RATES_PRUNE = """
+WITH gone AS (
+    DELETE FROM {s}.rate_buckets AS b
+    WHERE (b.handler, b.key) IN (
+        SELECT f.handler, f.key
+        FROM {s}.rate_buckets AS f
+        LEFT JOIN {s}.handler_limits AS l ON l.handler = f.handler
+        CROSS JOIN LATERAL (
+            SELECT {s}.rate_per_second(COALESCE(l.rate_override, l.rate)) AS per_s
+        ) AS r
+        WHERE f.key <> ''
+          AND (r.per_s IS NULL
+               OR f.tokens + extract(epoch FROM now() - f.updated_at)::float8 * r.per_s
+                  >= greatest(1.0, r.per_s))
+        LIMIT $1
+        FOR UPDATE OF f SKIP LOCKED)
+    RETURNING 1
+)
+SELECT count(*)::int FROM gone
+"""
+
+    async def rates_prune(self, conn: asyncpg.Connection, limit: int) -> int:
+        """Delete up to ``limit`` per-key buckets that are full again; return how many."""
+        deleted: int = await conn.fetchval(self.RATES_PRUNE, limit)
+        return deleted

@@ -18,36 +18,46 @@ SelectionArgs = tuple[
     str | None,
     dt.datetime | None,
     dt.datetime | None,
+    str | None,
+    str | None,
 ]
+"""The bound selection: id lows, id highs, event type, handler, since, until, queue,
+ordering key (None = any). The handler is what each command makes of it (a dead handler for
+retry and discard, the target for replay; cancel has none)."""
 
 
-# The selection shared by retry, discard and replay, on the outbox alias o. Ids come as
-# inclusive ranges (two arrays, lows and highs: `--ids 1..1000000` stays two numbers, not a
+# The selection shared by retry, discard, replay and cancel, on the outbox alias o. Ids come
+# as inclusive ranges (two arrays, lows and highs: `--ids 1..1000000` stays two numbers, not a
 # million-element array); since/until bound created_at (since inclusive, until exclusive).
-def _selection(lows: str, highs: str, event_type: str, since: str, until: str) -> str:
+# An ordering key reads outbox_ordering_idx (0017) for pending, running and dead events.
+def _selection(
+    lows: str, highs: str, event_type: str, since: str, until: str, queue: str, key: str
+) -> str:
     return f"""
     ({lows}::bigint[] IS NULL OR EXISTS (
         SELECT 1 FROM unnest({lows}::bigint[], {highs}::bigint[]) AS r(lo, hi)
         WHERE o.id BETWEEN r.lo AND r.hi))
     AND ({event_type}::text IS NULL OR o.event_type = {event_type}::text)
     AND ({since}::timestamptz IS NULL OR o.created_at >= {since}::timestamptz)
-    AND ({until}::timestamptz IS NULL OR o.created_at < {until}::timestamptz)"""
+    AND ({until}::timestamptz IS NULL OR o.created_at < {until}::timestamptz)
+    AND ({queue}::text IS NULL OR o.queue = {queue}::text)
+    AND ({key}::text IS NULL OR o.ordering_key = {key}::text)"""
 
 
 # Dead events of the selection; with a handler, only those where that handler is dead.
 _DEAD = (
     "o.state = 'dead' AND"
-    + _selection("$1", "$2", "$3", "$5", "$6")
+    + _selection("$1", "$2", "$3", "$5", "$6", "$7", "$8")
     + "\n    AND ($4::text IS NULL OR o.handlers -> $4::text ->> 'state' = 'dead')"
 )
 
 
-# The next batch of dead events after id $7, at most $8, in id order. Walking by id (instead
+# The next batch of dead events after id $9, at most $10, in id order. Walking by id (instead
 # of "whatever is still dead") means an event that dies again while the command runs is not
 # picked a second time.
 _DEAD_BATCH = (
-    "SELECT o.id FROM {s}.outbox AS o WHERE " + _DEAD + "\n    AND o.id > $7"
-    " ORDER BY o.id LIMIT $8 FOR UPDATE"
+    "SELECT o.id FROM {s}.outbox AS o WHERE " + _DEAD + "\n    AND o.id > $9"
+    " ORDER BY o.id LIMIT $10 FOR UPDATE"
 )
 
 
@@ -105,7 +115,7 @@ LIMIT $12
 class SteerQueries(Area):
     """Retry, discard, replay and the event listings' statements, for one schema."""
 
-    # $1 id lows, $2 id highs, $3 event type, $4 dead handler, $5 since, $6 until (NULL = any).
+    # $1-$8 the selection (SelectionArgs; $4 a dead handler), NULL = any.
     COUNT_DEAD = "SELECT count(*) FROM {s}.outbox AS o WHERE " + _DEAD
 
     async def count_dead(self, conn: asyncpg.Connection, sel: SelectionArgs) -> int:
@@ -113,7 +123,7 @@ class SteerQueries(Area):
         count: int = await conn.fetchval(self.COUNT_DEAD, *sel)
         return count
 
-    # $1-$6 as COUNT_DEAD, $7 after id, $8 batch size. Dead handlers (only $4 when given) become
+    # $1-$8 as COUNT_DEAD, $9 after id, $10 batch size. Dead handlers (only $4 when given) become
     # pending with a fresh attempt budget; handlers that succeeded stay done and do not run again.
     # With $4, a wildcard record (see _models.ANY_HANDLER) also keeps handlers that have no record
     # yet (registered since the event died) from running: only $4 runs.
@@ -146,7 +156,7 @@ RETURNING o.id
         """Dead -> pending for the next batch after id ``after``; return their ids, sorted."""
         return sorted(r[0] for r in await conn.fetch(self.RETRY_BATCH, *sel, after, limit))
 
-    # $1-$6 as COUNT_DEAD, $7 after id, $8 batch size. Dead handlers (only $4 when given) become
+    # $1-$8 as COUNT_DEAD, $9 after id, $10 batch size. Dead handlers (only $4 when given) become
     # 'discarded' (kept, with their error, for audit); the event becomes 'discarded' when no dead
     # handler is left, else it stays dead for the others.
     DISCARD_BATCH = (
@@ -205,14 +215,15 @@ ON CONFLICT (filter) WHERE finished_at IS NULL DO NOTHING
         """Create the replay row unless an unfinished one has this filter."""
         await conn.execute(self.REPLAY_START, filter_json, started_at, after)
 
-    # $1 id lows, $2 id highs, $3 event type, $4 since, $5 until, $6 replay start, $7 after id.
+    # $1 id lows, $2 id highs, $3 event type, $4 since, $5 until, $6 queue, $7 ordering key,
+    # $8 replay start, $9 after id.
     # Events of the selection per state: done ones (processed before the replay started) are
     # replayed, the others are reported as skipped.
     REPLAY_COUNT = (
         "SELECT o.state, count(*) AS events FROM {s}.outbox AS o WHERE "
-        + _selection("$1", "$2", "$3", "$4", "$5")
+        + _selection("$1", "$2", "$3", "$4", "$5", "$6", "$7")
         + """
-    AND o.id > $7 AND (o.state <> 'done' OR o.processed_at < $6)
+    AND o.id > $9 AND (o.state <> 'done' OR o.processed_at < $8)
 GROUP BY o.state
 """
     )
@@ -225,14 +236,13 @@ GROUP BY o.state
         after: int,
     ) -> dict[str, int]:
         """Events of the selection per state (done: processed before ``started_at``)."""
-        lows, highs, event_type, _handler, since, until = sel
+        lows, highs, event_type, _handler, since, until, queue, key = sel
         rows = await conn.fetch(
-            self.REPLAY_COUNT, lows, highs, event_type, since, until, started_at, after
+            self.REPLAY_COUNT, lows, highs, event_type, since, until, queue, key, started_at, after
         )
         return {r["state"]: r["events"] for r in rows}
 
-    # $1 id lows, $2 id highs, $3 event type, $4 handler (NULL = every handler), $5 since,
-    # $6 until, $7 replay id, $8 batch size.
+    # $1-$8 the selection ($4 the handler, NULL = every handler), $9 replay id, $10 batch size.
     # One statement per batch, so the events, their ledger rows and the replay's progress commit
     # together: rerun after an interruption, the replay continues after last_id and never replays
     # a batch twice. The replay row is locked first, so two runs of one replay take turns.
@@ -242,7 +252,7 @@ GROUP BY o.state
         """
 WITH run AS (
     SELECT id, started_at, last_id FROM {s}.replays
-    WHERE id = $7 AND finished_at IS NULL
+    WHERE id = $9 AND finished_at IS NULL
     FOR UPDATE
 ), picked AS (
     -- Scalar subqueries, not a join with run: only then is `id > last_id` an index condition
@@ -251,9 +261,9 @@ WITH run AS (
     SELECT o.id FROM {s}.outbox AS o
     WHERE o.state = 'done' AND o.processed_at < (SELECT started_at FROM run)
       AND o.id > (SELECT last_id FROM run) AND"""
-        + _selection("$1", "$2", "$3", "$5", "$6")
+        + _selection("$1", "$2", "$3", "$5", "$6", "$7", "$8")
         + """
-    ORDER BY o.id LIMIT $8
+    ORDER BY o.id LIMIT $10
     FOR UPDATE OF o
 ), replayed AS (
     UPDATE {s}.outbox AS o
@@ -276,7 +286,7 @@ WITH run AS (
     UPDATE {s}.replays AS r
     SET last_id = COALESCE((SELECT max(id) FROM replayed), r.last_id),
         touched = r.touched + (SELECT count(*) FROM replayed),
-        finished_at = CASE WHEN (SELECT count(*) FROM replayed) < $8 THEN now() END
+        finished_at = CASE WHEN (SELECT count(*) FROM replayed) < $10 THEN now() END
     FROM run
     WHERE r.id = run.id
     RETURNING r.touched, r.finished_at IS NOT NULL AS finished

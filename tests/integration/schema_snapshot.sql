@@ -124,6 +124,7 @@ ALTER FUNCTION pgqueue.notify_outbox() OWNER TO <owner>;
 CREATE FUNCTION pgqueue.ordering_wake() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pgqueue', 'pg_catalog', 'pg_temp'
+    SET plan_cache_mode TO 'auto'
     AS $$
 BEGIN
     -- The probe first: most keys have no later event waiting (distinct keys: none at all), and

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import re
 import urllib.error
@@ -196,6 +197,35 @@ async def test_live_refresh_updates_the_page_without_a_reload(
         await pgqueue.enqueue(conn, "report.built", {"report": 100}, queue="reports")
         await expect(page.locator("#total-pending")).to_have_text("2", timeout=15_000)
         assert await page.evaluate("window.marker") == "same document"  # no full reload
+
+
+async def test_overview_shows_held_back_ordering_keys_until_released(
+    db_dsn: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    ids = [
+        await pgqueue.enqueue(conn, "order.paid", {}, ordering_key="customer-7", run_at=later)
+        for _ in range(3)
+    ]
+    # The key's head died for its handler 'mail': the two later events wait behind it.
+    await conn.execute(
+        "UPDATE pgqueue.outbox SET state = 'dead', last_error = 'mail: SMTP 421',"
+        " handlers = $2::jsonb WHERE id = $1",
+        ids[0],
+        json.dumps({"mail": {"state": "dead", "attempts": 1}}),
+    )
+    async with dashboard_server(db_dsn, log=tmp_path / "server.log") as url, browser_page() as page:
+        await page.goto(url + "/")
+        held = page.locator("#held-back tr", has_text="customer-7")
+        row = await held.locator("td").all_inner_texts()
+        assert row == ["customer-7", str(ids[0]), "order.paid", "dead", "2", "mail: SMTP 421"]
+        await page.click(f"#held-back a:text-is('{ids[0]}')")
+        await page.wait_for_url(re.compile(rf"/events/{ids[0]}$"))
+
+        assert await pgqueue.admin.discard(conn, ordering_key="customer-7") == [ids[0]]
+        await page.goto(url + "/")
+        assert await page.locator("#overview").count() == 1
+        assert await page.locator("#held-back").count() == 0
 
 
 async def test_retry_a_dead_event_end_to_end(

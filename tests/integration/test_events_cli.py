@@ -408,8 +408,10 @@ async def test_live_status_counts_active_states_and_recent_throughput(
 
     by_type = {t.event_type: t for t in live.types}
     assert by_type["order.placed"].model_dump(exclude={"oldest_ready_age"}) == {
-        "event_type": "order.placed", "pending": 0, "running": 1, "dead": 2, "done_recently": 0
+        "event_type": "order.placed", "pending": 0, "running": 1, "dead": 2, "discarded": 0,
+        "cancelled": 0, "done_recently": 0
     }  # fmt: skip
+    assert live.paused == []
     # the done event processed an hour ago is outside the window
     assert (by_type["user.signup"].pending, by_type["user.signup"].done_recently) == (2, 30)
     assert live.throughput == pytest.approx(30 / 60)
@@ -491,7 +493,9 @@ async def _read_blocks(stream: asyncio.StreamReader, blocks: int) -> str:
 async def test_status_watch_prints_a_block_per_interval_and_exits_zero_on_sigint(
     db_dsn: str, conn: asyncpg.Connection
 ) -> None:
-    await seed(db_dsn, conn)
+    seeded = await seed(db_dsn, conn)
+    assert await pgqueue.admin.cancel(conn, reason="not needed", ids=[seeded.delayed])
+    await pgqueue.admin.pause_queue(conn, "bulk", who="alice", reason="maintenance")
     proc = await asyncio.create_subprocess_exec(
         *CLI, "status", "--watch", "--interval", "0.2", "--dsn", db_dsn,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
@@ -517,9 +521,13 @@ async def test_status_watch_prints_a_block_per_interval_and_exits_zero_on_sigint
         start = next(i for i, line in enumerate(lines) if line.split()[:3] == HEADER)
         end = lines.index("", start)
         rows = {line.split()[0]: line.split() for line in lines[start + 1 : end]}
-        assert rows["order.placed"][1:4] == ["0", "1", "2"]  # pending, running, dead
-        assert rows["report.monthly"][1:4] == ["1", "0", "0"]
+        assert rows["order.placed"][1:5] == ["0", "1", "2", "0"]  # pending, running, dead,
+        assert rows["report.monthly"][1:5] == ["1", "0", "0", "0"]  # cancelled
+        assert rows["user.signup"][1:5] == ["0", "0", "0", "1"]
         assert "throughput: 0.0 events/s done over the last 0.2s" in block
+        paused = next(line.split() for line in lines if line.startswith("bulk "))
+        assert paused[2:] == ["alice", "maintenance"]
+        assert "workers do not claim from paused queues" in block
         assert ["order.placed", "crm", "0", "0", "2"] in [
             line.split() for line in block.splitlines()
         ]

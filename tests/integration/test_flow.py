@@ -263,3 +263,41 @@ async def test_pause_stops_claiming_running_events_finish_and_resume_restarts(
 
 async def _said(text: str, line: str) -> bool:
     return line in text
+
+async def test_cancel_by_ordering_key_through_the_cli_and_the_api(
+    fconn: asyncpg.Connection, db_dsn: str
+) -> None:
+    conn = fconn
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    keyed = {
+        key: [
+            await pgqueue.enqueue(conn, "flow.quick", {}, ordering_key=key, run_at=later)
+            for _ in range(2)
+        ]
+        for key in ("k1", "k2", "k3")
+    }
+    plain = await enqueue(conn, "flow.quick", later=True)
+
+    preview = cli(db_dsn, "cancel", "--ordering-key", "k1", "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    assert "2 event(s) to cancel (2 pending, 0 running)" in preview.stdout
+    result = cli(db_dsn, "cancel", "--ordering-key", "k1", "--queue", "default", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "2 event(s) cancelled" in result.stdout
+
+    count = await pgqueue.admin.count_cancellable(conn, ordering_key="k2")
+    assert (count.pending, count.running) == (2, 0)
+    cancelled = await pgqueue.admin.cancel(
+        conn, reason="key retired", ordering_key="k2", event_type="flow.quick"
+    )
+    assert cancelled == keyed["k2"]
+    rows = await conn.fetch("SELECT id, state FROM pgqueue.outbox ORDER BY id")
+    assert {r["id"]: r["state"] for r in rows} == {
+        **dict.fromkeys(keyed["k1"] + keyed["k2"], "cancelled"),
+        **dict.fromkeys(keyed["k3"] + [plain], "pending"),
+    }
+    with pytest.raises(pgqueue.errors.ConfigurationError, match="ordering key must be 1-200"):
+        await pgqueue.admin.cancel(conn, reason="x", ordering_key="")
+    bad = cli(db_dsn, "cancel", "--ordering-key", "x" * 201, "--yes")
+    assert bad.returncode == 1 and "ordering key must be 1-200 characters" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -14,7 +14,9 @@ import asyncpg
 import pytest
 
 import pgqueue
+import pgqueue.admin
 from pgqueue._errors import RegistryError
+from pgqueue._queries import queries_for
 from pgqueue._registry import Registry
 from tests.faults.conftest import WorkerProcess, Workers
 from tests.helpers import count_is, run_cli, wait_for
@@ -125,3 +127,43 @@ async def test_rate_holds_within_ten_percent_over_a_minute_across_three_workers(
 
 async def _not_null(conn: asyncpg.Connection, sql: str) -> bool:
     return await conn.fetchval(sql) is not None
+
+
+async def test_prune_deletes_per_key_buckets_that_are_full_again(
+    conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO pgqueue.handler_limits (handler, rate, rate_per_key) VALUES"
+        " ('keyed', '10/s', true), ('slow', '1/h', true)"
+    )
+    await conn.execute(
+        "INSERT INTO pgqueue.handler_limits (handler, concurrency) VALUES ('cap', 2)"
+    )
+    await conn.execute(
+        """
+        INSERT INTO pgqueue.rate_buckets (handler, key, tokens, updated_at) VALUES
+            ('keyed', 'idle', 0, now() - interval '1 minute'),  -- refilled: a fresh one
+            ('keyed', 'busy', 0, now()),                           -- just spent
+            ('keyed', 'taking', 0, now() - interval '1 minute'),   -- a take holds it
+            ('keyed', '', 0, now() - interval '1 minute'),         -- the handler's own
+            ('slow', 'spent', 0, now() - interval '1 minute'),     -- refills in an hour
+            ('slow', 'full', 1, now() - interval '1 minute'),
+            ('cap', 'norate', 0, now())                            -- no rate any more
+        """
+    )
+    taker = await asyncpg.connect(db_dsn)
+    try:
+        async with taker.transaction():
+            # A take's first statement: it locks the bucket until the take commits.
+            await taker.execute(queries_for("pgqueue").rates.RATES_ENSURE, ["keyed"], ["taking"])
+            assert await pgqueue.admin.prune(conn, dt.timedelta(days=1)) == 0
+    finally:
+        await taker.close()
+
+    rows = await conn.fetch("SELECT handler, key FROM pgqueue.rate_buckets")
+    assert {(r["handler"], r["key"]) for r in rows} == {
+        ("keyed", "busy"),
+        ("keyed", "taking"),
+        ("keyed", ""),
+        ("slow", "spent"),
+    }

@@ -15,6 +15,7 @@ import pytest
 
 import pgqueue
 import pgqueue.admin
+import pgqueue.errors
 from tests.helpers import run_cli
 from tests.integration.core_support import outbox_row, run_burst
 from tests.integration.test_core_cli import assert_one_line_error
@@ -204,3 +205,41 @@ async def test_bad_input_is_one_line(
     db_dsn: str, args: tuple[str, ...], code: int, fragment: str
 ) -> None:
     assert_one_line_error(await cli(*args, "--dsn", db_dsn), code, fragment)
+
+
+async def test_retry_discard_and_replay_select_by_ordering_key_and_queue(
+    db_dsn: str, conn: asyncpg.Connection
+) -> None:
+    await conn.execute("CREATE TABLE public.runs (event_id bigint, handler text)")
+    keyed = {
+        key: [await pgqueue.enqueue(conn, "t", {}, ordering_key=key) for _ in range(2)]
+        for key in ("k1", "k2")
+    }
+    plain = await pgqueue.enqueue(conn, "t", {}, queue="other")
+    both = ("default", "other")
+    await run_burst(db_dsn, recording("a", broken={"a"}), queues=both)
+    assert set((await states(conn)).values()) == {"dead"}
+
+    preview = await cli("retry", "--ordering-key", "k1", "--dry-run", "--dsn", db_dsn)
+    assert preview.returncode == 0, preview.stderr
+    assert "2 dead event(s) to retry" in preview.stdout
+    result = await cli("discard", "--ordering-key", "k2", "--yes", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    assert "2 dead event(s) discarded" in result.stdout
+    assert await pgqueue.admin.count_dead(conn, queue="other") == 1
+    assert await pgqueue.admin.retry(conn, ordering_key="k1", queue="default") == keyed["k1"]
+    assert await states(conn) == {
+        **dict.fromkeys(keyed["k1"], "pending"),
+        **dict.fromkeys(keyed["k2"], "discarded"),
+        plain: "dead",
+    }
+
+    await run_burst(db_dsn, recording("a"), queues=both)
+    plan = await pgqueue.admin.preview_replay(conn, "t", ordering_key="k1")
+    assert (plan.to_replay, plan.skipped) == (2, {})
+    replayed = await pgqueue.admin.replay(conn, "t", ordering_key="k1")
+    assert replayed.replayed == 2
+    with pytest.raises(pgqueue.errors.ConfigurationError, match="ordering key must be 1-200"):
+        await pgqueue.admin.count_dead(conn, ordering_key="")
+    bad = await cli("retry", "--ordering-key", "x" * 201, "--dsn", db_dsn)
+    assert_one_line_error(bad, 1, "ordering key must be 1-200 characters")

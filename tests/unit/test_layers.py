@@ -100,3 +100,12 @@ def test_foundations_never_reach_the_worker_or_the_cli() -> None:
     for name in foundations:
         upward = {m for m in _reach(name) if _in(m, ("pgqueue._worker", "pgqueue._cli"))}
         assert not upward, f"{name} imports {sorted(upward)}"
+
+
+def test_the_dashboard_never_reaches_the_cli() -> None:
+    # What both show (ages) and both parse (time bounds, id ranges) lives in pgqueue._parse.
+    dashboard = [n for n in GRAPH if _in(n, ("pgqueue._dashboard",))]
+    assert "pgqueue._dashboard._actions" in dashboard
+    for name in dashboard:
+        upward = {m for m in _reach(name) if _in(m, ("pgqueue._cli",))}
+        assert not upward, f"{name} imports {sorted(upward)}"
