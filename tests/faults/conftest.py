@@ -131,6 +131,13 @@ class Workers:
         self.started.append(process)
         return process
 
+    async def start_ready(self, dsn: str, n: int, **options: Any) -> list[WorkerProcess]:
+        """Start ``n`` workers (as ``start``) and wait until every one is up."""
+        processes = [self.start(dsn, **options) for _ in range(n)]
+        for process in processes:
+            await process.wait_started()
+        return processes
+
     @classmethod
     @contextlib.contextmanager
     def killed_after(cls, logdir: Path, handlers: str) -> Iterator[Workers]:

@@ -103,10 +103,7 @@ def in_state(conn: asyncpg.Connection, ids: list[int], state: str) -> Any:
 
 
 async def start(workers: Workers, dsn: str, n: int) -> list[WorkerProcess]:
-    procs = [workers.start(dsn) for _ in range(n)]
-    for proc in procs:
-        await proc.wait_started()
-    return procs
+    return await workers.start_ready(dsn, n)
 
 
 async def test_limit_holds_across_three_workers_and_siblings_still_run(

@@ -37,11 +37,8 @@ LEASE = 3
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     """``pgqueue worker`` processes on the ordering handlers; all SIGKILLed and reaped after."""
-    started = Workers(tmp_path, HANDLERS)
-    try:
+    with Workers.killed_after(tmp_path, HANDLERS) as started:
         yield started
-    finally:
-        started.kill_all()
 
 
 @pytest.fixture
@@ -52,10 +49,7 @@ async def oconn(conn: asyncpg.Connection) -> asyncpg.Connection:
 
 
 async def start(workers: Workers, dsn: str, n: int) -> list[WorkerProcess]:
-    procs = [workers.start(dsn, lease=LEASE) for _ in range(n)]
-    for proc in procs:
-        await proc.wait_started()
-    return procs
+    return await workers.start_ready(dsn, n, lease=LEASE)
 
 
 def in_state(conn: asyncpg.Connection, ids: list[int], state: str) -> Any:

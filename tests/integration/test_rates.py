@@ -28,11 +28,8 @@ HANDLERS = "tests.integration.rate_handlers:registry"
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
     """``pgqueue worker`` processes on the rate handlers; all SIGKILLed and reaped after."""
-    started = Workers(tmp_path, HANDLERS)
-    try:
+    with Workers.killed_after(tmp_path, HANDLERS) as started:
         yield started
-    finally:
-        started.kill_all()
 
 
 @pytest.fixture
@@ -43,10 +40,7 @@ async def rconn(conn: asyncpg.Connection) -> asyncpg.Connection:
 
 
 async def start(workers: Workers, dsn: str, n: int) -> list[WorkerProcess]:
-    procs = [workers.start(dsn, lease=3) for _ in range(n)]
-    for proc in procs:
-        await proc.wait_started()
-    return procs
+    return await workers.start_ready(dsn, n, lease=3)
 
 
 def test_registry_checks_rates() -> None:
